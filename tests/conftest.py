@@ -1,0 +1,7 @@
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA_DIR = Path(os.environ.get("RLVR_DATA_DIR", ROOT.parent / "shared" / "data"))
