@@ -1,0 +1,249 @@
+"""weights.py against float64 references written out from SPEC's formulas (numpy, per-prompt loops)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from weights import DARO, HADW, DAROConfig, HADWConfig, SchemeConfig, effective_curve, hadw_bias_probability, make_scheme
+
+EPS = 1e-6
+
+
+def reference(name, rewards, lengths, max_len):
+    """A and W for one optimizer-step batch, one prompt at a time (numpy float64, unbiased std)."""
+    r, L = np.asarray(rewards, np.float64), np.asarray(lengths, np.float64)
+    P, G = r.shape
+    A, W = np.zeros((P, G)), np.zeros((P, G))
+    batch_std = np.std(r.reshape(-1), ddof=1)
+    total = L.sum()
+    for p in range(P):
+        mean, std = r[p].mean(), np.std(r[p], ddof=1)
+        for i in range(G):
+            if name in ("grpo", "dapo"):
+                A[p, i] = (r[p, i] - mean) / (std + EPS)
+            elif name == "lipo":
+                A[p, i] = (r[p, i] - mean) / (batch_std + EPS)
+            else:  # drgrpo, daro
+                A[p, i] = r[p, i] - mean
+            if name == "grpo":
+                W[p, i] = 1.0 / (L[p, i] * G * P)
+            elif name == "drgrpo":
+                W[p, i] = 1.0 / (max_len * G * P)
+            elif name in ("dapo", "lipo"):
+                W[p, i] = 1.0 / total
+    if name == "daro":  # w_mu = 1 at init; Omega_mu = 1 / tokens in the bucket; mu in {0, 1} left out
+        k = (r > 0.5).sum(1)
+        for p in range(P):
+            if 0 < k[p] < G:
+                W[p, :] = 1.0 / L[k == k[p]].sum()
+    return A, W
+
+
+def random_batch(P, G, binary, seed):
+    g = torch.Generator().manual_seed(seed)
+    if binary:
+        rewards = (torch.rand(P, G, generator=g) < torch.rand(P, 1, generator=g)).float()
+    else:
+        rewards = torch.randn(P, G, generator=g) * 0.7 + torch.rand(P, 1, generator=g)
+    rewards[0] = 1.0  # zero-variance groups: all correct,
+    rewards[1] = 0.0  # all wrong
+    lengths = torch.randint(1, 50, (P, G), generator=g).float()
+    return rewards, lengths
+
+
+@pytest.mark.parametrize("name", ["grpo", "drgrpo", "dapo", "lipo", "daro"])
+@pytest.mark.parametrize("G", [2, 4, 8, 16])
+@pytest.mark.parametrize("binary", [True, False])
+def test_advantages_and_weights_match_reference(name, G, binary):
+    rewards, lengths = random_batch(12, G, binary, seed=G * 7 + binary)
+    scheme, _ = make_scheme(SchemeConfig(name=name), G=G, max_len=64)
+    A, W = scheme(rewards, lengths)
+    A_ref, W_ref = reference(name, rewards, lengths, 64)
+    assert torch.isfinite(A).all() and torch.isfinite(W).all() and (W >= 0).all()
+    np.testing.assert_allclose(A.numpy(), A_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(W.numpy(), W_ref, rtol=1e-5, atol=1e-12)
+    assert (A[:2] == 0).all()  # zero-variance groups give zero advantage, not NaN
+
+
+def test_population_std_option():
+    rewards, lengths = random_batch(6, 8, True, seed=1)
+    scheme, _ = make_scheme(SchemeConfig(name="grpo", std="population"), G=8, max_len=8)
+    r = rewards.double().numpy()
+    expected = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=0, keepdims=True) + EPS)
+    np.testing.assert_allclose(scheme.advantages(rewards).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("G", [4, 8, 16])
+def test_effective_curves(G):
+    L = 16
+    mu = np.arange(1, G) / G
+    P = G - 1  # effective_curve's batch: one prompt per k = 1..G-1
+    curves = {}
+    for name in ["grpo", "drgrpo", "lipo", "dapo"]:
+        scheme, _ = make_scheme(SchemeConfig(name=name), G=G, max_len=L)
+        m, w = effective_curve(scheme, G, length=L)
+        np.testing.assert_allclose(m.numpy(), mu)
+        curves[name] = w.numpy()
+    # GRPO, on per-response token means (x L): sqrt(mu(1-mu)) with the unbiased-std constant sqrt((G-1)/G) / P
+    grpo = np.sqrt((G - 1) / G) * np.sqrt(mu * (1 - mu)) / P
+    np.testing.assert_allclose(curves["grpo"] * L, grpo, rtol=1e-4)
+    # Dr.GRPO, on token sums: mu(1-mu) / (L_max P)
+    np.testing.assert_allclose(curves["drgrpo"], mu * (1 - mu) / (L * P), rtol=1e-4)
+    # LIPO, on token sums: G mu(1-mu) / (sigma_batch T), sigma_batch over all P*G rewards of the batch
+    rewards = np.array([[1.0] * k + [0.0] * (G - k) for k in range(1, G)])
+    sigma = rewards.std(ddof=1)
+    np.testing.assert_allclose(curves["lipo"], G * mu * (1 - mu) / (sigma * P * G * L), rtol=1e-4)
+    # shapes: GRPO and DAPO share sqrt(mu(1-mu)), Dr.GRPO and LIPO share mu(1-mu)
+    shape = np.sqrt(mu * (1 - mu))
+    np.testing.assert_allclose(curves["dapo"] / curves["dapo"].max(), shape / shape.max(), rtol=1e-4)
+
+
+def test_unknown_scheme_and_bad_rewards():
+    with pytest.raises(ValueError, match="unknown scheme.name 'grpoo'"):
+        make_scheme(SchemeConfig(name="grpoo"), G=4, max_len=8)
+    scheme, _ = make_scheme(SchemeConfig(name="grpo"), G=4, max_len=8)
+    with pytest.raises(ValueError, match="NaN"):
+        scheme(torch.tensor([[1.0, float("nan"), 0, 0]]), torch.ones(1, 4))
+    with pytest.raises(ValueError, match="G >= 2"):
+        scheme(torch.ones(3, 1), torch.ones(3, 1))
+
+
+# ---------------------------------------------------------------- DARO
+
+def daro(**kw):
+    return DARO(SchemeConfig(name="daro", daro=DAROConfig(**kw)), G=4)
+
+
+@pytest.mark.parametrize("update", ["sgd", "ema"])
+def test_daro_weights_move_to_optimum_within_bounds(update):
+    scheme = daro(update=update, lr=0.2, w_min=0.1, w_max=10.0)
+    tokens = torch.tensor([5.0, 10.0, 20.0, 0.0, 7.0])          # bucket 3 empty this batch
+    L = torch.tensor([0.3, 0.5, -0.25, 0.4, 0.9])                # bucket means; sums = L * tokens
+    w0 = scheme.w.clone()
+    objective = lambda w: float(w[1] * 0.5 - math.log(w[1]))     # bucket 1's own objective w L - ln w
+    before = objective(scheme.w)
+    for _ in range(200):
+        scheme.update(L * tokens, tokens)
+    # optimum of w |L_mu| - ln w is 1 / |L_mu|: 2.0 for bucket 1, 4.0 for bucket 2 (abs of -0.25)
+    np.testing.assert_allclose(scheme.w[1:3].numpy(), [2.0, 4.0], rtol=1e-3)
+    assert objective(scheme.w) < before
+    assert scheme.w[3] == w0[3]                                  # empty bucket untouched
+    assert scheme.w[0] == 0 and scheme.w[4] == 0                 # mu = 0 and mu = 1 carry no weight
+
+
+def test_daro_clamps_and_signed_variant():
+    scheme = daro(w_min=0.5, w_max=3.0, lr=0.5)
+    tokens = torch.full((5,), 10.0)
+    for _ in range(100):
+        scheme.update(torch.tensor([0.0, 5.0, 0.01, 100.0, 0.0]), tokens)  # L = 0.5, 0.001, 10
+    np.testing.assert_allclose(scheme.w[1:4].numpy(), [2.0, 3.0, 0.5], rtol=1e-3)  # 1/0.5; capped; floored
+    signed = daro(loss_scale="signed", w_max=5.0)
+    for _ in range(100):
+        signed.update(torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0]), tokens)  # L < 0: the term w L - ln w has no minimum
+    assert signed.w[1] == 5.0
+
+
+def test_daro_weight_uses_bucket_token_counts():
+    scheme = daro()
+    scheme.w[1:4] = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [0.0, 1, 0, 0], [1.0, 1, 1, 1]])
+    lengths = torch.tensor([[1.0, 2, 3, 4], [5.0, 5, 5, 5], [1.0, 1, 1, 1], [9.0, 9, 9, 9]])
+    _, W = scheme(rewards, lengths)
+    # bucket k=1 holds rows 0 and 2 (14 tokens), k=2 row 1 (20 tokens), k=4 (mu = 1) is left out
+    expected = torch.tensor([0.5 / 14, 2.0 / 20, 0.5 / 14, 0.0])[:, None].expand(4, 4)
+    torch.testing.assert_close(W, expected.float())
+
+
+def test_daro_state_round_trip():
+    a = daro()
+    tokens = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0])
+    a.update(torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]), tokens)
+    b = daro()
+    b.load_state_dict(a.state_dict())
+    for s in (a, b):
+        s.update(torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]), tokens)
+    torch.testing.assert_close(a.w, b.w, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- HA-DW
+
+def batch_with_accuracy(acc, G=4, P=4):
+    """P prompts of G binary rewards whose batch mean is acc (acc * P * G correct, filled row-major)."""
+    flat = torch.zeros(P * G)
+    flat[: round(acc * P * G)] = 1.0
+    return flat.view(P, G)
+
+
+def test_hadw_belief_updates_by_hand():
+    h = HADW(HADWConfig(enabled=True, eta=2.0, m=3))
+    A = torch.ones(4, 4)
+    anchors, beliefs = [], []
+    for acc in [0.5, 0.25, 0.75]:
+        h(batch_with_accuracy(acc), A)
+        anchors.append(h.last["hadw_anchor"])
+        beliefs.append(h.belief)
+    # step 1: C_1^- = y_1 = 0.5; window [0.5] has no spread, eta_1 = 0, C_1^+ = 0.5
+    # step 2: window [0.5, 0.25], pstd 0.125, eta_2 = 0.25, C_2^+ = 0.75 * 0.5 + 0.25 * 0.25 = 0.4375
+    # step 3: window [0.5, 0.25, 0.75], pstd sqrt(1/24), eta_3 = 2 sqrt(1/24), C_3^+ = 0.4375 + eta_3 (0.75 - 0.4375)
+    eta3 = 2 * math.sqrt(((0.25 ** 2) * 2) / 3)
+    assert anchors == pytest.approx([0.5, 0.5, 0.4375])
+    assert beliefs == pytest.approx([0.5, 0.4375, 0.4375 + eta3 * 0.3125])
+
+
+def test_hadw_literal_belief_sigma_and_c0():
+    h = HADW(HADWConfig(enabled=True, eta=2.0, m=2, sigma_of="beliefs", c0=0.2))
+    A = torch.ones(4, 4)
+    for acc in [0.5, 0.75]:
+        h(batch_with_accuracy(acc), A)
+    # beliefs window [C_0] has no spread: the literal rule never moves the belief from c0
+    assert h.beliefs == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_hadw_moving_average_anchor():
+    h = HADW(HADWConfig(enabled=True, anchor="moving_average", k=2))
+    A = torch.ones(4, 4)
+    anchors = []
+    for acc in [0.5, 0.25, 0.75, 1.0]:
+        h(batch_with_accuracy(acc), A)
+        anchors.append(h.last["hadw_anchor"])
+    assert anchors == pytest.approx([0.5, 0.375, 0.5, 0.875])  # mean of the last 2, current included
+
+
+def test_hadw_sign_logic_and_first_step():
+    lam = 1.4
+    h = HADW(HADWConfig(enabled=True, lambda_scale=lam, c0=0.5))
+    # prompt 0 is hard (p_hat = 0.25 < belief 0.5), prompt 1 easy (0.75), prompt 2 at the belief (0.5)
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 1, 0], [1.0, 1, 0, 0]])
+    A = rewards - rewards.mean(1, keepdim=True)
+    out = h(rewards, A)
+    phi = out / torch.where(A == 0, torch.ones_like(A), A)
+    M = 0.25
+    assert phi[0, 0] == pytest.approx(lam * math.exp(M))    # correct on a hard prompt: amplified
+    assert phi[0, 1] == pytest.approx(lam * math.exp(-M))   # incorrect on a hard prompt: damped
+    assert phi[1, 0] == pytest.approx(lam * math.exp(-M))   # correct on an easy prompt: damped
+    assert phi[1, 3] == pytest.approx(lam * math.exp(M))    # incorrect on an easy prompt: amplified
+    assert torch.allclose(phi[2], torch.full((4,), lam))    # at the belief: only lambda_scale
+    # first step without c0: the anchor is the batch's own accuracy
+    h2 = HADW(HADWConfig(enabled=True))
+    h2(rewards, A)
+    assert h2.last["hadw_anchor"] == pytest.approx(float(rewards.mean()))
+
+
+def test_hadw_state_round_trip():
+    a = HADW(HADWConfig(enabled=True))
+    for acc in [0.25, 0.5]:
+        a(batch_with_accuracy(acc), torch.ones(4, 4))
+    b = HADW(HADWConfig(enabled=True))
+    b.load_state_dict(a.state_dict())
+    x = batch_with_accuracy(0.75)
+    torch.testing.assert_close(a(x, x - 0.5), b(x, x - 0.5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("G,a,b,table", [(4, 0, 0.5, 0.7770), (6, 0, 0.5, 0.6897), (8, 0, 0.5, 0.6409),
+                                         (6, 0, 0.25, 0.8278), (8, 0, 0.25, 0.7811)])
+def test_hadw_theorem2_reproduces_tables(G, a, b, table):
+    n = 20000  # midpoint rule over p ~ U(a, b)
+    ps = a + (np.arange(n) + 0.5) * (b - a) / n
+    value = np.mean([hadw_bias_probability(G, p) for p in ps])
+    assert abs(value - table) <= 1e-4

@@ -1,0 +1,363 @@
+"""Weighting schemes: every method is the same token-level objective with its own A_i and W_i.
+
+    L(theta) = - sum_i sum_t m_it * W_i * min(r_it * A_i, clip(r_it, 1 - eps_low, 1 + eps_high) * A_i)
+
+(the objective itself is `loss.policy_loss`). A scheme decides two numbers per response:
+  A_i  the advantage, from the rewards of the whole batch (group statistics need whole groups);
+  W_i  the non-negative weight, from the rewards and lengths of the batch of one optimizer step:
+       length normalisation, the global normaliser, and any difficulty weight w(mu).
+Because W_i already holds the global normaliser, the loss is a plain sum over tokens: summing
+micro-batch or per-rank losses gives the full-batch loss exactly.
+
+Shapes: rewards and lengths are [P, G] (P prompts, G samples each); A and W come back as [P, G].
+Dtype: everything is computed in float64 (cheap at [P, G]) and returned as float32.
+Reduction choices: "std" is the unbiased (Bessel-corrected) std by default, as verl and torch do;
+`std: population` switches to the population std.
+
+To add a scheme for an ablation: write a class with `advantages` and `weights`, add it to SCHEMES.
+`python weights.py --G 8` prints every scheme's effective difficulty curve w(mu), from this code.
+"""
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class DAROConfig:
+    """Open choices of DARO (the paper gives the objective, not these): see class DARO."""
+    loss_scale: str = "abs"   # "abs": drive w_mu by |L_mu| (default); "signed": by L_mu as written
+    update: str = "sgd"       # "sgd": gradient step on s_mu = ln w_mu; "ema": w <- (1-lr) w + lr / |L_mu|
+    lr: float = 0.1           # step size of that update (its own optimiser, separate from the policy)
+    w_init: float = 1.0
+    w_min: float = 0.1        # clamp: with L_mu near 0 the optimum 1/L_mu is unbounded
+    w_max: float = 10.0
+    eps: float = 1e-6         # guards 1 / |L_mu| in the "ema" update
+
+
+@dataclass
+class HADWConfig:
+    """Open choices of HA-DW (the paper gives no values for eta, m, C_0): see class HADW."""
+    enabled: bool = False
+    anchor: str = "belief"          # "belief" (paper's equations) | "moving_average" (official code)
+    eta: float = 5.0                # eta_t = clamp(eta * sigma_t, 0, 1)
+    m: int = 8                      # window of the volatility sigma_t
+    sigma_of: str = "accuracies"    # "accuracies" (default) | "beliefs" (paper's text; see HADW)
+    c0: Optional[float] = None      # prior belief C_0; None = the first batch's accuracy
+    lambda_scale: float = 1.5       # the official code's value; 1.3-1.5 best in the paper's sweep
+    k: int = 10                     # window of the moving-average anchor (official code: 10)
+
+
+@dataclass
+class SchemeConfig:
+    name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro (see SCHEMES)
+    std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
+    eps: float = 1e-6               # A = (r - mean) / (std + eps)
+    correct_threshold: float = 0.5  # a response with reward > this counts as correct (buckets, mu)
+    daro: DAROConfig = field(default_factory=DAROConfig)
+    hadw: HADWConfig = field(default_factory=HADWConfig)
+
+
+def _std(x, kind, dim=-1):
+    if kind not in ("unbiased", "population"):
+        raise ValueError(f"scheme.std must be 'unbiased' or 'population', got {kind!r}")
+    return x.std(dim=dim, keepdim=dim is not None, correction=1 if kind == "unbiased" else 0)
+
+
+def pass_counts(rewards, threshold=0.5):
+    """k = number of correct responses of each prompt [P] (long); mu = k / G is its pass rate."""
+    return (rewards > threshold).sum(dim=1)
+
+
+class Scheme:
+    """Shared plumbing: input checks and (empty) state. Schemes override advantages and weights."""
+
+    def __init__(self, cfg: SchemeConfig, max_len: int = 0):
+        self.cfg, self.max_len = cfg, max_len
+
+    def __call__(self, rewards, lengths):
+        """A and W for a batch that is also one optimizer step."""
+        return self.advantages(rewards), self.weights(rewards, lengths)
+
+    def update(self, bucket_loss, bucket_tokens):
+        """Called once per step with the per-bucket loss sums (see loss.policy_loss); no-op by default."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def _group_std_advantage(self, rewards):
+        r = _check(rewards).double()
+        return ((r - r.mean(1, keepdim=True)) / (_std(r, self.cfg.std) + self.cfg.eps)).float()
+
+
+def _check(rewards, lengths=None):
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [P, G] with G >= 2, got shape {tuple(rewards.shape)}")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN or inf")
+    if lengths is not None and lengths.shape != rewards.shape:
+        raise ValueError(f"lengths {tuple(lengths.shape)} and rewards {tuple(rewards.shape)} differ in shape")
+    return rewards
+
+
+class GRPO(Scheme):
+    """GRPO (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300).
+
+    A_i = (r_i - mean(r)) / (std(r) + eps)         std over the G responses of the prompt
+    W_i = 1 / (|o_i| * G * P)                       "seq-mean-token-mean" aggregation
+    Effective curve: w(mu) ~ sqrt(mu (1 - mu)) on per-response token means.
+    """
+
+    def advantages(self, rewards):
+        return self._group_std_advantage(rewards)
+
+    def weights(self, rewards, lengths):
+        _check(rewards, lengths)
+        P, G = rewards.shape
+        return 1.0 / (lengths.double().clamp(min=1) * G * P).float()
+
+
+class DrGRPO(Scheme):
+    """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783).
+
+    A_i = r_i - mean(r)                             no std normalisation
+    W_i = 1 / (L_max * G * P)                       token sum over a constant: the max generation length
+    Effective curve: w(mu) ~ mu (1 - mu) on per-response token sums.
+    """
+
+    def advantages(self, rewards):
+        r = _check(rewards).double()
+        return (r - r.mean(1, keepdim=True)).float()
+
+    def weights(self, rewards, lengths):
+        _check(rewards, lengths)
+        if self.max_len <= 0:
+            raise ValueError("Dr.GRPO needs max_len (the maximum generation length) > 0")
+        P, G = rewards.shape
+        return torch.full(rewards.shape, 1.0 / (self.max_len * G * P))
+
+
+class DAPO(Scheme):
+    """DAPO (Yu et al. 2025, arXiv 2503.14476). Clip-higher (0.2 / 0.28) lives in the loss config;
+    dynamic sampling and the soft overlong punishment live in train.py.
+
+    A_i = (r_i - mean(r)) / (std(r) + eps)
+    W_i = 1 / sum_j |o_j|                           token-level mean over the whole batch
+    Effective curve: w(mu) ~ sqrt(mu (1 - mu)) on token sums.
+    """
+
+    def advantages(self, rewards):
+        return self._group_std_advantage(rewards)
+
+    def weights(self, rewards, lengths):
+        _check(rewards, lengths)
+        return torch.full(rewards.shape, 1.0 / max(float(lengths.sum()), 1.0))
+
+
+class LIPO(DAPO):
+    """Lite PPO (Liu et al. 2025, "Tricks or Traps? A Deep Dive into RL for LLM Reasoning",
+    arXiv 2508.08221): group-level mean, batch-level std, token-level aggregation.
+
+    A_i = (r_i - mean_group(r)) / (std_batch(r) + eps)
+    W_i = 1 / sum_j |o_j|
+    Effective curve: w(mu) ~ mu (1 - mu) / sigma_batch on token sums.
+    """
+
+    def advantages(self, rewards):
+        r = _check(rewards).double()
+        return ((r - r.mean(1, keepdim=True)) / (_std(r.flatten(), self.cfg.std, dim=None) + self.cfg.eps)).float()
+
+
+class DARO(Scheme):
+    """DARO (Zhou, Ma et al. 2025, "Difficulty-Aware Reweighting Policy Optimization", arXiv 2510.09001).
+
+    L_DARO(theta, w) = sum_{mu in {1/G..(G-1)/G}} [ w_mu * L_mu(theta) - ln w_mu ]
+    A_i = r_i - mean(r)                             centred reward; a static per-mu factor is absorbed by w
+    W_i = w_mu(i) * Omega_mu(i),  Omega_mu = 1 / (response tokens in bucket mu)   (0 for mu = 0 or 1)
+
+    The paper leaves the w update open; here (config DAROConfig):
+    - w_mu = exp(s_mu), one scalar per bucket k = 1..G-1, updated once per step from the detached
+      bucket loss L_mu = (sum of the bucket's per-token surrogate losses) / (its tokens), which
+      loss.policy_loss returns. At the optimum of the w-term, w_mu = 1 / L_mu.
+    - loss_scale "abs" uses |L_mu|: the surrogate can be zero or negative, where 1 / L_mu means
+      nothing. "signed" uses L_mu as written (then w runs to w_max while L_mu <= 0).
+    - update "sgd": s_mu <- s_mu - lr * (w_mu * L_mu - 1), the gradient of the objective in s;
+      update "ema": w_mu <- (1 - lr) w_mu + lr / (L_mu + eps), the closed form smoothed over steps.
+    - w is clamped to [w_min, w_max]; a bucket absent from the batch keeps its weight.
+    """
+
+    def __init__(self, cfg: SchemeConfig, max_len: int = 0, G: int = 8):
+        super().__init__(cfg, max_len)
+        d = cfg.daro
+        if d.loss_scale not in ("abs", "signed") or d.update not in ("sgd", "ema"):
+            raise ValueError(f"scheme.daro: loss_scale must be abs|signed and update sgd|ema, got {d.loss_scale!r}, {d.update!r}")
+        if not 0 < d.w_min <= d.w_init <= d.w_max:
+            raise ValueError("scheme.daro needs 0 < w_min <= w_init <= w_max")
+        self.G = G
+        self.w = torch.full((G + 1,), float(d.w_init), dtype=torch.float64)  # index k = correct count
+        self.w[0] = self.w[G] = 0.0  # mu = 0 and mu = 1 carry no signal
+
+    def advantages(self, rewards):
+        r = _check(rewards).double()
+        return (r - r.mean(1, keepdim=True)).float()
+
+    def weights(self, rewards, lengths):
+        _check(rewards, lengths)
+        if rewards.shape[1] != self.G:
+            raise ValueError(f"DARO was built for G={self.G}, got rewards with G={rewards.shape[1]}")
+        k = pass_counts(rewards, self.cfg.correct_threshold)
+        tokens = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, lengths.double().sum(1))
+        omega = 1.0 / tokens.clamp(min=1.0)
+        return (self.w * omega)[k][:, None].expand_as(rewards).float().clone()
+
+    def update(self, bucket_loss, bucket_tokens):
+        d = self.cfg.daro
+        present = bucket_tokens.double() > 0
+        present[0] = present[self.G] = False
+        L = bucket_loss.double() / bucket_tokens.double().clamp(min=1.0)
+        if d.loss_scale == "abs":
+            L = L.abs()
+        if d.update == "sgd":
+            s = self.w.clamp(min=1e-300).log() - d.lr * (self.w * L - 1.0)
+            new = s.exp()
+        else:
+            new = (1 - d.lr) * self.w + d.lr / (L.clamp(min=0.0) + d.eps)
+        self.w = torch.where(present, new.clamp(d.w_min, d.w_max), self.w)
+
+    def state_dict(self):
+        return {"w": self.w.clone()}
+
+    def load_state_dict(self, state):
+        self.w = state["w"].clone().double()
+
+
+class HADW:
+    """HA-DW (Yang et al. 2026, "Your Group-Relative Advantage Is Biased", arXiv 2601.08521):
+    history-aware reweighting of any scheme's advantage, applied once per batch.
+
+    y_t = batch accuracy (mean reward; for binary rewards the fraction correct)
+    belief anchor:  C_t^+ = (1 - eta_t) C_t^- + eta_t y_t,  C_{t+1}^- = C_t^+,  eta_t = clamp(eta sigma_t, 0, 1)
+                    anchor = C_t^- (the PRIOR belief); C_1^- = c0, or y_1 when c0 is None.
+    moving_average anchor (official code; the paper's App. F "hard" variant): anchor = mean of the
+                    last k batch accuracies, the current one included.
+    diff_his = p_hat - anchor   (p_hat = the prompt's group mean reward)
+    D_i = -sgn(A_i) sgn(diff_his),  M = |diff_his|,  Phi_i = lambda_scale * exp(D_i M),  A_i <- Phi_i A_i
+
+    sigma_t: the paper's text takes the population std of the last m beliefs. Read literally, the
+    belief never moves: its history starts constant (C_0), so sigma = 0, eta_t = 0 and C stays C_0
+    forever. The default `sigma_of: accuracies` takes the std of the last m batch accuracies y
+    (y_t included) instead; `sigma_of: beliefs` is the literal rule (the last m posteriors and C_0).
+    """
+
+    def __init__(self, cfg: HADWConfig):
+        if cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs"):
+            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average and sigma_of accuracies|beliefs, got {cfg.anchor!r}, {cfg.sigma_of!r}")
+        self.cfg = cfg
+        self.belief = None        # C_t^- for the next batch
+        self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
+        self.accuracies = []      # history of batch accuracies y_t
+        self.last = {}            # what the last call used, for logging
+
+    def __call__(self, rewards, A):
+        """Return the reweighted advantages and advance the history by one batch."""
+        c = self.cfg
+        r = _check(rewards).double()
+        y = float(r.mean())
+        self.accuracies.append(y)
+        if self.belief is None:
+            self.belief = y if c.c0 is None else float(c.c0)
+            self.beliefs.append(self.belief)
+        if c.anchor == "belief":
+            anchor = self.belief
+            window = self.accuracies[-c.m:] if c.sigma_of == "accuracies" else self.beliefs[-c.m:]
+            sigma = float(torch.tensor(window, dtype=torch.float64).std(correction=0)) if len(window) > 1 else 0.0
+            eta_t = min(max(c.eta * sigma, 0.0), 1.0)
+            self.belief = (1 - eta_t) * self.belief + eta_t * y
+            self.beliefs.append(self.belief)
+        else:
+            anchor = sum(self.accuracies[-c.k:]) / len(self.accuracies[-c.k:])
+            eta_t = None
+        diff = r.mean(1, keepdim=True) - anchor
+        phi = c.lambda_scale * torch.exp(-torch.sign(A.double()) * torch.sign(diff) * diff.abs())
+        self.last = {"hadw_anchor": anchor, "hadw_belief": self.belief, "hadw_eta": eta_t, "hadw_batch_acc": y}
+        return (phi * A.double()).float()
+
+    def state_dict(self):
+        return {"belief": self.belief, "beliefs": list(self.beliefs), "accuracies": list(self.accuracies)}
+
+    def load_state_dict(self, state):
+        self.belief, self.beliefs, self.accuracies = state["belief"], list(state["beliefs"]), list(state["accuracies"])
+
+
+def hadw_bias_probability(G, p, eps=0.0):
+    """HA-DW Theorem 2: P(A - A_hat > eps | 1 <= k <= G-1) for binary rewards with success rate p,
+    where A_hat = k / G is the group's empirical pass rate (float64)."""
+    norm = 1.0 - (1.0 - p) ** G - p ** G
+    k0 = math.floor(G * (p + eps)) + 1
+    return sum(math.comb(G, k) * p ** k * (1 - p) ** (G - k) for k in range(k0, G)) / norm
+
+
+SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO}
+
+
+def make_scheme(cfg: SchemeConfig, *, G: int, max_len: int):
+    """The scheme named by cfg.name, plus the HA-DW modifier when enabled (else None)."""
+    if cfg.name not in SCHEMES:
+        raise ValueError(f"unknown scheme.name {cfg.name!r}; choose one of {sorted(SCHEMES)}")
+    scheme = DARO(cfg, max_len, G) if cfg.name == "daro" else SCHEMES[cfg.name](cfg, max_len)
+    return scheme, (HADW(cfg.hadw) if cfg.hadw.enabled else None)
+
+
+def effective_curve(scheme, G, length=16):
+    """w(mu) for binary rewards, measured by running the scheme itself on one batch that holds one
+    prompt for each k = 1..G-1 correct, all responses `length` tokens long.
+
+    For binary rewards a prompt's contribution is sum_i W_i A_i S_i (S_i = response i's token sum of
+    the base loss). With centred A and equal W inside the group, that is
+    w(mu) * [mean_correct S - mean_incorrect S] with w(mu) = k * W_correct * A_correct, which is
+    what is returned (per token sum; multiply by `length` for per-token-mean units).
+    """
+    k = torch.arange(1, G)
+    rewards = (torch.arange(G)[None, :] < k[:, None]).float()     # row k-1: k correct of G
+    lengths = torch.full_like(rewards, float(length))
+    A, W = scheme(rewards, lengths)
+    correct = rewards > 0.5
+    return k.double() / G, ((W * A).double() * correct).sum(1)
+
+
+def _main():
+    ap = argparse.ArgumentParser(description="Print (and plot) every scheme's effective difficulty curve w(mu).")
+    ap.add_argument("--G", type=int, default=8)
+    ap.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
+    args = ap.parse_args()
+    curves = {}
+    for name in SCHEMES:
+        scheme, _ = make_scheme(SchemeConfig(name=name), G=args.G, max_len=16)
+        mu, w = effective_curve(scheme, args.G)
+        curves[name] = w / w.max()
+    print(f"effective difficulty weight w(mu), G = {args.G}, binary rewards, equal lengths, each curve / its max")
+    print("(DARO shown at its initial weights w_mu = 1; in training w_mu moves toward 1 / L_mu)")
+    print("   mu  " + "".join(f"{n:>9}" for n in curves))
+    for j, m in enumerate(mu.tolist()):
+        print(f"{m:5.3f}  " + "".join(f"{float(c[j]):9.3f}" for c in curves.values()))
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, c in curves.items():
+            ax.plot(mu.numpy(), c.numpy(), marker="o", label=name)
+        ax.set(xlabel="pass rate mu", ylabel="w(mu) / max", title=f"effective difficulty weight (G={args.G})")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    _main()
