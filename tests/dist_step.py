@@ -1,0 +1,51 @@
+"""One train_on_batch on a fixed batch, in one process or under torchrun; saves the loss and the
+parameter change. tests/test_train.py compares the two (SGD with lr 1: the change is minus the gradient)."""
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train  # noqa: E402
+from weights import make_scheme  # noqa: E402
+
+
+def fixed_batch(P, G, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for p in range(P):
+        prompt = torch.randint(3, 90, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(G):
+            prompts.append(prompt)
+            responses.append(torch.randint(3, 90, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist())
+    rewards = (torch.rand(P, G, generator=g) < 0.5).float()
+    return prompts, responses, rewards
+
+
+def main(model_dir, out_path, overrides):
+    if "RANK" in os.environ:
+        dist.init_process_group("gloo")
+    cfg = train.load_config(None, overrides)
+    policy = train.load_policy(model_dir, cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in train.full_model_state(policy).items()}
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scheme, hadw = make_scheme(cfg.scheme, G=cfg.G, max_len=cfg.rollout.max_tokens)
+    prompts, responses, rewards = fixed_batch(cfg.prompts_per_step, cfg.G)
+    rank, world = train.world()
+    mine = list(range(rank, cfg.prompts_per_step, world))  # prompts are dealt out as collect_batch does
+    take = [p * cfg.G + i for p in mine for i in range(cfg.G)]
+    batch = {"prompt_ids": [prompts[t] for t in take], "response_ids": [responses[t] for t in take],
+             "loss_mask": [[1.0] * len(responses[t]) for t in take], "rewards": rewards[mine]}
+    metrics = train.train_on_batch(cfg, policy, None, opt, sched, scheme, hadw, batch, torch.device("cpu"), 0)
+    after = train.full_model_state(policy)
+    if train.world()[0] == 0:
+        torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after}}, out_path)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
