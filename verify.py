@@ -153,6 +153,7 @@ _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
 _SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])")
 _SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])")
 _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}(?:\^\{?[23]\}?)?")
+_UNIT_TEXT_RE = re.compile(r"\\text\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?[23]\}?)?")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHOICE_RE = re.compile(r"\(([A-E])\)|([A-E])[.)]?")
 _MIXED_RE = re.compile(r"(-?)(\d+)\s*\\frac(\{\d+\}|\d)(\{\d+\}|\d)")
@@ -171,8 +172,8 @@ def _normalize(s):
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{5} = 4210_5, x_{0} = x_0
-    text_free = _TEXT_RE.sub("", s).strip()
-    if text_free and text_free != s and re.search(r"[\d}]", text_free):
+    text_free = _UNIT_TEXT_RE.sub("", s).strip()
+    if text_free != s and re.match(r"[-+.\d\\(]", text_free) and re.search(r"[\d}]", text_free):
         s = text_free  # "5.4 \text{ cents}", "864 \mbox{ inches}^2": drop the units
     else:
         s = _TEXT_RE.sub(lambda m: m.group(1), s).strip()  # "\text{east}", "\text{(C)}"
@@ -1001,7 +1002,7 @@ class VerifierPool:
                         continue
                     busy[w.fd] = w
             for w in self.workers:
-                if not w.ready:
+                if not w.ready and queue:  # wait for a (re)starting worker only if work is left
                     busy[w.fd] = w
             wait = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
             readable, _, _ = select.select(list(busy), [], [], wait)

@@ -136,7 +136,7 @@ NOT_EQUAL = [
     ("\\text{west}", "\\text{east}"), ("B", "\\text{(C)}"), ("\\text{(A)}", "\\text{(C)}"),
     ("50", "0.5"), ("0.5\\%", "50"), ("90", "\\frac{\\pi}{2}"), ("-7", "7"), ("70", "7"),
     ("", "7"), ("x", "y"), ("\\frac{1}{0}", "1"), ("e^{t}", "e^{-t}"), ("\\sin t", "\\cos t"),
-    ("1.5", "1.50001"), ("1000", "1,001"), ("\\infty", "-\\infty"), ("2\\pi", "\\pi"),
+    ("1.5", "1.50001"), ("\\text{A6}_{11}", "\\text{A5}_{11}"), ("5 \\text{ cm}", "6 \\text{ cm}"), ("1000", "1,001"), ("\\infty", "-\\infty"), ("2\\pi", "\\pi"),
 ]
 
 
@@ -208,7 +208,7 @@ def _golds(name):
         return [json.loads(line)["answer"] for line in f]
 
 
-@pytest.mark.parametrize("name", ["math500.jsonl", "minerva.jsonl"])
+@pytest.mark.parametrize("name", ["math500.jsonl", "minerva.jsonl", "math_train.jsonl", "olympiadbench.jsonl"])
 def test_data_golds_score_themselves(name):
     golds = _golds(name)
     right = [f"Working it out ... so the answer is \\boxed{{{g}}}." for g in golds]
