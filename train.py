@@ -789,8 +789,7 @@ def train(cfg: TrainConfig, resume=False):
             train_m = train_on_batch(cfg, policy, ref_policy, optimizer, scheduler, scheme, hadw, batch, device, pad_id)
             timers["train"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            engine.wake()
-            engine.sync_weights(policy.model)
+            engine.sync_weights(policy.model)  # wakes a sleeping engine in the right order
             timers["sync"] = time.perf_counter() - t0
 
             m = {"step": step + 1, **gather_metrics(batch_metrics(cfg, rows_b, groups, scores, rewards)), **train_m,
