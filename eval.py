@@ -190,6 +190,7 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
         scores = [flat_scores[i * bn:(i + 1) * bn] for i in range(len(rows))]
         lengths = [[s.length for s in group] for group in samples]
         results["benchmarks"][name] = benchmark_metrics(rows, scores, lengths, greedy=greedy)
+        results["benchmarks"][name]["truncated"] = _mean([float(s.truncated) for group in samples for s in group])
         for row, group, srow in zip(rows, samples, scores):
             for j, (s, score) in enumerate(zip(group, srow)):
                 records.append({"benchmark": name, "id": row["id"], "sample": j, "answer": row["answer"],

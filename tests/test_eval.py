@@ -189,3 +189,21 @@ def test_evaluate_greedy_with_a_callers_engine(tiny_model):
     assert m["greedy"] == m["avg@n"] and results["macro"]["greedy"] == results["macro"]["avg@n"]
     assert [r["response"] for r in records] == [r["response"] for r in records_again]  # greedy is deterministic
     json.dumps(results)
+
+
+def test_hub_benchmark_downloads_one_file(tmp_path, monkeypatch):
+    import huggingface_hub
+    local = tmp_path / "test.jsonl"  # the HuggingFaceH4/MATH-500 layout: no id field
+    local.write_text(json.dumps({"problem": "1+1?", "answer": "2", "level": 1, "subject": "Algebra"}) + "\n")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None):
+        calls.append((repo_id, filename, repo_type))
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    rows = ev.load_benchmark("hf:HuggingFaceH4/MATH-500/test.jsonl")
+    assert calls == [("HuggingFaceH4/MATH-500", "test.jsonl", "dataset")]
+    assert rows == [{"id": "math-500-0000", "problem": "1+1?", "answer": "2", "level": 1, "subject": "Algebra"}]
+    with pytest.raises(ValueError, match="hf:<owner>/<dataset>/<file>.jsonl"):
+        ev.load_benchmark("hf:HuggingFaceH4/MATH-500")
