@@ -144,13 +144,13 @@ def benchmark_metrics(rows, scores, lengths, *, greedy=False):
     out["mean_length_incorrect"] = _mean([l for s, l in flat if s < 0.5])
     for field in BREAKDOWN_FIELDS:
         groups = {}
-        for row, srow in zip(rows, scores):
+        for row, srow in sorted(zip(rows, scores), key=lambda rs: str(rs[0].get(field))):
             if row.get(field) is not None:
                 groups.setdefault(str(row[field]), []).append(srow)
         if field == "level" and any(str(h) in groups for h in HARD_LEVELS):
             groups["-".join(map(str, HARD_LEVELS))] = [srow for row, srow in zip(rows, scores) if row.get("level") in HARD_LEVELS]
         if groups:
-            out[f"by_{field}"] = {key: _accuracy(g) for key, g in sorted(groups.items())}
+            out[f"by_{field}"] = {key: _accuracy(g) for key, g in groups.items()}
     return out
 
 
@@ -206,16 +206,19 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
 def format_table(results):
     """A plain-text table: one line per benchmark, its level/subject groups indented below, then the macro average."""
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
-    lines = [f"{'benchmark':<28} {'problems':>8} {'n':>3} {'avg@n':>6} {'pass@n':>6} {'len ok':>7} {'len bad':>7}"]
+    W = 36
+    lines = [f"{'benchmark':<{W}} {'problems':>8} {'n':>3} {'avg@n':>6} {'pass@n':>6} {'len ok':>7} {'len bad':>7} {'trunc':>6}"]
     for name, m in results["benchmarks"].items():
         pass_n = m["pass@" + str(m["n"])]
-        lines.append(f"{name:<28} {m['num_problems']:>8} {m['n']:>3} {fmt(100 * m['avg@n']):>6} "
-                     f"{fmt(100 * pass_n):>6} {fmt(m['mean_length_correct']):>7} {fmt(m['mean_length_incorrect']):>7}")
+        lines.append(f"{name:<{W}} {m['num_problems']:>8} {m['n']:>3} {fmt(100 * m['avg@n']):>6} {fmt(100 * pass_n):>6} "
+                     f"{fmt(m['mean_length_correct']):>7} {fmt(m['mean_length_incorrect']):>7} {fmt(100 * m['truncated']):>6}")
         for field in BREAKDOWN_FIELDS:
             for key, g in m.get(f"by_{field}", {}).items():
-                label, pass_n = f"  {field} {key}"[:28], g["pass@" + str(g["n"])]
-                lines.append(f"{label:<28} {g['num_problems']:>8} {g['n']:>3} {fmt(100 * g['avg@n']):>6} {fmt(100 * pass_n):>6}")
-    lines.append(f"{'macro average':<28} {'':>8} {'':>3} {fmt(100 * results['macro']['avg@n']):>6}")
+                label, pass_n = f"  {field} {key}"[:W], g["pass@" + str(g["n"])]
+                lines.append(f"{label:<{W}} {g['num_problems']:>8} {g['n']:>3} {fmt(100 * g['avg@n']):>6} {fmt(100 * pass_n):>6}")
+    lines.append(f"{'macro average':<{W}} {'':>8} {'':>3} {fmt(100 * results['macro']['avg@n']):>6}")
+    lines.append("accuracies in %, lengths in tokens (len ok / len bad: correct / incorrect samples), trunc: % cut at max_tokens"
+                 + ("; temperature 0, so avg@n is greedy accuracy" if "greedy" in results["macro"] else ""))
     return "\n".join(lines)
 
 
