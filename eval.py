@@ -148,7 +148,8 @@ def benchmark_metrics(rows, scores, lengths, *, greedy=False):
             if row.get(field) is not None:
                 groups.setdefault(str(row[field]), []).append(srow)
         if field == "level" and any(str(h) in groups for h in HARD_LEVELS):
-            groups["-".join(map(str, HARD_LEVELS))] = [srow for row, srow in zip(rows, scores) if row.get("level") in HARD_LEVELS]
+            hard = [srow for row, srow in zip(rows, scores) if str(row.get("level")) in map(str, HARD_LEVELS)]
+            groups["-".join(map(str, HARD_LEVELS))] = hard
         if groups:
             out[f"by_{field}"] = {key: _accuracy(g) for key, g in groups.items()}
     return out
