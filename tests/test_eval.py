@@ -207,3 +207,19 @@ def test_hub_benchmark_downloads_one_file(tmp_path, monkeypatch):
     assert rows == [{"id": "math-500-0000", "problem": "1+1?", "answer": "2", "level": 1, "subject": "Algebra"}]
     with pytest.raises(ValueError, match="hf:<owner>/<dataset>/<file>.jsonl"):
         ev.load_benchmark("hf:HuggingFaceH4/MATH-500")
+
+
+def test_eval_cli_with_vllm(tiny_model, tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "out"
+    ev.main(["--model", str(tiny_model), "--benchmarks", "math500", "--data-dir", str(DATA_DIR), "--limit", "4",
+             "--n", "4", "--temperature", "1.0", "--max-tokens", "16", "--engine", "vllm", "--template", "plain",
+             "--workers", "0", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    m = results["benchmarks"]["math500"]
+    assert len(records) == 16 and m["n"] == 4 and m["num_problems"] == 4
+    assert m["avg@n"] == pytest.approx(sum(r["score"] for r in records) / 16)
+    assert m["truncated"] == pytest.approx(sum(r["truncated"] for r in records) / 16)
+    assert all(0 < r["length"] <= 16 for r in records)
+    assert len({r["response"] for r in records}) > 1  # temperature 1: samples differ
