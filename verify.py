@@ -1,0 +1,1133 @@
+"""verify.py: is a model's final answer to a math problem equal to the reference answer?
+
+    score(response, gold) -> 1.0 / 0.0        extract_answer(response) -> str | None
+    is_equivalent(answer, gold) -> bool       score_batch(responses, golds, workers, timeout)
+
+How a pair is decided, cheapest first (most pairs stop at step 1 or 3):
+  1. both answers are normalised as strings (LaTeX spacing, \\left/\\right, \\dfrac, \\text{} units,
+     degrees, percent, dollars, thousands separators, "x =" prefixes) and compared;
+  2. both are split into structure: tuples/intervals (ordered, bracket kinds must match), sets and
+     bare comma lists (unordered), unions, matrices, equations, "a \\pm b";
+  3. each scalar is parsed by the small LaTeX parser below into a tree (never eval()); two exact
+     rationals are compared exactly with fractions.Fraction, so plain numbers never reach sympy;
+  4. otherwise both trees are evaluated in complex floating point at a few fixed points; any clear
+     difference is a "no" (sympy never sees most wrong answers);
+  5. only pairs that agree numerically but differ in form are confirmed symbolically by sympy
+     (simplify(a - b) == 0, then (a - b).equals(0)); sympy is imported only then.
+
+Decimal policy (the gold decides): when the gold is written as a decimal ("0.15", "4.5e33",
+"2.6 \\times 10^{4}"), an answer is right when it rounds, half away from zero, to the gold at the
+gold's stated precision (its decimal places; for scientific notation, its mantissa's), so 4.52e33
+matches 4.5e33 and 1/3 matches 0.333. When the gold is exact (integer, fraction, surd, pi, ...),
+the answer must be exactly equal: 3.14 is not pi and 0.3333 is not 1/3. is_equivalent is therefore
+not symmetric: its second argument is the reference.
+
+Safety: sizes are bounded before parsing (MAX_* below): a longer answer, deeper nesting, larger
+exponent or factorial is scored 0 without work. score_batch additionally runs items in worker
+processes with a per-item wall-clock limit enforced by the parent (a stuck worker is killed and
+replaced, its item scored 0). Workers are plain `python verify.py --worker` subprocesses speaking
+over pipes: no fork of the (possibly threaded, vLLM-holding) caller and no import of its __main__,
+so they never import torch.
+"""
+
+import atexit
+import cmath
+import math
+import os
+import pickle
+import re
+import select
+import struct
+import subprocess
+import sys
+import time
+import warnings
+from collections import deque
+from fractions import Fraction
+
+MAX_RESPONSE_CHARS = 1_000_000  # a longer response is scored 0 (extraction is linear anyway)
+MAX_ANSWER_CHARS = 1_000  # the longest gold in MATH/Minerva is 210 characters
+MAX_DEPTH = 30  # bracket nesting inside one answer
+MAX_NODES = 500  # parse-tree size
+MAX_ITEMS = 64  # elements of a tuple / set / matrix
+MAX_EXPONENT = 1_000  # |constant exponent|; towers like 2^{2^{2^{9}}} stop here
+MAX_SYMPY_EXPONENT = 100  # tighter bound before handing a tree with symbols to sympy
+MAX_FACTORIAL = 500
+MAX_EXACT_BITS = 20_000  # size of an exact rational intermediate
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+DEFAULT_TIMEOUT = 5.0  # seconds per item in score_batch
+WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of each worker (RLIMIT_AS)
+
+
+class _Reject(Exception):
+    """The answer cannot be compared (too big, malformed): it is scored as not equal."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+
+
+def _brace_content(text, open_pos):
+    """Content of the {...} group opening at text[open_pos], or None when unclosed or too long."""
+    depth = 0
+    end = min(len(text), open_pos + MAX_ANSWER_CHARS + 2)
+    for pos in range(open_pos, end):
+        ch = text[pos]
+        if ch == "{" and text[pos - 1] != "\\":
+            depth += 1
+        elif ch == "}" and text[pos - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[open_pos + 1 : pos]
+    return None
+
+
+def _boxed_at(text, pos):
+    """Answer of the \\boxed / \\fbox command starting at pos, or None."""
+    pos += len("\\boxed") if text.startswith("\\boxed", pos) else len("\\fbox")
+    n = len(text)
+    if pos < n and text[pos].isalpha():
+        return None  # some other command, e.g. \boxedfoo
+    while pos < n and text[pos] == " ":
+        pos += 1
+    if pos < n and text[pos] == "{":
+        return _brace_content(text, pos)
+    if pos > n - 1 or text[pos - 1] != " ":
+        return None
+    m = re.compile(r"[^\s$]+").match(text, pos)  # "\boxed 7": TeX takes the next token
+    return m.group(0).rstrip(".") if m else None
+
+
+_PHRASE_RE = re.compile(r"\b(?:final answer|answer)\b(?:\s*is\b|\s*:)\s*", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(response):
+    """The response's final answer as a string, or None when it has none.
+
+    Order: the last \\boxed{...} or \\fbox{...} (nested braces; "\\boxed 7" too; when the last box
+    is unclosed the two before it are tried), then the text after the last "the (final) answer is"
+    or "Answer:", up to the end of its sentence, then the last number in the response.
+    """
+    if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
+        return None
+    end = len(response)
+    for _ in range(3):
+        pos = max(response.rfind("\\boxed", 0, end), response.rfind("\\fbox", 0, end))
+        if pos < 0:
+            break
+        answer = _boxed_at(response, pos)
+        if answer is not None and answer.strip():
+            return answer.strip()
+        end = pos
+    last = None
+    for last in _PHRASE_RE.finditer(response):
+        pass
+    if last is not None:
+        tail = response[last.end() : last.end() + MAX_ANSWER_CHARS + 1].split("\n", 1)[0]
+        tail = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]  # sentence end, not a decimal point
+        tail = tail.replace("$", "").replace("\\(", "").replace("\\)", "").strip().rstrip(".,;")
+        if tail:
+            return tail
+    number = None
+    for number in _NUMBER_RE.finditer(response):
+        pass
+    return number.group(0) if number else None
+
+
+# ----------------------------------------------------------------------------------------------
+# String normalisation
+
+_UNICODE = {"−": "-", "∞": "\\infty", "π": "\\pi", "°": "^\\circ", "×": "\\times", "√": "\\sqrt",
+            "·": "\\cdot", "≤": "\\le", "≥": "\\ge", "∪": "\\cup"}
+_REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+            ("\\mbox{", "\\text{"), ("\\textbf{", "\\text{"), ("\\textrm{", "\\text{"),
+            ("\\mathrm{", "\\text{"), ("\\textit{", "\\text{"), ("\\mathbf{", "\\text{"),
+            ("\\displaystyle", ""), ("\\left.", ""), ("\\right.", ""), ("{,}", ","),
+            ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
+            ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("\\degree", ""),
+            ("\\%", "%"), ("\\le ", "\\leq "), ("\\ge ", "\\geq "), ("**", "^"), ("np.", ""),
+            ("\\ ", " "), ("~", " ")]
+_SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])")
+_SPACING_RE = re.compile(r"\\[,;:!]|\\q?quad(?![a-zA-Z])")
+_TEXT_RE = re.compile(r"\\text\{([^{}]*)\}(?:\^\{?[23]\}?)?")
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_CHOICE_RE = re.compile(r"\(([A-E])\)|([A-E])[.)]?")
+_MIXED_RE = re.compile(r"(-?)(\d+)\s*\\frac(\{\d+\}|\d)(\{\d+\}|\d)")
+_UNIT_WORD_RE = re.compile(r"\s+(?:degrees?|dollars?|cents?|units?|(?:square |sq )?(?:cm|m|km|inches|feet|ft|meters))$")
+
+
+def _normalize(s):
+    """Canonical string form of one answer (no parsing, only string rewrites)."""
+    s = s.strip()
+    for old, new in _UNICODE.items():
+        s = s.replace(old, new)
+    s = _SIZING_RE.sub("", s)
+    for old, new in _REPLACE:
+        s = s.replace(old, new)
+    s = _SPACING_RE.sub("", s)
+    s = s.strip().rstrip(".").strip()
+    text_free = _TEXT_RE.sub("", s).strip()
+    if text_free and text_free != s and re.search(r"[\d}]", text_free):
+        s = text_free  # "5.4 \text{ cents}", "864 \mbox{ inches}^2": drop the units
+    else:
+        s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
+        s = _TEXT_RE.sub(lambda m: m.group(1), s).strip()  # "\text{east}", "\text{(C)}"
+    s = _UNIT_WORD_RE.sub("", s)
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # "x \in [-2,7]"
+    if _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    m = _CHOICE_RE.fullmatch(s)
+    if m:
+        s = m.group(1) or m.group(2)  # multiple choice: "(C)", "C." -> "C"
+    m = _MIXED_RE.fullmatch(s)
+    if m:
+        s = f"{m.group(1)}({m.group(2)}+\\frac{m.group(3)}{m.group(4)})"  # 1\frac{4}{5} = 9/5
+    s = re.sub(r"\s+", " ", s)
+    return re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)  # keep only spaces between letters
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure: tuples, intervals, sets, lists, unions, matrices, equations
+
+
+def _split_top(s, sep):
+    """Split s at top-level occurrences of sep (outside any ( [ { ), or None if unbalanced."""
+    parts, depth, start, i, n, k = [], 0, 0, 0, len(s), len(sep)
+    while i < n:
+        ch = s[i]
+        if ch in "([{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Reject("nesting too deep")
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            i += k
+            start = i
+            continue
+        i += 1
+    if depth != 0:
+        return None
+    parts.append(s[start:])
+    return parts
+
+
+def _wrapped(s):
+    """True when s[0] opens a bracket that closes at s[-1] (so "(a)(b)" is not wrapped)."""
+    depth = 0
+    for i, ch in enumerate(s):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i == len(s) - 1
+    return False
+
+
+_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+
+
+def _structure(s, level=0):
+    """(kind, ...) for a normalised answer; scalars are kept as strings for _scalar_equal."""
+    if level > 4 or len(s) > MAX_ANSWER_CHARS:
+        raise _Reject("structure too deep or too long")
+    m = _MATRIX_RE.fullmatch(s)
+    if m:
+        rows = [r for r in m.group(2).split("\\\\") if r.strip()]
+        cells = [[_structure(c.strip(), level + 1) for c in r.split("&")] for r in rows]
+        if sum(map(len, cells)) > MAX_ITEMS:
+            raise _Reject("matrix too large")
+        return ("matrix", cells)
+    union = _split_top(s, "\\cup")
+    if union and len(union) > 1:
+        return ("union", [_structure(p.strip(), level + 1) for p in union])
+    if s.startswith("\\{") and s.endswith("\\}"):
+        items = _split_top(s[2:-2], ",")
+        if items is not None:
+            return ("set", _items(items, level))
+    if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and _wrapped(s):
+        items = _split_top(s[1:-1], ",")
+        if items and len(items) > 1:
+            return ("seq", s[0] + s[-1], [_structure(p.strip(), level + 1) for p in items])
+    items = _split_top(s, ",")
+    if items and len(items) > 1:
+        return ("list", _items(items, level))
+    for pm in ("\\pm", "\\mp"):
+        if pm in s:
+            return ("list", _items([s], level))
+    sides = _split_top(s, "=")
+    if sides and len(sides) == 2 and all(p.strip() for p in sides):
+        return ("eq", sides[0].strip(), sides[1].strip())
+    return ("scalar", s)
+
+
+def _items(parts, level):
+    """Structures of list elements, with "a \\pm b" expanded into a + b and a - b."""
+    out = []
+    for p in parts:
+        p = p.strip()
+        for pm, first, second in (("\\pm", "+", "-"), ("\\mp", "-", "+")):
+            if pm in p:
+                out += [_structure(p.replace(pm, first, 1), level + 1),
+                        _structure(p.replace(pm, second, 1), level + 1)]
+                break
+        else:
+            out.append(_structure(p, level + 1))
+    if len(out) > MAX_ITEMS:
+        raise _Reject("too many items")
+    return out
+
+
+def _unordered_equal(xs, golds):
+    if len(xs) != len(golds):
+        return False
+    unused = list(golds)
+    for x in xs:
+        for j, g in enumerate(unused):
+            if _struct_equal(x, g):
+                del unused[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _ordered_equal(xs, golds):
+    return len(xs) == len(golds) and all(_struct_equal(x, g) for x, g in zip(xs, golds))
+
+
+def _vector(struct):
+    """Elements of a one-row or one-column matrix, or None."""
+    rows = struct[1]
+    if len(rows) == 1:
+        return rows[0]
+    if all(len(r) == 1 for r in rows):
+        return [r[0] for r in rows]
+    return None
+
+
+def _struct_equal(a, g):
+    ka, kg = a[0], g[0]
+    if ka == "eq" or kg == "eq":
+        return _equation_equal(a, g)
+    if ka == kg == "scalar":
+        return _scalar_equal(a[1], g[1])
+    if ka in ("set", "list") and kg in ("set", "list"):
+        return _unordered_equal(a[1], g[1])
+    if ka == kg == "union":
+        return _unordered_equal(a[1], g[1])
+    if ka == kg == "seq":
+        return a[1] == g[1] and _ordered_equal(a[2], g[2])
+    # a bare "1, 2" answers the tuple (1, 2) in order; a bare list never answers an interval [a, b]
+    if ka == "list" and kg == "seq" and g[1] == "()":
+        return _ordered_equal(a[1], g[2])
+    if kg == "list" and ka == "seq" and a[1] == "()":
+        return _ordered_equal(a[2], g[1])
+    if ka == kg == "matrix":
+        return (len(a[1]) == len(g[1])
+                and all(_ordered_equal(ra, rg) for ra, rg in zip(a[1], g[1])))
+    # a column/row vector answers a tuple and vice versa
+    if ka == "matrix" and kg == "seq" and g[1] == "()":
+        vec = _vector(a)
+        return vec is not None and _ordered_equal(vec, g[2])
+    if kg == "matrix" and ka == "seq" and a[1] == "()":
+        vec = _vector(g)
+        return vec is not None and _ordered_equal(a[2], vec)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# LaTeX -> tree. Nodes: ("num", Fraction) ("sym", name) ("const", "pi"|"e"|"i"|"oo")
+# ("add"|"sub"|"mul"|"div"|"pow", a, b) ("neg", a) ("fn", name, a) ("fact", a) ("binom", n, k)
+
+_FUNCTIONS = {"sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh",
+              "cosh", "tanh", "ln", "log", "exp", "sqrt"}
+_WORD_FUNCTIONS = sorted(_FUNCTIONS | {"asin", "acos", "atan"}, key=len, reverse=True)
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta",
+          "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau",
+          "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda",
+          "Xi", "Sigma", "Phi", "Psi", "Omega", "hbar", "ell"}
+_NUM_RE = re.compile(r"(\d+\.?\d*|\.\d+)(?:[eE]([-+]?\d+)(?![\d.]))?")
+_CMD_RE = re.compile(r"\\([a-zA-Z]+)")
+
+
+class _Parser:
+    def __init__(self, s):
+        self.s, self.i, self.nodes, self.depth = s, 0, 0, 0
+
+    def fail(self, why="cannot parse"):
+        raise _Reject(why)
+
+    def node(self, *parts):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            self.fail("expression too large")
+        return parts
+
+    def peek(self):
+        s, n = self.s, len(self.s)
+        while self.i < n and s[self.i] == " ":
+            self.i += 1
+        return s[self.i] if self.i < n else ""
+
+    def command_at(self):
+        m = _CMD_RE.match(self.s, self.i)
+        return m.group(1) if m else None
+
+    def parse(self):
+        tree = self.expr()
+        if self.peek():
+            self.fail("trailing input")
+        return tree
+
+    def expr(self):
+        left = self.unary()
+        while True:
+            ch = self.peek()
+            if ch and ch in "+-":
+                self.i += 1
+                left = self.node("add" if ch == "+" else "sub", left, self.term())
+            else:
+                return left
+
+    def unary(self):
+        ch = self.peek()
+        if ch and ch in "+-":
+            self.i += 1
+            inner = self.unary()
+            return inner if ch == "+" else self.node("neg", inner)
+        return self.term()
+
+    def term(self):
+        left = self.power()
+        while True:
+            ch = self.peek()
+            cmd = self.command_at() if ch == "\\" else None
+            if (ch and ch in "*/") or cmd in ("cdot", "times", "div"):
+                self.i += 1 if ch in "*/" else len(cmd) + 1
+                right = self.unary_power()
+                left = self.node("div" if ch == "/" or cmd == "div" else "mul", left, right)
+            elif ch and (ch.isalnum() or ch in "({[." or (ch == "\\" and cmd not in (
+                    None, "cdot", "times", "div", "pm", "mp", "cup", "in", "leq", "geq", "le", "ge"))):
+                left = self.node("mul", left, self.power())  # implicit product: 2x, 3\sqrt{2}
+            else:
+                return left
+
+    def unary_power(self):
+        if self.peek() == "-":
+            self.i += 1
+            return self.node("neg", self.unary_power())
+        return self.power()
+
+    def power(self):
+        base = self.postfix()
+        if self.peek() == "^":
+            self.i += 1
+            return self.node("pow", base, self.exponent())
+        return base
+
+    def exponent(self):
+        ch = self.peek()
+        if ch == "{" or ch == "(":
+            return self.group()
+        if ch == "-":
+            self.i += 1
+            return self.node("neg", self.exponent())
+        if ch.isdigit():  # TeX: x^23 is x^2 * 3
+            self.i += 1
+            return self.node("num", Fraction(int(ch)))
+        return self.postfix()
+
+    def postfix(self):
+        base = self.primary()
+        while self.peek() == "!":
+            self.i += 1
+            base = self.node("fact", base)
+        return base
+
+    def group(self):
+        opener = self.s[self.i]
+        closer = {"(": ")", "{": "}", "[": "]"}[opener]
+        self.i += 1
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail("nesting too deep")
+        inner = self.expr()
+        if self.peek() != closer:
+            self.fail("unbalanced bracket")
+        self.i += 1
+        self.depth -= 1
+        return inner
+
+    def tex_arg(self):
+        """A TeX macro argument: {group} or one character/command (\\frac12, \\sqrt2)."""
+        ch = self.peek()
+        if ch == "{":
+            return self.group()
+        if ch.isdigit():
+            self.i += 1
+            return self.node("num", Fraction(int(ch)))
+        if ch.isalpha():
+            self.i += 1
+            return self.letter(ch)
+        if ch == "\\":
+            return self.primary()
+        return self.fail("bad macro argument")
+
+    def letter(self, ch):
+        if ch in "ei":
+            return self.node("const", ch)  # Euler's e and the imaginary unit
+        return self.subscripted(ch)
+
+    def subscripted(self, name):
+        if self.peek() == "_":
+            self.i += 1
+            if self.peek() == "{":
+                end = self.s.find("}", self.i)
+                if end < 0:
+                    self.fail("unbalanced subscript")
+                sub, self.i = self.s[self.i + 1 : end], end + 1
+            else:
+                sub, self.i = self.s[self.i : self.i + 1], self.i + 1
+            name += "_" + sub.replace(" ", "")
+        return self.node("sym", name)
+
+    def primary(self):
+        ch = self.peek()
+        if not ch:
+            self.fail("unexpected end")
+        if ch.isdigit() or (ch == "." and self.s[self.i + 1 : self.i + 2].isdigit()):
+            m = _NUM_RE.match(self.s, self.i)
+            self.i = m.end()
+            mantissa = m.group(1)
+            if len(mantissa) > 200:
+                self.fail("number too long")
+            value = Fraction(mantissa.rstrip(".") or "0")
+            if m.group(2):
+                e = int(m.group(2))
+                if abs(e) > MAX_EXPONENT:
+                    self.fail("exponent too large")
+                value *= Fraction(10) ** e
+            if self.peek() == "_":
+                self.fail("number in another base")  # 52_8 is compared as a string only
+            return self.node("num", value)
+        if ch in ("(", "{", "["):
+            return self.group()
+        if ch == "\\":
+            return self.command()
+        if ch.isalpha():
+            for word in _WORD_FUNCTIONS:  # sqrt(2), arcsin(x), exp(t) written without backslash
+                if self.s.startswith(word, self.i) and (word != "pi"):
+                    self.i += len(word)
+                    return self.function(word)
+            if self.s.startswith("pi", self.i):
+                self.i += 2
+                return self.node("const", "pi")
+            self.i += 1
+            return self.letter(ch)
+        return self.fail(f"unexpected {ch!r}")
+
+    def command(self):
+        name = self.command_at()
+        if name is None:
+            self.fail("stray backslash")
+        self.i += len(name) + 1
+        if name == "frac":
+            return self.node("div", self.tex_arg(), self.tex_arg())
+        if name == "binom":
+            return self.node("binom", self.tex_arg(), self.tex_arg())
+        if name == "sqrt":
+            if self.peek() == "[":
+                self.i += 1
+                index = self.expr()
+                if self.peek() != "]":
+                    self.fail("bad root index")
+                self.i += 1
+                radicand = self.tex_arg()
+                return self.node("pow", radicand, self.node("div", self.node("num", Fraction(1)), index))
+            return self.node("fn", "sqrt", self.tex_arg())
+        if name == "pi":
+            return self.node("const", "pi")
+        if name == "infty":
+            return self.node("const", "oo")
+        if name in _GREEK:
+            return self.subscripted(name)
+        if name == "operatorname":
+            inner = self.s[self.i :].lstrip()
+            m = re.match(r"\{([a-z]+)\}", inner)
+            if not m or m.group(1) not in _FUNCTIONS:
+                self.fail("unknown operator")
+            self.i = len(self.s) - len(inner) + m.end()
+            name = m.group(1)
+        if name in _FUNCTIONS:
+            return self.function(name)
+        return self.fail(f"unknown command \\{name}")
+
+    def function(self, name):
+        name = {"asin": "arcsin", "acos": "arccos", "atan": "arctan"}.get(name, name)
+        power = base = None
+        if name == "log" and self.peek() == "_":
+            self.i += 1
+            base = self.tex_arg()
+        if self.peek() == "^":  # \sin^2 x = (\sin x)^2, \sin^{-1} x = \arcsin x
+            self.i += 1
+            power = self.exponent()
+        if self.peek() in ("(", "{", "["):
+            arg = self.group()
+        else:  # \sin 2x: the argument is the following product
+            arg = self.power()
+            while self.peek() and (self.peek().isalnum() or (self.peek() == "\\" and self.command_at() in _GREEK | {"pi"})):
+                arg = self.node("mul", arg, self.power())
+        if power == ("neg", ("num", Fraction(1))) and name in ("sin", "cos", "tan"):
+            return self.node("fn", "arc" + name, arg)
+        out = self.node("fn", name, arg)
+        if base is not None:
+            out = self.node("div", out, self.node("fn", "ln", base))
+        return self.node("pow", out, power) if power is not None else out
+
+
+def _parse(s):
+    if len(s) > MAX_ANSWER_CHARS:
+        raise _Reject("answer too long")
+    return _Parser(s).parse()
+
+
+# ---- exact rationals (no sympy) ------------------------------------------------------------------
+
+
+def _check_exponent(e):
+    if abs(e) > MAX_EXPONENT:
+        raise _Reject("exponent too large")
+
+
+def _exact(t):
+    """The tree's value as a Fraction when it is a rational constant, else None."""
+    kind = t[0]
+    if kind == "num":
+        return t[1]
+    if kind == "neg":
+        v = _exact(t[1])
+        return None if v is None else -v
+    if kind in ("add", "sub", "mul", "div", "pow", "binom"):
+        a, b = _exact(t[1]), _exact(t[2])
+        if a is None or b is None:
+            return None
+        if kind == "add":
+            return a + b
+        if kind == "sub":
+            return a - b
+        if kind == "mul":
+            return a * b
+        if kind == "div":
+            return None if b == 0 else a / b
+        if kind == "binom":
+            if a.denominator != 1 or b.denominator != 1:
+                return None
+            _check_exponent(a)
+            return Fraction(math.comb(int(a), int(b))) if 0 <= b <= a else Fraction(0)
+        _check_exponent(b)
+        if b.denominator != 1 or (a == 0 and b < 0):
+            return None
+        bits = max(a.numerator.bit_length(), a.denominator.bit_length()) * abs(int(b))
+        if bits > MAX_EXACT_BITS:
+            raise _Reject("number too large")
+        return a ** int(b)
+    if kind == "fact":
+        v = _exact(t[1])
+        if v is None or v.denominator != 1 or v < 0:
+            return None
+        if v > MAX_FACTORIAL:
+            raise _Reject("factorial too large")
+        return Fraction(math.factorial(int(v)))
+    return None
+
+
+# ---- complex floating point (fast rejection) -----------------------------------------------------
+
+_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "arcsin": cmath.asin,
+          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
+          "tanh": cmath.tanh, "ln": cmath.log, "log": cmath.log, "exp": cmath.exp,
+          "sqrt": cmath.sqrt, "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z),
+          "cot": lambda z: 1 / cmath.tan(z)}
+_CONSTS = {"pi": math.pi, "e": math.e, "i": 1j, "oo": math.inf}
+
+
+def _numeric(t, env):
+    """Complex value of the tree with symbols taken from env (may raise arithmetic errors)."""
+    kind = t[0]
+    if kind == "num":
+        return complex(t[1])
+    if kind == "sym":
+        return env[t[1]]
+    if kind == "const":
+        return _CONSTS[t[1]]
+    if kind == "neg":
+        return -_numeric(t[1], env)
+    if kind == "fn":
+        return _CMATH[t[1]](_numeric(t[2], env))
+    if kind == "fact":
+        v = _numeric(t[1], env)
+        if abs(v.real) > MAX_FACTORIAL:
+            raise _Reject("factorial too large")
+        return complex(math.gamma(v.real + 1)) if v.imag == 0 else complex("nan")
+    a, b = _numeric(t[1], env), _numeric(t[2], env)
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "div":
+        return a / b
+    if kind == "binom":
+        return complex(math.comb(int(a.real), int(b.real))) if a.real <= MAX_FACTORIAL else complex("nan")
+    _check_exponent(abs(b))
+    if b.imag == 0 and b.real == int(b.real) and a.imag == 0:
+        return complex(a.real ** int(b.real))  # keep (-8)^3 real
+    return a ** b
+
+
+def _symbols(t, out):
+    if t[0] == "sym":
+        out.add(t[1])
+    elif t[0] not in ("num", "const"):
+        for child in t[1:]:
+            if isinstance(child, tuple):
+                _symbols(child, out)
+    return out
+
+
+def _max_exponent(t):
+    """Largest |numeric exponent| in the tree (for the sympy size bound)."""
+    if t[0] == "pow":
+        try:
+            e = abs(_numeric(t[2], {}))
+        except Exception:
+            e = 0.0
+        return max(e, _max_exponent(t[1]), _max_exponent(t[2]))
+    if t[0] in ("num", "sym", "const"):
+        return 0.0
+    return max(_max_exponent(c) for c in t[1:] if isinstance(c, tuple))
+
+
+_POINTS = (0.5772156649, 1.3247179572, 0.8414709848, 1.6180339887, 0.6931471806, 2.2360679775)
+
+
+def _sample_envs(symbols, count=3):
+    names = sorted(symbols)
+    return [{name: complex(_POINTS[(k + 2 * j) % len(_POINTS)] + 0.1 * j) for j, name in enumerate(names)}
+            for k in range(count)]
+
+
+def _numerically_different(a, g, symbols):
+    """True when some sample point shows a clear difference; False when none does."""
+    for env in _sample_envs(symbols):
+        try:
+            x, y = _numeric(a, env), _numeric(g, env)
+        except (ArithmeticError, ValueError, KeyError):
+            continue
+        if not (cmath.isfinite(x) and cmath.isfinite(y)):
+            continue
+        if abs(x - y) > 1e-8 * max(abs(x), abs(y)) + 1e-12:
+            return True
+    return False
+
+
+# ---- sympy (only for equal-looking pairs of different form) --------------------------------------
+
+_sympy = None
+
+
+def _to_sympy(t):
+    sp = _sympy
+    kind = t[0]
+    if kind == "num":
+        return sp.Rational(t[1].numerator, t[1].denominator)
+    if kind == "sym":
+        return sp.Symbol(t[1])
+    if kind == "const":
+        return {"pi": sp.pi, "e": sp.E, "i": sp.I, "oo": sp.oo}[t[1]]
+    if kind == "neg":
+        return -_to_sympy(t[1])
+    if kind == "fact":
+        return sp.factorial(_to_sympy(t[1]))
+    if kind == "fn":
+        name = {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(t[1], t[1])
+        return getattr(sp, name)(_to_sympy(t[2]))
+    a, b = _to_sympy(t[1]), _to_sympy(t[2])
+    if kind == "add":
+        return a + b
+    if kind == "sub":
+        return a - b
+    if kind == "mul":
+        return a * b
+    if kind == "div":
+        return a / b
+    if kind == "binom":
+        return sp.binomial(a, b)
+    return a ** b
+
+
+def _sympy_zero(t_diff_a, t_diff_b, ratio=False):
+    """Does sympy show a - b == 0 (or, with ratio=True, a / b a nonzero constant)?"""
+    global _sympy
+    if max(_max_exponent(t_diff_a), _max_exponent(t_diff_b)) > MAX_SYMPY_EXPONENT:
+        return False
+    if _sympy is None:
+        import sympy
+        _sympy = sympy
+    a, b = _to_sympy(t_diff_a), _to_sympy(t_diff_b)
+    if ratio:
+        q = _sympy.simplify(a / b)
+        return not q.free_symbols and q.is_number and q != 0 and q.is_finite is True
+    d = a - b
+    if d == 0:
+        return True
+    d = _sympy.simplify(d)
+    return d == 0 or d.equals(0) is True
+
+
+# ---- scalar comparison --------------------------------------------------------------------------
+
+_DECIMAL_RE = re.compile(r"[-+]?(\d*)\.?(\d*)(?:[eE]([-+]?\d+)|\\times10\^\{?([-+]?\d+)\}?)?")
+
+
+def _gold_quantum(gold):
+    """Rounding unit of a gold written as a decimal ("0.15" -> 1/100, "4.5e33" -> 1e32), else None."""
+    m = _DECIMAL_RE.fullmatch(gold)
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    exponent = m.group(3) or m.group(4)
+    if "." not in gold and exponent is None:
+        return None  # an integer gold is exact
+    return Fraction(10) ** (int(exponent or 0) - len(m.group(2)))
+
+
+def _rounds_to(value, gold_value, quantum):
+    steps = abs(value) / quantum
+    rounded = math.floor(steps + Fraction(1, 2)) * quantum
+    return (rounded if value >= 0 else -rounded) == gold_value
+
+
+def _scalar_equal(a, g):
+    if a == g:
+        return True
+    if a.endswith("%") != g.endswith("%"):  # 50% answers 50 and 0.5
+        pct_side, other = (a, g) if a.endswith("%") else (g, a)
+        plain = pct_side[:-1].strip()
+        as_fraction = f"({plain})/100"
+        return (_scalar_equal(plain, other) if pct_side is a else _scalar_equal(a, plain)) or (
+            _scalar_equal(as_fraction, other) if pct_side is a else _scalar_equal(a, as_fraction))
+    a, g = a.rstrip("%"), g.rstrip("%")
+    if a == g:
+        return True
+    if re.fullmatch(r"[A-Za-z][A-Za-z ]+", a) and re.fullmatch(r"[A-Za-z][A-Za-z ]+", g):
+        return a.lower() == g.lower()  # words: "East" answers \text{east}
+    ta, tg = _parse(a), _parse(g)
+    va, vg = _exact(ta), _exact(tg)
+    quantum = _gold_quantum(g)
+    if va is not None and vg is not None:
+        return va == vg or (quantum is not None and _rounds_to(va, vg, quantum))
+    symbols = _symbols(ta, set()) | _symbols(tg, set())
+    if quantum is not None and vg is not None:  # decimal gold, irrational answer like \sqrt{2}/2
+        if symbols:
+            return False
+        try:
+            x = _numeric(ta, {})
+        except (ArithmeticError, ValueError):
+            return False
+        if not cmath.isfinite(x) or abs(x.imag) > 1e-12 * max(1.0, abs(x)):
+            return False
+        return _rounds_to(Fraction(x.real), vg, quantum)
+    if _numerically_different(ta, tg, symbols):
+        return False
+    return _sympy_zero(ta, tg)
+
+
+def _is_variable(s):
+    return re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?", s) is not None
+
+
+def _equation_equal(a, g):
+    if a[0] == "eq" and g[0] == "eq":
+        if a[1] == g[1] and _is_variable(g[1]):
+            return _struct_equal(_structure(a[2]), _structure(g[2]))
+        # general equations: (l1 - r1) is a nonzero constant multiple of (l2 - r2)
+        da = _parse(f"{a[1]}-({a[2]})")
+        dg = _parse(f"{g[1]}-({g[2]})")
+        symbols = _symbols(da, set()) | _symbols(dg, set())
+        ratios = []
+        for env in _sample_envs(symbols):
+            try:
+                x, y = _numeric(da, env), _numeric(dg, env)
+                ratios.append(x / y)
+            except (ArithmeticError, ValueError, KeyError):
+                continue
+        if not ratios or any(abs(r - ratios[0]) > 1e-8 * abs(ratios[0]) for r in ratios):
+            return False
+        return _sympy_zero(da, dg, ratio=True)
+    if a[0] == "eq":  # "x = 5" answers 5
+        return _is_variable(a[1]) and _struct_equal(_structure(a[2]), g)
+    return _is_variable(g[1]) and _struct_equal(a, _structure(g[2]))
+
+
+def is_equivalent(answer, gold):
+    """Is the bare answer equal to the bare gold answer? (gold sets the decimal precision)."""
+    if not isinstance(answer, str) or not isinstance(gold, str):
+        return False
+    if len(answer) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
+    a, g = _normalize(answer), _normalize(gold)
+    if a == g:
+        return bool(a)
+    try:
+        return _struct_equal(_structure(a), _structure(g))
+    except (_Reject, RecursionError, ArithmeticError, ValueError):
+        return False
+
+
+def score(response, gold):
+    """1.0 when the response's final answer equals the gold answer, else 0.0."""
+    if gold is None or not str(gold).strip():
+        raise ValueError(f"gold answer is empty: {gold!r}")
+    answer = extract_answer(response)
+    if answer is None:
+        return 0.0
+    try:
+        return 1.0 if is_equivalent(answer, str(gold)) else 0.0
+    except Exception:  # hostile output must never crash a training step
+        return 0.0
+
+
+def perturb_answer(gold):
+    """A nearby wrong answer for tests and benchmarks: the first digit d becomes d+1 (mod 10);
+    without digits, the last free letter changes (x -> y, C -> D, else -> x); else append "+1"."""
+    for i, ch in enumerate(gold):
+        if ch.isdigit():
+            return gold[:i] + str((int(ch) + 1) % 10) + gold[i + 1 :]
+    free = [m.start() for m in re.finditer(r"(?<![\\a-zA-Z])[a-zA-Z](?![a-zA-Z])|(?<=\\text\{)[a-zA-Z]", gold)]
+    if free:
+        i = free[-1]
+        ch = gold[i]
+        new = "y" if ch == "x" else chr((ord(ch) - 64) % 26 + 65) if ch.isupper() else "x"
+        return gold[:i] + new + gold[i + 1 :]
+    return gold + "+1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch scoring with worker processes
+
+_RECORD = struct.Struct("<qd")  # worker -> parent: (item index, score); index -1 means "ready"
+_HEADER = struct.Struct("<Q")  # parent -> worker: length of a pickled list of (index, response, gold)
+
+
+class _Worker:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = b""
+        self.ready = False
+        self.pending = deque()  # indices sent and not yet answered, in order
+        self.deadline = time.monotonic() + 120.0  # for startup
+
+    def send(self, items, timeout):
+        payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
+        self.proc.stdin.flush()
+        self.pending = deque(idx for idx, _, _ in items)
+        self.deadline = time.monotonic() + timeout
+
+    def kill(self):
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class VerifierPool:
+    """Reusable worker processes for score_batch; per-item wall-clock limit from the parent.
+
+    A worker that passes its deadline on an item (or dies) is killed and replaced, that item is
+    scored 0 and counted in .stats; the rest of its chunk is re-queued.
+    """
+
+    def __init__(self, workers=DEFAULT_WORKERS):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.size = workers
+        self.owner_pid = os.getpid()
+        self.workers = [_Worker() for _ in range(workers)]
+        self.stats = {"items": 0, "timeouts": 0, "crashes": 0}
+
+    def _replace(self, worker):
+        worker.kill()
+        self.workers.remove(worker)
+        fresh = _Worker()
+        self.workers.append(fresh)
+        return fresh
+
+    def score(self, responses, golds, timeout=DEFAULT_TIMEOUT):
+        n = len(responses)
+        results = [None] * n
+        chunk = max(1, min(64, n // (4 * self.size) or 1))
+        queue = deque(list(range(s, min(n, s + chunk))) for s in range(0, n, chunk))
+        busy = {}
+        failed_starts = 0
+        while queue or busy:
+            for w in list(self.workers):
+                if w.ready and not w.pending and queue and w.fd not in busy:
+                    idxs = queue.popleft()
+                    try:
+                        w.send([(i, responses[i], golds[i]) for i in idxs], timeout)
+                    except (BrokenPipeError, OSError):
+                        queue.appendleft(idxs)
+                        self._replace(w)
+                        self.stats["crashes"] += 1
+                        continue
+                    busy[w.fd] = w
+            for w in self.workers:
+                if not w.ready:
+                    busy[w.fd] = w
+            wait = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
+            readable, _, _ = select.select(list(busy), [], [], wait)
+            for fd in readable:
+                w = busy[fd]
+                data = os.read(fd, 1 << 16)
+                if not data:  # the worker died (crash, memory limit)
+                    busy.pop(fd)
+                    if not w.ready:
+                        failed_starts += 1
+                        if failed_starts >= 3:
+                            raise RuntimeError("verify.py workers fail to start; see their stderr above")
+                    self._lose(w, results, queue, "crashes")
+                    continue
+                w.buffer += data
+                while len(w.buffer) >= _RECORD.size:
+                    idx, value = _RECORD.unpack_from(w.buffer)
+                    w.buffer = w.buffer[_RECORD.size :]
+                    if idx < 0:
+                        w.ready = True
+                        continue
+                    results[idx] = value
+                    w.pending.popleft()
+                    w.deadline = time.monotonic() + timeout
+                if w.ready and not w.pending:
+                    busy.pop(fd)
+            now = time.monotonic()
+            for fd, w in list(busy.items()):
+                if now > w.deadline:
+                    busy.pop(fd)
+                    if not w.ready:
+                        raise RuntimeError("a verify.py worker did not start within 120 s")
+                    self._lose(w, results, queue, "timeouts")
+        self.stats["items"] += n
+        return results
+
+    def _lose(self, worker, results, queue, reason):
+        """The worker's current item scores 0; the rest of its chunk goes back to the queue."""
+        self.stats[reason] += 1
+        if worker.pending:
+            results[worker.pending.popleft()] = 0.0
+        if worker.pending:
+            queue.appendleft(list(worker.pending))
+        worker.pending = deque()
+        self._replace(worker)
+        if reason == "crashes":
+            warnings.warn("a verify.py worker died; its item was scored 0", RuntimeWarning)
+
+    def close(self):
+        if os.getpid() != self.owner_pid:
+            return  # a forked copy does not own these processes
+        for w in self.workers:
+            try:
+                w.proc.stdin.close()  # EOF: the worker exits on its own
+            except OSError:
+                pass
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            w.kill()
+        self.workers = []
+
+
+_POOL = None
+
+
+def _close_pool():
+    global _POOL
+    if _POOL is not None:
+        _POOL.close()
+        _POOL = None
+
+
+atexit.register(_close_pool)
+
+
+def score_batch(responses, golds, workers=DEFAULT_WORKERS, timeout=DEFAULT_TIMEOUT):
+    """Scores of many (response, gold) pairs, in order.
+
+    workers=0 scores in this process (size bounds only, no wall-clock limit: for debugging).
+    workers>=1 uses a module-level pool of that many worker processes, created on first use and
+    reused by later calls (closed at interpreter exit); each item gets `timeout` seconds.
+    An empty or None gold is a data error: ValueError naming the item.
+    """
+    global _POOL
+    responses, golds = list(responses), list(golds)
+    if len(responses) != len(golds):
+        raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+    for i, (response, gold) in enumerate(zip(responses, golds)):
+        if gold is None or not str(gold).strip():
+            raise ValueError(f"gold answer of item {i} is empty: {gold!r}")
+        if not isinstance(response, str):
+            raise TypeError(f"response of item {i} is {type(response).__name__}, not str")
+    golds = [str(g) for g in golds]
+    if workers == 0:
+        return [score(r, g) for r, g in zip(responses, golds)]
+    if _POOL is None or _POOL.size != workers or _POOL.owner_pid != os.getpid():
+        if _POOL is not None:
+            _POOL.close()
+        _POOL = VerifierPool(workers)
+    return _POOL.score(responses, golds, timeout)
+
+
+def _worker_main():
+    try:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):
+        pass
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the result stream
+    out.write(_RECORD.pack(-1, 0.0))
+    out.flush()
+    while True:
+        header = inp.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return  # parent closed the pipe or died
+        items = pickle.loads(inp.read(_HEADER.unpack(header)[0]))
+        for idx, response, gold in items:
+            try:
+                value = score(response, gold)
+            except MemoryError:
+                value = 0.0
+            out.write(_RECORD.pack(idx, value))
+            out.flush()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker_main()
