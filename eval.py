@@ -73,7 +73,8 @@ def load_benchmark(name_or_path, data_dir=None):
             raise ValueError(f"benchmark {name!r} is a file in a data directory: pass data_dir (--data-dir)")
         path = Path(data_dir) / BENCHMARK_FILES[name]
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: file {path} not found (set --data-dir to the folder holding {BENCHMARK_FILES[name]})")
+            raise FileNotFoundError(f"benchmark {name!r}: file {path} not found "
+                                    f"(set --data-dir to the folder holding {BENCHMARK_FILES[name]})")
         stem = name
     elif name.endswith(".jsonl") or os.sep in name:
         path = Path(name)
@@ -158,8 +159,8 @@ def benchmark_metrics(rows, scores, lengths, *, greedy=False):
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
-def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=1024, workers=2,
-             limit=None, seed=0, batch_size=256, progress=True):
+def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=1024,
+             workers=verify.DEFAULT_WORKERS, limit=None, seed=0, batch_size=256, progress=True):
     """Generate with `engine` (not created or closed here), score with verify.py, and summarise.
 
     benchmarks: {name: rows from load_benchmark}; n: samples per problem, an int or {name: n}.
@@ -250,7 +251,7 @@ def main(argv=None):
     p.add_argument("--template", choices=["qwen_math", "chat", "plain"], default="qwen_math")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="verifier processes (0: in-process)")
+    p.add_argument("--workers", type=int, default=verify.DEFAULT_WORKERS, help="verifier processes (0: in-process)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<model name>)")
     args = p.parse_args(argv)
 

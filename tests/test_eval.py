@@ -141,7 +141,7 @@ def test_eval_cli_end_to_end(tiny_model, tmp_path, capsys):
     limit, n = 3, 3
     ev.main(["--model", str(tiny_model), "--benchmarks", "math500,amc23:2", "--data-dir", str(DATA_DIR),
              "--limit", str(limit), "--n", str(n), "--temperature", "1.0", "--top-p", "0.9",
-             "--max-tokens", "24", "--engine", "hf", "--template", "plain", "--workers", "0", "--out", str(out)])
+             "--max-tokens", "24", "--engine", "hf", "--template", "plain", "--workers", "1", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     printed = capsys.readouterr().out
