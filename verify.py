@@ -106,7 +106,7 @@ def extract_answer(response):
     """The response's final answer as a string, or None when it has none.
 
     Order: the last \\boxed{...} or \\fbox{...} (nested braces; "\\boxed 7" too; when the last box
-    is unclosed the two before it are tried), then the text after the last "the (final) answer is"
+    is unclosed the two before it are tried, and when none is usable there is no answer), then the text after the last "the (final) answer is"
     or "Answer:", up to the end of its sentence, then the last number in the response.
     """
     if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
@@ -120,6 +120,8 @@ def extract_answer(response):
         if answer is not None and answer.strip():
             return answer.strip()
         end = pos
+    if end < len(response):
+        return None  # boxes present but unclosed, empty or oversized: no guessing from the text
     last = None
     for last in _PHRASE_RE.finditer(response):
         pass
@@ -147,10 +149,11 @@ _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
             ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
             ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("\\degree", ""),
             ("\\%", "%"), ("\\le ", "\\leq "), ("\\ge ", "\\geq "), ("**", "^"), ("np.", ""),
-            ("\\ ", " "), ("~", " ")]
+            ("~", " ")]
 _SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_SPACING_RE = re.compile(r"\\[,;:!]|\\q?quad(?![a-zA-Z])")
+_SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])")
 _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}(?:\^\{?[23]\}?)?")
+_UNIT_TEXT_RE = re.compile(r"\\text\{\s*[a-zA-Z][a-zA-Z ./]*\}(?:\^\{?[23]\}?)?")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHOICE_RE = re.compile(r"\(([A-E])\)|([A-E])[.)]?")
 _MIXED_RE = re.compile(r"(-?)(\d+)\s*\\frac(\{\d+\}|\d)(\{\d+\}|\d)")
@@ -167,16 +170,15 @@ def _normalize(s):
         s = s.replace(old, new)
     s = _SPACING_RE.sub("", s)
     s = s.strip().rstrip(".").strip()
-    text_free = _TEXT_RE.sub("", s).strip()
-    if text_free and text_free != s and re.search(r"[\d}]", text_free):
+    s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
+    s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{5} = 4210_5, x_{0} = x_0
+    text_free = _UNIT_TEXT_RE.sub("", s).strip()
+    if text_free != s and re.match(r"[-+.\d\\(]", text_free) and re.search(r"[\d}]", text_free):
         s = text_free  # "5.4 \text{ cents}", "864 \mbox{ inches}^2": drop the units
     else:
-        s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
         s = _TEXT_RE.sub(lambda m: m.group(1), s).strip()  # "\text{east}", "\text{(C)}"
     s = _UNIT_WORD_RE.sub("", s)
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # "x \in [-2,7]"
-    if _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
     m = _CHOICE_RE.fullmatch(s)
     if m:
         s = m.group(1) or m.group(2)  # multiple choice: "(C)", "C." -> "C"
@@ -184,7 +186,8 @@ def _normalize(s):
     if m:
         s = f"{m.group(1)}({m.group(2)}+\\frac{m.group(3)}{m.group(4)})"  # 1\frac{4}{5} = 9/5
     s = re.sub(r"\s+", " ", s)
-    return re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)  # keep only spaces between letters
+    s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)  # keep only spaces between letters
+    return s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -999,7 +1002,7 @@ class VerifierPool:
                         continue
                     busy[w.fd] = w
             for w in self.workers:
-                if not w.ready:
+                if not w.ready and queue:  # wait for a (re)starting worker only if work is left
                     busy[w.fd] = w
             wait = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
             readable, _, _ = select.select(list(busy), [], [], wait)

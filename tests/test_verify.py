@@ -1,0 +1,274 @@
+"""Tests of verify.py: extraction, equivalence by category, adversarial inputs, the data files,
+and the worker pool. Expected verdicts are written by hand from the mathematics of each pair."""
+
+import json
+import time
+
+import pytest
+from conftest import DATA_DIR
+
+import verify
+from verify import extract_answer, is_equivalent, perturb_answer, score, score_batch
+
+# ---- extraction: (response, expected final answer) -------------------------------------------
+EXTRACT = [
+    ("so the answer is \\boxed{42}.", "42"),
+    ("first \\boxed{1}, then \\boxed{2}", "2"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("nested \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)} done", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("$\\boxed{\\{1, 2\\}}$", "\\{1, 2\\}"),
+    ("\\fbox{7}", "7"),
+    ("thus \\boxed 7 is it", "7"),
+    ("thus $\\boxed 7$.", "7"),
+    ("The final answer is 12.", "12"),
+    ("The final answer is $\\frac{3}{4}$. I hope", "\\frac{3}{4}"),
+    ("Therefore the answer is 3.5.", "3.5"),
+    ("so the answer is (C).", "(C)"),
+    ("Answer: 17", "17"),
+    ("We get 3 apples and then 5 more, 8 in all.", "8"),
+    ("x = -2.5 is the only root", "-2.5"),
+    ("it costs 1,000 dollars", "1,000"),
+    ("no numbers here", None),
+    ("\\boxed{}", None),
+    ("the answer is 5 but \\boxed{" + "(" * 2000 + "5" + ")" * 2000 + "}", None),
+    ("truncated \\boxed{5} then \\boxed{", "5"),
+    ("The answer is \\boxed{9} and the final answer is 10", "9"),
+]
+
+
+@pytest.mark.parametrize("response,expected", EXTRACT)
+def test_extract_answer(response, expected):
+    assert extract_answer(response) == expected
+
+
+# ---- equivalent pairs (answer, gold), by category ----------------------------------------------
+EQUAL = [
+    # fractions
+    ("\\frac{1}{2}", "\\dfrac{1}{2}"), ("\\tfrac12", "\\frac{1}{2}"), ("\\frac12", "0.5"),
+    ("1/2", "\\frac{1}{2}"), ("\\frac{2}{4}", "\\frac12"), ("\\frac 59", "\\frac{5}{9}"),
+    ("\\frac9{19}", "9/19"), ("-\\frac{3}{8}", "\\frac{-3}{8}"), ("\\frac{-3}{-8}", "\\frac38"),
+    ("1\\frac{4}{5}", "\\frac{9}{5}"), ("137.5", "137 \\frac{1}{2}"), ("\\frac{14}{3}", "14/3"),
+    # LaTeX wrappers and spacing
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("$7$", "7"), ("\\(7\\)", "7"),
+    ("\\displaystyle \\frac{1}{4}", "\\frac14"), ("3\\,\\sqrt{5}", "3 \\sqrt{5}"), ("  12 ", "12"),
+    ("12.", "12"), ("\\text{Evelyn}", "Evelyn"), ("\\text{east}", "\\text{East}"),
+    ("\\textbf{even}", "\\text{even}"),
+    # units, degrees, percent, dollars, thousands separators
+    ("864", "864 \\mbox{ inches}^2"), ("15", "15\\mbox{ cm}^2"), ("5.4", "5.4 \\text{ cents}"),
+    ("\\frac{270}{7}", "\\frac{270}7\\text{ degrees}"), ("90", "90^\\circ"), ("90^{\\circ}", "90^\\circ"),
+    ("90°", "90"), ("90 degrees", "90^\\circ"), ("25\\%", "25"), ("25%", "25"), ("25\\%", "0.25"),
+    ("\\$32,348", "\\$32,\\!348"), ("32348", "\\$32,\\!348"), ("\\$18.90", "18.90"), ("18.9", "\\$18.90"),
+    ("10080", "10,\\!080"), ("11111111100", "11,\\! 111,\\! 111,\\! 100"), ("1{,}000", "1000"),
+    ("1,000,000", "1000000"), ("58500", "58,500"),
+    # leading zeros, decimals and fractions
+    ("007", "7"), ("0.50", "0.5"), (".35625", "0.35625"), ("0.35625", ".35625"), ("\\frac{57}{160}", ".35625"),
+    ("6.72\\times10^{-5}", ".0000672"), ("+2", "2"), ("2", "+2"), ("-0", "0"), ("5.0", "5"),
+    # decimal gold: the answer rounds to the gold's stated precision
+    ("\\frac13", "0.333"), ("0.3333", "0.333"), ("4.52e33", "4.5e33"), ("4.5\\times10^{33}", "4.5e33"),
+    ("4.5 \\cdot 10^{33}", "4.5e33"), ("45\\times10^{32}", "4.5e33"), ("0.0062", "0.006"), ("1.62", "1.6"),
+    ("\\frac{\\sqrt2}{2}", "0.707"), ("0.10", "0.1"), ("-0.875", "-\\frac{7}{8}"), ("-1/3", "-1./3"),
+    ("-1.5", "-3./2"), ("2.7778\\times 10^{-6}", "2.7778e-6"), ("0.000001", "1e-6"),
+    # roots and pi
+    ("2\\sqrt{3}", "\\sqrt{12}"), ("\\sqrt{12}", "2\\sqrt3"), ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}"),
+    ("\\sqrt{2}/2", "\\frac{\\sqrt2}{2}"), ("11\\sqrt{2}", "11\\sqrt2"), ("\\sqrt[3]{8}", "2"),
+    ("8^{1/3}", "2"), ("\\sqrt{50}", "5\\sqrt{2}"), ("sqrt(51)", "\\sqrt{51}"), ("\\pi", "π"),
+    ("2\\pi", "\\pi \\cdot 2"), ("\\frac{\\pi}{2}", "\\pi/2"), ("18+2\\pi", "2\\pi+18"),
+    ("\\frac{20000}{\\pi}", "20000/\\pi"), ("\\pi r^2", "r^2\\pi"),
+    # complex numbers
+    ("6-5i", "6 - 5i"), ("-5i+6", "6 - 5i"), ("\\frac{4A}{3+3i}e^{it}", "\\frac{4 A}{3+3 i} e^{i t}"),
+    ("1+\\sqrt{3}i", "1+\\sqrt{3} i"), ("(2+2i)^{-1}e^{2it}", "\\frac{e^{2 i t}}{(2+2 i)}"),
+    # equations
+    ("x=5", "5"), ("5", "x=5"), ("x = 5", "x=5"), ("y=2x+3", "y = 2x + 3"), ("y = 3 + 2x", "y=2x+3"),
+    ("-5x+7y-11z-4=0", "5x - 7y + 11z + 4 = 0"), ("10x-14y+22z+8=0", "5x - 7y + 11z + 4 = 0"),
+    ("2x+3", "y = 2x + 3"), ("k=\\frac{1}{2}", "0.5"),
+    # intervals
+    ("(3,4]", "(3,4]"), ("(3, 4]", "\\left(3,4\\right]"), ("[-2,7]", "x \\in [-2,7]"),
+    ("(2,\\infty)", "(2, \\infty)"), ("(-\\infty,0]", "(-\\infty, 0]"),
+    ("(-\\infty,2)\\cup(3,\\infty)", "(-\\infty, 2) \\cup (3, \\infty)"),
+    ("(3,\\infty)\\cup(-\\infty,2)", "(-\\infty, 2) \\cup (3, \\infty)"),
+    ("(\\frac{3}{5},\\frac{8}{3}]", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]"),
+    ("[\\pi^2/8, 5\\pi^2/4]", "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]"),
+    # tuples (order matters)
+    ("(6,31,-1)", "(6, 31, -1)"), ("(1.5, -13)", "\\left( \\frac{3}{2}, -13 \\right)"),
+    ("15,-29", "(15,-29)"), ("(-\\sqrt{3},\\sqrt{3})", "(-\\sqrt{3}, \\sqrt{3})"),
+    # sets and unordered lists
+    ("1,-2", "-2,1"), ("7, 5, 3", "3, 5, 7"), ("\\{3,1,2\\}", "1,2,3"),
+    ("1+\\sqrt{19}, 1-\\sqrt{19}", "1 \\pm \\sqrt{19}"), ("1 \\pm \\sqrt{19}", "1-\\sqrt{19},1+\\sqrt{19}"),
+    ("-2, 1+\\sqrt5, 1-\\sqrt5", "\\{1\\pm\\sqrt{5},-2\\}"), ("3-2\\sqrt{2}, 3+2\\sqrt2", "3 \\pm 2 \\sqrt{2}"),
+    ("2 \\text{ and } 3", "2, 3"), ("x=1, x=2", "1, 2"),
+    # matrices and vectors
+    ("\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+    ("\\begin{bmatrix}-1&0\\\\0&-1\\end{bmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+    ("\\begin{pmatrix} -\\frac13 \\\\ \\frac23 \\\\ \\frac53 \\end{pmatrix}",
+     "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}"),
+    ("(-2,-14,-7)", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "(0.2, -3.6)"),
+    # symbolic expressions
+    ("p-q", "p - q"), ("-q+p", "p - q"), ("(x+1)^2", "x^2+2x+1"), ("ab+5b+2a+10", "(a+5)(b+2)"),
+    ("\\frac{1}{\\tan x}", "\\cot x"), ("\\sin^2 x+\\cos^2 x", "1"), ("2(k+1)", "2k+2"),
+    ("\\frac{9a+11}{20}", "\\frac{11+9a}{20}"), ("x^3+3x-6", "x^3+3x-6"), ("-x+x^2-x^3+x^4-x^5+1", "-(x^5 - x^4 + x^3 - x^2 + x - 1)"),
+    ("\\cosh(at)", "\\frac{1}{2}(\\exp{a*t} + \\exp{-a*t})"), ("\\frac{e^t}{3}", "e^{t} / 3"),
+    ("\\frac{\\sqrt{2}}{4}\\cos(t-\\pi/4)", "\\frac{\\cos (2 t)+\\sin (2 t)}{4}".replace("2 t", "t")),
+    ("\\ln 2+\\frac{i\\pi}{3}", "\\ln 2 + i\\pi / 3"), ("\\log_2 8", "3"), ("\\binom{5}{2}", "10"),
+    ("5!", "120"), ("\\arcsin(10/13)", "np.arcsin(10/13)"), ("\\sin^{-1}(10/13)", "np.arcsin(10/13)"),
+    ("\\frac{\\omega_d}{(s+\\sigma)^2+\\omega_d^2}", "\\frac{\\omega_{d}}{(s+\\sigma)^{2}+\\omega_{d}^{2}}"),
+    ("x^{-2}c-\\frac{\\cos(2x)}{2x^2}", "c x^{-2}-\\frac{\\cos (2 x)}{2 x^{2}}"),
+    # multiple choice and words
+    ("C", "\\text{(C)}"), ("(C)", "\\text{(C)}"), ("\\text{(E)}", "E"), ("B.", "\\text{(B)}"),
+    ("Navin", "\\text{Navin}"), ("\\text{ellipse}", "ellipse"),
+    # bases stay strings
+    ("52_8", "52_8"), ("4210_5", "4210_{5}"),
+]
+
+# ---- different pairs (answer, gold) ------------------------------------------------------------
+NOT_EQUAL = [
+    ("\\frac{1}{3}", "\\frac{1}{2}"), ("0.3333", "\\frac13"), ("0.333", "\\frac{1}{3}"), ("3.14", "\\pi"),
+    ("3.14159265358979", "\\pi"), ("1.4142", "\\sqrt2"), ("0.54", "0.5978"), ("0.6", "0.5978"),
+    ("4.6e33", "4.5e33"), ("4.5e32", "4.5e33"), ("0.14", "0.10"), ("5.1", "5"), ("2\\sqrt{3}", "3\\sqrt{2}"),
+    ("(1,2]", "(1,2)"), ("[1,2)", "(1,2)"), ("(2,1)", "(1,2)"), ("(1,2,3)", "(1,2)"), ("[-2,7]", "(-2,7)"),
+    ("(-\\infty,0)", "(-\\infty, 0]"), ("(2,\\infty)", "(-\\infty,2)"), ("1, 2", "[1,2]"),
+    ("\\{1,2\\}", "\\{1,2,3\\}"), ("1,2,2", "1,2"), ("1+\\sqrt{19}", "1 \\pm \\sqrt{19}"),
+    ("\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+    ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}"),
+    ("x^2+2x+2", "(x+1)^2"), ("p+q", "p - q"), ("\\tan x", "\\cot x"), ("2k+1", "2k+2"),
+    ("y=2x+4", "y = 2x + 3"), ("5x-7y+11z-4=0", "5x - 7y + 11z + 4 = 0"), ("x=6", "5"), ("x^2=5", "5"),
+    ("6+5i", "6 - 5i"), ("6-5", "6 - 5i"), ("52_8", "42"), ("42", "52_8"), ("52_8", "52_9"),
+    ("\\text{west}", "\\text{east}"), ("B", "\\text{(C)}"), ("\\text{(A)}", "\\text{(C)}"),
+    ("50", "0.5"), ("0.5\\%", "50"), ("90", "\\frac{\\pi}{2}"), ("-7", "7"), ("70", "7"),
+    ("", "7"), ("x", "y"), ("\\frac{1}{0}", "1"), ("e^{t}", "e^{-t}"), ("\\sin t", "\\cos t"),
+    ("1.5", "1.50001"), ("\\text{A6}_{11}", "\\text{A5}_{11}"), ("5 \\text{ cm}", "6 \\text{ cm}"), ("1000", "1,001"), ("\\infty", "-\\infty"), ("2\\pi", "\\pi"),
+]
+
+
+@pytest.mark.parametrize("answer,gold", EQUAL)
+def test_equal(answer, gold):
+    assert is_equivalent(answer, gold)
+    assert score(f"We find that the result is \\boxed{{{answer}}}.", gold) == 1.0
+
+
+@pytest.mark.parametrize("answer,gold", NOT_EQUAL)
+def test_not_equal(answer, gold):
+    assert not is_equivalent(answer, gold)
+    assert score(f"We find that the result is \\boxed{{{answer}}}.", gold) == 0.0
+
+
+# ---- adversarial model output: scored 0, each within a time bound -----------------------------
+TOWER = "2^{" * 40 + "2" + "}" * 40
+ADVERSARIAL = [
+    "\\boxed{" + TOWER + "}",
+    "\\boxed{2^{2^{2^{2^{100}}}}}",
+    "\\boxed{10^{10^{10}}}",
+    "\\boxed{9^{9^{9^{9}}}}",
+    "\\boxed{(x+1)^{100000}}",
+    "\\boxed{x^{99999999999999999999}}",
+    "\\boxed{100000!}",
+    "\\boxed{(10^{1000})!}",
+    "\\boxed{1e999999999}",
+    "\\boxed{" + "{" * 100_000 + "5" + "}" * 100_000 + "}",
+    "\\boxed{" + "{" * 200_000,
+    "{" * 200_000,
+    "\\boxed{" + "(" * 5_000 + "5" + ")" * 5_000 + "}",
+    "\\boxed{" + "\\frac{1}{" * 3_000 + "5" + "}" * 3_000 + "}",
+    "\\boxed{" + "1+" * 50_000 + "1}",
+    "\\boxed{" + "9" * 100_000 + "}",
+    "\\boxed{" * 50_000,
+    "the answer is " + "x" * 300_000,
+    "1" * 500_000,
+    "\\boxed{" + ",".join(["1"] * 10_000) + "}",
+    "\\boxed{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{2}}}}}}}}}^{1000000}}",
+    "\\boxed{\\begin{pmatrix}" + " & ".join(["1"] * 5000) + "\\end{pmatrix}}",
+    "x" * 2_000_000,
+]
+
+
+def test_adversarial_inputs_score_zero_quickly():
+    for response in ADVERSARIAL:
+        start = time.perf_counter()
+        assert score(response, "5") == 0.0
+        elapsed = time.perf_counter() - start
+        assert elapsed < 1.0, f"{elapsed:.2f}s on {response[:60]!r}"
+
+
+def test_adversarial_inputs_in_the_pool():
+    start = time.perf_counter()
+    scores = score_batch(ADVERSARIAL + ["\\boxed{5}"], ["5"] * (len(ADVERSARIAL) + 1), workers=2, timeout=5.0)
+    assert scores == [0.0] * len(ADVERSARIAL) + [1.0]
+    assert time.perf_counter() - start < 30.0
+
+
+def test_bounded_but_legal_sizes_still_work():
+    assert is_equivalent("2^{100}", "1267650600228229401496703205376")
+    assert is_equivalent("10!", "3628800")
+    assert not is_equivalent("2^{100}", "1267650600228229401496703205377")
+
+
+# ---- the benchmark data: every gold answers itself, a perturbed gold does not ------------------
+def _golds(name):
+    with open(DATA_DIR / name) as f:
+        return [json.loads(line)["answer"] for line in f]
+
+
+@pytest.mark.parametrize("name", ["math500.jsonl", "minerva.jsonl", "math_train.jsonl", "olympiadbench.jsonl"])
+def test_data_golds_score_themselves(name):
+    golds = _golds(name)
+    right = [f"Working it out ... so the answer is \\boxed{{{g}}}." for g in golds]
+    wrong = [f"Working it out ... so the answer is \\boxed{{{perturb_answer(g)}}}." for g in golds]
+    assert [g for g, r in zip(golds, right) if score(r, g) != 1.0] == []
+    assert [g for g, w in zip(golds, wrong) if score(w, g) != 0.0] == []
+
+
+def test_perturb_answer_changes_the_answer():
+    assert perturb_answer("\\frac{14}{3}") == "\\frac{24}{3}"
+    assert perturb_answer("\\text{(C)}") == "\\text{(D)}"
+    assert perturb_answer("p - q") == "p - x"
+    assert perturb_answer("\\pi") == "\\pi+1"
+
+
+# ---- score / score_batch interface ------------------------------------------------------------
+def test_empty_gold_is_an_error():
+    with pytest.raises(ValueError, match="item 1"):
+        score_batch(["\\boxed{1}", "\\boxed{2}"], ["1", ""], workers=0)
+    with pytest.raises(ValueError, match="item 0"):
+        score_batch(["\\boxed{1}"], [None], workers=0)
+    with pytest.raises(ValueError):
+        score("\\boxed{1}", "  ")
+    with pytest.raises(ValueError):
+        score_batch(["a"], ["1", "2"], workers=0)
+
+
+def _mixed_batch():
+    golds = ["7", "\\frac{1}{2}", "(1,2)", "\\sqrt{12}", "x=5", "4.5e33", "\\text{(C)}", "3"] * 6
+    answers = ["7", "0.5", "(1,2)", "2\\sqrt3", "5", "4.52\\times10^{33}", "C", "4"] * 6
+    expected = [1.0] * 7 + [0.0]
+    return [f"so \\boxed{{{a}}}" for a in answers], golds, expected * 6
+
+
+def test_score_batch_in_process_and_pool_agree_and_pool_is_reused():
+    responses, golds, expected = _mixed_batch()
+    assert score_batch(responses, golds, workers=0) == expected
+    assert score_batch(responses, golds, workers=2) == expected
+    pids = [w.proc.pid for w in verify._POOL.workers]
+    assert score_batch(responses[::-1], golds[::-1], workers=2) == expected[::-1]
+    assert [w.proc.pid for w in verify._POOL.workers] == pids  # same processes, no respawn
+    assert score_batch([], [], workers=2) == []
+
+
+def test_stuck_item_is_scored_zero_and_its_worker_replaced():
+    # An item that needs sympy makes its worker import sympy (~0.3 s or more); with a 0.02 s limit
+    # it is killed from outside and scored 0, and a fresh worker takes over the rest.
+    responses, golds, expected = _mixed_batch()
+    slow = ("so \\boxed{\\frac{1}{\\sqrt{3}}}", "\\frac{\\sqrt{3}}{3}")
+    pool = verify.VerifierPool(workers=1)
+    try:
+        first = pool.workers[0].proc
+        scores = pool.score([slow[0]] + responses[:8], [slow[1]] + golds[:8], timeout=0.02)
+        assert scores[0] == 0.0 and len(scores) == 9
+        assert pool.stats["timeouts"] >= 1
+        assert first.poll() is not None  # killed
+        second = pool.workers[0].proc
+        assert second.pid != first.pid and second.poll() is None
+        # with a generous limit the same item is right, and the rest of the batch too
+        assert pool.score([slow[0]] + responses, [slow[1]] + golds, timeout=30.0) == [1.0] + expected
+    finally:
+        pool.close()
+    assert pool.workers == [] and second.poll() is not None  # close() leaves no process behind
