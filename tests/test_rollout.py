@@ -1,0 +1,304 @@
+"""rollout.py on the CPU: the real vLLM CPU engine and the transformers fallback on a tiny Qwen2.
+
+One vLLM engine per module (its start costs ~5-10 s). References are independent of the engines:
+log-probs are recomputed by a plain transformers forward pass, prompt ids from the tokenizer's
+character table, EOS/stop/truncation rules checked token by token.
+"""
+import dataclasses
+import os
+import string
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+from rollout import RolloutConfig, Sample, format_prompt, iter_full_parameters, make_engine, request_seed  # noqa: E402
+from train import build_tiny_model  # noqa: E402
+
+EOS = 1
+CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # build_tiny_model's table, ids from 3
+# No whitespace in prompts: transformers 5 loads build_tiny_model's tokenizer as Qwen2Tokenizer
+# (picked from the model type), whose pre-tokenizer drops spaces and newlines when encoding.
+PROMPTS = ["1+1=", "What_is_7*6?", "x"]
+
+
+def has_vllm():
+    try:
+        import vllm  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+needs_vllm = pytest.mark.skipif(not has_vllm(), reason="vLLM not installed")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
+
+
+def config(engine, **overrides):
+    return RolloutConfig(engine=engine, template="plain", dtype="float32", max_tokens=64,
+                         max_model_len=256, **overrides)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(model_dir):
+    if not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = make_engine(config("vllm"), model_dir, seed=0)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(model_dir):
+    engine = make_engine(config("hf"), model_dir, seed=0)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def trainer_model(model_dir):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def recomputed_logprobs(model, sample):
+    """log pi(token | prefix) of every response token by one forward pass of the transformers model."""
+    ids = torch.tensor([sample.prompt_ids + sample.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].double()
+    p = len(sample.prompt_ids)
+    logprobs = torch.log_softmax(logits[p - 1:-1], dim=-1)
+    return logprobs.gather(-1, torch.tensor(sample.token_ids)[:, None])[:, 0]
+
+
+def mean_abs_logprob_diff(model, results):
+    diffs = [(recomputed_logprobs(model, s) - torch.tensor(s.logprobs, dtype=torch.float64)).abs()
+             for samples in results for s in samples]
+    return torch.cat(diffs).mean().item()
+
+
+def decode_chars(ids):
+    return "".join(CHARS[t - 3] for t in ids if 3 <= t < 3 + len(CHARS))
+
+
+def check_samples(results, prompts, n, max_tokens, stops=()):
+    """Schema and the EOS / stop / truncation rules, token by token."""
+    assert len(results) == len(prompts)
+    for prompt, samples in zip(prompts, results):
+        assert len(samples) == n
+        for s in samples:
+            assert isinstance(s, Sample)
+            assert s.prompt_ids == [CHARS.index(c) + 3 for c in prompt]
+            assert s.length == len(s.token_ids) == len(s.logprobs) >= 1
+            assert all(isinstance(t, int) for t in s.token_ids)
+            assert all(isinstance(x, float) and x <= 0 for x in s.logprobs)
+            assert s.length <= max_tokens
+            assert s.text == decode_chars(s.token_ids)
+            # EOS can only be the last token; after it the response ends and is not truncated.
+            assert EOS not in s.token_ids[:-1]
+            ended_by_stop = any(x in s.text for x in stops)
+            if stops:  # no stop string is complete before the last token
+                assert not any(x in decode_chars(s.token_ids[:-1]) for x in stops)
+            if s.token_ids[-1] == EOS or ended_by_stop:
+                assert not s.truncated
+            else:
+                assert s.truncated and s.length == max_tokens
+
+
+def test_config_defaults_and_bad_input(model_dir, hf_engine):
+    cfg = RolloutConfig()
+    assert (cfg.engine, cfg.template, cfg.temperature, cfg.top_p, cfg.stop) == ("vllm", "qwen_math", 1.0, 1.0, [])
+    with pytest.raises(ValueError, match="engine"):
+        make_engine(dataclasses.replace(cfg, engine="sglang"), model_dir)
+    with pytest.raises(ValueError, match="template"):
+        make_engine(dataclasses.replace(cfg, engine="hf", template="alpaca"), model_dir)
+    with pytest.raises(ValueError, match="empty"):
+        hf_engine.generate(["ok", ""], 2)
+    with pytest.raises(ValueError, match="n must"):
+        hf_engine.generate(["ok"], 0)
+    with pytest.raises(ValueError, match="max_model_len"):
+        hf_engine.generate(["y" * 300], 1)
+    with pytest.raises(TypeError, match="list"):
+        hf_engine.generate("a single string", 1)
+
+
+def test_templates(model_dir):
+    engine = make_engine(dataclasses.replace(config("hf"), template="qwen_math"), model_dir)
+    expected = "2+2?\nLet's think step by step and output the final answer within \\boxed{}."
+    assert format_prompt("2+2?", "qwen_math", engine.tokenizer) == expected
+    assert format_prompt("2+2?", "plain", engine.tokenizer) == "2+2?"
+    [[s]] = engine.generate(["2+2?"], 1, max_tokens=2)
+    assert s.prompt_ids == engine.tokenizer(expected)["input_ids"]
+    with pytest.raises(ValueError, match="chat template"):  # the char tokenizer has none
+        format_prompt("2+2?", "chat", engine.tokenizer)
+    engine.tokenizer.chat_template = "{% for m in messages %}U:{{ m['content'] }}|{% endfor %}A:"
+    assert format_prompt("2+2?", "chat", engine.tokenizer) == f"U:{expected}|A:"
+
+
+@needs_vllm
+def test_vllm_samples_fields_eos_and_truncation(vllm_engine):
+    results = vllm_engine.generate(PROMPTS, 8, max_tokens=128)
+    check_samples(results, PROMPTS, 8, 128)
+    flat = [s for samples in results for s in samples]
+    # A random model emits EOS with p ~ 1/128 per token: both endings occur among 24 samples.
+    assert any(s.truncated for s in flat) and any(s.token_ids[-1] == EOS for s in flat)
+    assert len({tuple(s.token_ids) for s in flat}) == len(flat)  # the G samples differ
+
+
+def test_hf_same_schema(hf_engine):
+    results = hf_engine.generate(PROMPTS, 8, max_tokens=128)
+    check_samples(results, PROMPTS, 8, 128)
+    flat = [s for samples in results for s in samples]
+    assert any(s.truncated for s in flat) and any(s.token_ids[-1] == EOS for s in flat)
+    assert len({tuple(s.token_ids) for s in flat}) == len(flat)
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_stop_strings(engine_name, request):
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    stops = ["a", "b", "c", "d", "=="]
+    engine.cfg, old = dataclasses.replace(engine.cfg, stop=stops), engine.cfg
+    try:
+        results = engine.generate(PROMPTS, 8, max_tokens=48)
+    finally:
+        engine.cfg = old
+    check_samples(results, PROMPTS, 8, 48, stops)
+    assert any(any(x in s.text for x in stops) for samples in results for s in samples)
+
+
+def test_hf_logprobs_match_forward(hf_engine, trainer_model):
+    # The fallback's log-probs come from generate's raw logits (left-padded, KV-cached batch).
+    results = hf_engine.generate(PROMPTS, 4, max_tokens=32)
+    assert mean_abs_logprob_diff(trainer_model, results) < 1e-5
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_greedy_is_deterministic(engine_name, request, trainer_model):
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    a = engine.generate(PROMPTS, 3, temperature=0, max_tokens=16)
+    b = engine.generate(PROMPTS, 3, temperature=0, max_tokens=16)
+    for sa, sb in zip(a, b):
+        assert [s.token_ids for s in sa] == [s.token_ids for s in sb]
+        assert len({tuple(s.token_ids) for s in sa}) == 1  # all n greedy samples coincide
+    # Greedy = argmax of the model's next-token distribution at every step (the log-prob is the max).
+    for samples in a:
+        s = samples[0]
+        ids = torch.tensor([s.prompt_ids + s.token_ids])
+        with torch.no_grad():
+            logits = trainer_model(ids).logits[0, len(s.prompt_ids) - 1:-1]
+        assert logits.argmax(-1).tolist() == s.token_ids
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_fixed_seed_reproduces(engine_name, request, model_dir):
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+
+    def tokens(results):
+        return [[s.token_ids for s in samples] for samples in results]
+
+    a = engine.generate(PROMPTS, 4, max_tokens=24, seed=123)
+    b = engine.generate(PROMPTS, 4, max_tokens=24, seed=123)
+    c = engine.generate(PROMPTS, 4, max_tokens=24, seed=124)
+    assert tokens(a) == tokens(b) and tokens(a) != tokens(c)
+    # Without an explicit seed every call draws fresh samples (the call counter enters the seed).
+    assert tokens(engine.generate(PROMPTS, 4, max_tokens=24)) != tokens(engine.generate(PROMPTS, 4, max_tokens=24))
+    if engine_name == "hf":  # a second engine with the same seed repeats the first one's calls
+        first = make_engine(config("hf"), model_dir, seed=7)
+        second = make_engine(config("hf"), model_dir, seed=7)
+        for _ in range(2):
+            assert tokens(first.generate(PROMPTS, 2, max_tokens=8)) == tokens(second.generate(PROMPTS, 2, max_tokens=8))
+
+
+def test_request_seed():
+    assert request_seed(0, 3, 5) == request_seed(0, 3, 5)
+    seeds = {request_seed(0, call, i) for call in range(20) for i in range(50)}
+    assert len(seeds) == 1000 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert request_seed(0, None, 5) != request_seed(0, 0, 5)
+
+
+def perturbed_copy(model, scale, seed):
+    import copy
+    changed = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return changed
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_sync_weights_makes_engine_logprobs_match_trainer(engine_name, request, trainer_model):
+    """The test that proves the sync: engine log-probs of its own samples vs. transformers' recomputation."""
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    assert trainer_model.config.tie_word_embeddings  # lm_head must travel under its own name too
+    trainer = perturbed_copy(trainer_model, 0.05, seed=1)
+    before = engine.generate(PROMPTS, 4, max_tokens=32)
+    assert mean_abs_logprob_diff(trainer, before) > 1e-2  # engine still has the old weights
+    assert mean_abs_logprob_diff(trainer_model, before) < 1e-4
+    engine.sleep()  # no-ops on the CPU; the GPU order is sleep -> train -> sync_weights -> generate
+    engine.sync_weights(trainer)
+    after = engine.generate(PROMPTS, 4, max_tokens=32)
+    assert mean_abs_logprob_diff(trainer, after) < 1e-4
+    engine.sync_weights(trainer_model)  # back to the original weights for the other tests
+    assert mean_abs_logprob_diff(trainer_model, engine.generate(PROMPTS, 2, max_tokens=16)) < 1e-4
+
+
+FSDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoModelForCausalLM
+    sys.path.insert(0, sys.argv[2])
+    from rollout import iter_full_parameters
+    dist.init_process_group("gloo")
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    assert any(hasattr(p, "full_tensor") for p in model.parameters()), "not sharded"
+    names = []
+    for name, tensor in iter_full_parameters(model):
+        assert not hasattr(tensor, "full_tensor"), name
+        assert torch.equal(tensor.cpu(), reference[name]), name
+        names.append(name)
+    assert sorted(names) == sorted(reference), (sorted(set(reference) - set(names)), names)
+    dist.barrier()
+    dist.destroy_process_group()
+    print("ok", len(names))
+""")
+
+
+def test_iter_full_parameters_gathers_fsdp2_shards(model_dir, tmp_path):
+    """Two gloo ranks, FSDP2-sharded tiny model: every parameter arrives whole, tied lm_head included."""
+    script = tmp_path / "fsdp_gather.py"
+    script.write_text(FSDP_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(script), model_dir, root]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("ok 27") == 2
+
+
+def test_iter_full_parameters_plain_model(trainer_model):
+    pairs = list(iter_full_parameters(trainer_model))
+    names = [n for n, _ in pairs]
+    assert sorted(names) == sorted(trainer_model.state_dict())
+    d = dict(pairs)
+    assert torch.equal(d["lm_head.weight"], d["model.embed_tokens.weight"])
