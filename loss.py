@@ -140,17 +140,19 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
 
 
 class _PrecomputedGrad(torch.autograd.Function):
-    """Carries a loss whose gradients w.r.t. hidden and weight were already computed; backward scales them."""
+    """Carries a loss whose gradients w.r.t. hidden and weight were already computed; backward scales them
+    in place (no second V x H copy) and hands them over, so a second backward through it is an error."""
     @staticmethod
     def forward(ctx, hidden, weight, loss, grad_h, grad_w):
-        ctx.save_for_backward(grad_h, grad_w)
+        ctx.grads = (grad_h, grad_w)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, g):
-        grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * g.to(grad_h.dtype),
-                None if grad_w is None else grad_w * g.to(grad_w.dtype), None, None, None)
+        if ctx.grads is None:
+            raise RuntimeError("token_loss_fused: its loss was already backpropagated once")
+        grads, ctx.grads = ctx.grads, None
+        return tuple(None if t is None else t.mul_(g.to(t.dtype)) for t in grads) + (None, None, None)
 
 
 def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab_size=None, chunk_size=None,

@@ -143,7 +143,9 @@ def test_same_pass_with_frozen_weight_and_no_grad_inputs():
     hidden, weight, targets = make_inputs(6, seed=8)
     weight = weight.detach()
     loss, logp, _ = token_loss_fused(hidden, weight, targets, lambda lp, ent, rows: -lp.sum(), chunk_size=4)
-    (g_h,) = torch.autograd.grad(loss, (hidden,))
+    (g_h,) = torch.autograd.grad(loss, (hidden,), retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):   # its stored gradients are handed over
+        torch.autograd.grad(loss, (hidden,))
     ref_logp, _ = reference(hidden, weight, targets, 1.0, vocab_size=V_ROWS)
     close(g_h, torch.autograd.grad(-ref_logp.sum(), (hidden,))[0])
     loss, _, _ = token_loss_fused(hidden.detach(), weight, targets, lambda lp, ent, rows: -lp.sum())
