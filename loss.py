@@ -170,7 +170,7 @@ def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab
     """
     shape = targets.shape
     h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
-    need_h, need_w = hidden.requires_grad, weight.requires_grad
+    need_h, need_w = (torch.is_grad_enabled() and x.requires_grad for x in (hidden, weight))
     w = weight.detach()[:vocab_size].float()
     valid = t != ignore_index
     n = h.shape[0]

@@ -148,9 +148,12 @@ def test_same_pass_with_frozen_weight_and_no_grad_inputs():
         torch.autograd.grad(loss, (hidden,))
     ref_logp, _ = reference(hidden, weight, targets, 1.0, vocab_size=V_ROWS)
     close(g_h, torch.autograd.grad(-ref_logp.sum(), (hidden,))[0])
-    loss, _, _ = token_loss_fused(hidden.detach(), weight, targets, lambda lp, ent, rows: -lp.sum())
+    with torch.no_grad():                     # no gradient wanted: the loss value only
+        loss, _, _ = token_loss_fused(hidden, weight, targets, lambda lp, ent, rows: -lp.sum())
     assert not loss.requires_grad
     close(loss, -ref_logp.sum())
+    loss, _, _ = token_loss_fused(hidden.detach(), weight, targets, lambda lp, ent, rows: -lp.sum())
+    assert not loss.requires_grad
 
 
 def test_bad_inputs_raise_clear_errors():
