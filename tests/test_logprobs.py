@@ -185,3 +185,14 @@ def test_cuda_matches_cpu(dtype):
     tol = 1e-4 if dtype == torch.float32 else 2**-7   # TF32 may be on for float32 matmuls on GPUs
     for a, b in [(logp, c_logp), (entropy, c_entropy), (g_h, c_g_h), (g_w, c_g_w)]:
         torch.testing.assert_close(a.double().cpu(), b.double(), rtol=tol, atol=tol)
+
+
+def test_autograd_graph_keeps_nothing_of_size_n_by_v():
+    """What autograd saves for the backward: N x V tensors for the naive version, only [N], [N, H], [V, H] here."""
+    n = 64
+    hidden, weight, targets = make_inputs(n)
+    for fn, expect_n_by_v in ((reference, True), (token_logprobs, False)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            fn(hidden, weight, targets, temperature=1.0)
+        assert (max(saved) >= n * V_REAL) == expect_n_by_v, (fn.__name__, max(saved))
