@@ -36,7 +36,7 @@ HARD_LEVELS = (4, 5)  # MATH levels 4-5, which the HA-DW paper reports separatel
 # ---------------------------------------------------------------------------------------------
 # Data
 
-def _read_jsonl(path, stem):
+def _read_jsonl(path, stem, problem_key="problem", answer_key="answer"):
     rows = []
     with open(path) as f:
         for i, line in enumerate(f):
@@ -46,19 +46,21 @@ def _read_jsonl(path, stem):
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from None
-            if "problem" not in row:
-                raise ValueError(f"{path}:{i + 1}: row has no 'problem' field (fields: {sorted(row)})")
+            if problem_key not in row:
+                raise ValueError(f"{path}:{i + 1}: row has no '{problem_key}' field (fields: {sorted(row)})")
+            row["problem"], row["answer"] = row[problem_key], row.get(answer_key)
             row.setdefault("id", f"{stem}-{i:04d}")
             rows.append(row)
     return rows
 
 
-def load_benchmark(name_or_path, data_dir=None):
+def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer_key="answer"):
     """Rows (dicts with id, problem, answer, optional level/subject) of one benchmark.
 
     `name_or_path` is a known name (a file in `data_dir`), a path to a .jsonl file, or
     `hf:<owner>/<dataset>/<file>.jsonl` (a file from the Hugging Face hub; needs internet).
-    Rows without an answer are skipped with a warning naming their id.
+    The question and answer fields are read from `problem_key` and `answer_key` (train.py's data
+    config). Rows without an answer are skipped with a warning naming their id.
     """
     name = str(name_or_path)
     if name.startswith("hf:"):
@@ -85,7 +87,7 @@ def load_benchmark(name_or_path, data_dir=None):
         raise ValueError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARK_FILES)}, "
                          f"a path to a .jsonl file, or hf:<owner>/<dataset>/<file>.jsonl")
     rows = []
-    for row in _read_jsonl(path, stem):
+    for row in _read_jsonl(path, stem, problem_key, answer_key):
         answer = row.get("answer")
         if answer is None or str(answer).strip() == "":
             warnings.warn(f"benchmark {name!r}: row {row['id']} has no answer; skipped")
@@ -160,11 +162,12 @@ def benchmark_metrics(rows, scores, lengths, *, greedy=False):
 # Evaluation
 
 def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=1024,
-             workers=verify.DEFAULT_WORKERS, limit=None, seed=0, batch_size=256, progress=True):
+             workers=verify.DEFAULT_WORKERS, limit=None, seed=0, batch_size=256, progress=True, score_fn=None):
     """Generate with `engine` (not created or closed here), score with verify.py, and summarise.
 
     benchmarks: {name: rows from load_benchmark}; n: samples per problem, an int or {name: n}.
     limit: evaluate only the first `limit` problems of each benchmark (train.py's periodic eval).
+    score_fn(responses, golds) -> scores replaces verify.score_batch (train.py's synthetic task).
     Returns (results, records): results is JSON-serialisable; records has one dict per sample.
     """
     n_of = (lambda name: n.get(name, 1)) if isinstance(n, dict) else (lambda name: n)
@@ -188,7 +191,7 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
             bar.update(len(chunk) * bn)
         responses = [s.text for group in samples for s in group]
         golds = [row["answer"] for row in rows for _ in range(bn)]
-        flat_scores = verify.score_batch(responses, golds, workers=workers)
+        flat_scores = score_fn(responses, golds) if score_fn else verify.score_batch(responses, golds, workers=workers)
         scores = [flat_scores[i * bn:(i + 1) * bn] for i in range(len(rows))]
         lengths = [[s.length for s in group] for group in samples]
         results["benchmarks"][name] = benchmark_metrics(rows, scores, lengths, greedy=greedy)

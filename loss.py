@@ -79,3 +79,209 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
             stats["bucket_loss"] = torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, (pg.double() * md).sum(1))
             stats["bucket_tokens"] = torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, md.sum(1))
     return loss, stats
+
+
+# ---- fused log-prob and entropy kernel ----
+# Why: logits = h @ W.T over Qwen2.5's 151,936-row vocabulary are N x V float32 (1.2 GB at N = 2048), and
+# autograd keeps several such tensors (logits, log-softmax, their gradients). Here the vocabulary dimension
+# only ever exists for `chunk_size` tokens at a time, in two reused float32 buffers of chunk_size x V.
+# Two ways to get gradients:
+#   token_logprobs   - a chunked autograd function: the forward keeps only per-token statistics (logsumexp),
+#                      the backward recomputes each chunk's logits (four matmuls in all; works for any loss).
+#   token_loss_fused - for token-local losses: each chunk's d loss / d logp (and / d entropy) is evaluated as
+#                      soon as its log-probs exist, and grad_hidden / grad_weight are accumulated in the same
+#                      pass (three matmuls, like the naive version, but never N x V).
+# Conventions, both paths: float32 accumulation whatever the input dtype (low-precision inputs are upcast per
+# chunk of tokens; the weight once per call, a transient float32 copy of V x H); logits are (h @ W.T) / T;
+# rows >= vocab_size (Qwen pads its LM head) are left out of the softmax and get zero gradient; tokens whose
+# target == ignore_index get logprob 0 and entropy 0 and contribute no gradient.
+
+_CHUNK_ELEMENTS = 2**25  # default chunk: one chunk x V buffer of about 128 MB float32 (two are live)
+
+
+def _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index):
+    """Validate the inputs; return (h [N, H], targets [N], vocab_size, chunk_size)."""
+    if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(f"hidden [..., H] and weight [V, H] disagree: {tuple(hidden.shape)} vs {tuple(weight.shape)}")
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} must match hidden's leading dims {tuple(hidden.shape[:-1])}")
+    if targets.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"targets must be integer token ids, got {targets.dtype}")
+    vocab_size = weight.shape[0] if vocab_size is None else int(vocab_size)
+    if not 0 < vocab_size <= weight.shape[0]:
+        raise ValueError(f"vocab_size {vocab_size} must be in [1, {weight.shape[0]}] (the weight's rows)")
+    targets = targets.reshape(-1).long()
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))
+    if bad.any():
+        raise ValueError(f"target ids outside [0, {vocab_size}) that are not ignore_index={ignore_index}: "
+                         f"{targets[bad][:5].tolist()}")
+    chunk_size = chunk_size or max(1, _CHUNK_ELEMENTS // vocab_size)
+    return hidden.reshape(-1, hidden.shape[-1]), targets, vocab_size, int(chunk_size)
+
+
+def _chunk_softmax(h_chunk, w, targets, valid, temperature, shifted, expd):
+    """Tempered logits of one chunk into `shifted` (minus the row max) and exp(shifted) into `expd`.
+    Returns per-token (logp, entropy, logsumexp, E_p[z] - max, 1 / sum exp); all float32."""
+    h_chunk = h_chunk.float() / temperature
+    torch.mm(h_chunk, w.t(), out=shifted)
+    row_max = shifted.amax(dim=1)
+    shifted.sub_(row_max[:, None])              # exp below cannot overflow
+    torch.exp(shifted, out=expd)
+    sum_exp = expd.sum(dim=1)
+    log_sum = sum_exp.log()
+    centre = torch.bmm(expd[:, None, :], shifted[:, :, None]).view(-1) / sum_exp  # E_p[z - max]
+    logp = shifted.gather(1, targets.clamp(min=0)[:, None]).view(-1) - log_sum
+    entropy = log_sum - centre                  # H = logsumexp - E_p[z]
+    zero = torch.zeros((), device=logp.device)
+    return (torch.where(valid, logp, zero), torch.where(valid, entropy, zero),
+            row_max + log_sum, centre, sum_exp.reciprocal())
+
+
+def _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, targets, valid):
+    """d loss / d logits for one chunk, written over one of the two buffers (which it returns).
+    `shifted` = z - c and `expd` = exp(z - c) for a per-row constant c, p = expd * inv_sum, centre = E_p[z] - c.
+    d logp_t / dz = onehot(t) - p;  d H / dz = -p * (z - E_p[z])."""
+    g_logp = torch.where(valid, g_logp, 0.0)
+    if g_entropy is None:
+        grad = expd.mul_((-g_logp * inv_sum)[:, None])
+    else:
+        g_entropy = torch.where(valid, g_entropy, 0.0)
+        grad = shifted.mul_((-g_entropy * inv_sum)[:, None]).sub_(((g_logp - g_entropy * centre) * inv_sum)[:, None])
+        grad.mul_(expd)
+    rows = torch.arange(len(targets), device=grad.device)
+    grad.index_put_((rows, targets.clamp(min=0)), g_logp, accumulate=True)
+    return grad
+
+
+def _chunks(n, chunk_size, vocab_size, device):
+    """Yield (start, end, shifted view, expd view) over two float32 buffers reused by every chunk."""
+    rows = min(n, chunk_size)
+    shifted_buf = torch.empty(rows, vocab_size, device=device)
+    expd_buf = torch.empty(rows, vocab_size, device=device)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        yield start, end, shifted_buf[: end - start], expd_buf[: end - start]
+
+
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, vocab_size, chunk_size, ignore_index):
+        w = weight[:vocab_size].float()
+        valid = targets != ignore_index
+        n = hidden.shape[0]
+        logp, entropy, lse = (torch.zeros(n, device=hidden.device) for _ in range(3))
+        for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, hidden.device):
+            logp[a:b], entropy[a:b], lse[a:b], _, _ = _chunk_softmax(
+                hidden[a:b], w, targets[a:b], valid[a:b], temperature, shifted, expd)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.settings = (temperature, vocab_size, chunk_size, ignore_index)
+        ctx.set_materialize_grads(False)  # an unused output (entropy as a metric) gives None: cheaper backward
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, g_logp, g_entropy):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        temperature, vocab_size, chunk_size, ignore_index = ctx.settings
+        w = weight[:vocab_size].float()
+        valid = targets != ignore_index
+        need_h, need_w = ctx.needs_input_grad[:2]
+        grad_h = torch.zeros(hidden.shape, device=hidden.device) if need_h else None
+        grad_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
+        g_logp = torch.zeros_like(lse) if g_logp is None else g_logp
+        for a, b, shifted, expd in _chunks(hidden.shape[0], chunk_size, vocab_size, hidden.device):
+            h_chunk = hidden[a:b].float() / temperature
+            torch.mm(h_chunk, w.t(), out=shifted)       # recompute the chunk's logits
+            shifted.sub_(lse[a:b, None])                # = log p
+            torch.exp(shifted, out=expd)                # = p
+            grad = _chunk_logit_grad(shifted, expd, torch.ones_like(lse[a:b]), -entropy[a:b], g_logp[a:b],
+                                     None if g_entropy is None else g_entropy[a:b], targets[a:b], valid[a:b])
+            if need_h:
+                torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)
+            if need_w:
+                grad_w[:vocab_size].addmm_(grad.t(), h_chunk)
+        return (None if grad_h is None else grad_h.to(hidden.dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None)
+
+
+def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None, chunk_size=None,
+                   ignore_index=-100):
+    """log pi(target) and the entropy of pi for every token, never holding N x V logits.
+
+    hidden [..., H] (the model's final hidden states, any float dtype), weight [V, H] (lm_head.weight),
+    targets [...] (token ids; ignore_index marks tokens to skip). pi = softmax((hidden @ weight.T) / temperature)
+    over the first vocab_size rows. Returns (logprobs, entropy), float32, shaped like targets; both are
+    differentiable w.r.t. hidden and weight (the backward recomputes logits chunk by chunk).
+    chunk_size: tokens per chunk (default: about 128 MB of float32 logits per buffer).
+    """
+    shape = targets.shape
+    h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
+    logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
+                                                ignore_index)
+    return logp.view(shape), entropy.view(shape)
+
+
+class _PrecomputedGrad(torch.autograd.Function):
+    """Carries a loss whose gradients w.r.t. hidden and weight were already computed; backward scales them
+    in place (no second V x H copy) and hands them over, so a second backward through it is an error."""
+    @staticmethod
+    def forward(ctx, hidden, weight, loss, grad_h, grad_w):
+        ctx.grads = (grad_h, grad_w)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.grads is None:
+            raise RuntimeError("token_loss_fused: its loss was already backpropagated once")
+        grads, ctx.grads = ctx.grads, None
+        return tuple(None if t is None else t.mul_(g.to(t.dtype)) for t in grads) + (None, None, None)
+
+
+def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab_size=None, chunk_size=None,
+                     ignore_index=-100):
+    """A token-local loss and its gradient in ONE pass over the vocabulary (three matmuls, no recompute).
+
+    loss_fn(logp [c], entropy [c], rows: slice) -> scalar, called once per chunk of tokens (rows index the
+    flattened targets, so the caller can slice its per-token constants: old logprobs, advantages, weights).
+    The total loss is the SUM of the chunk values, so loss_fn must be token-local (e.g. the PPO-clip surrogate
+    with per-response A_i, W_i; not GSPO's sequence ratio, which needs token_logprobs). Its gradient reaches
+    hidden and weight only through logp and entropy: tensors loss_fn closes over get no gradient.
+    Ignored tokens enter loss_fn with logp = entropy = 0 and get no gradient.
+    Returns (loss, logprobs, entropy): loss is differentiable (its backward scales the stored grad_hidden and
+    grad_weight: one float32 V x H tensor is held until then); logprobs and entropy are detached, float32.
+    """
+    shape = targets.shape
+    h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
+    need_h, need_w = (torch.is_grad_enabled() and x.requires_grad for x in (hidden, weight))
+    w = weight.detach()[:vocab_size].float()
+    valid = t != ignore_index
+    n = h.shape[0]
+    grad_h = torch.zeros(h.shape, device=h.device) if need_h else None
+    grad_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
+    logp, entropy = torch.zeros(n, device=h.device), torch.zeros(n, device=h.device)
+    total = torch.zeros((), device=h.device)
+    for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, h.device):
+        lp, ent, _, centre, inv_sum = _chunk_softmax(h[a:b].detach(), w, t[a:b], valid[a:b], temperature,
+                                                     shifted, expd)
+        logp[a:b], entropy[a:b] = lp, ent
+        with torch.enable_grad():
+            lp, ent = lp.requires_grad_(), ent.requires_grad_()
+            chunk_loss = loss_fn(lp, ent, slice(a, b))
+            if chunk_loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar per chunk, got shape {tuple(chunk_loss.shape)}")
+            g_logp, g_entropy = (torch.autograd.grad(chunk_loss, (lp, ent), allow_unused=True)
+                                 if chunk_loss.requires_grad else (None, None))
+        total += chunk_loss.detach().float()
+        if not (need_h or need_w) or (g_logp is None and g_entropy is None):
+            continue
+        g_logp = torch.zeros_like(lp) if g_logp is None else g_logp
+        grad = _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, t[a:b], valid[a:b])
+        if need_h:
+            torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)
+        if need_w:
+            grad_w[:vocab_size].addmm_(grad.t(), h[a:b].detach().float() / temperature)
+    if need_h:
+        grad_h = grad_h.to(hidden.dtype).view(hidden.shape)
+    if need_w:
+        grad_w = grad_w.to(weight.dtype)
+    loss = _PrecomputedGrad.apply(hidden, weight, total, grad_h, grad_w) if need_h or need_w else total
+    return loss, logp.view(shape), entropy.view(shape)

@@ -30,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from rollout import RolloutConfig, make_engine
+import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 import verify
 from loss import LossConfig, policy_loss, token_logprobs
 from weights import SchemeConfig, make_scheme, pass_counts
@@ -48,7 +49,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "synthetic"        # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf://owner/name/file.jsonl
+    train: str = "synthetic"        # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
     problem_key: str = "problem"
     answer_key: str = "answer"
     shuffle: bool = True
@@ -196,35 +197,11 @@ def synthetic_rows(n, seed):
 
 
 def load_rows(cfg: DataConfig, seed):
+    """Training rows: the synthetic task, or a JSON Lines file / hub file read by eval.load_benchmark
+    (rows without an answer are reported and skipped there, never scored 0)."""
     if cfg.train == "synthetic":
         return synthetic_rows(100_000, seed)
-    path = cfg.train
-    if path.startswith("hf://"):  # hf://owner/name/path/in/repo.jsonl, a data set file on the hub
-        from huggingface_hub import hf_hub_download
-        owner, name, file = path[5:].split("/", 2)
-        path = hf_hub_download(f"{owner}/{name}", file, repo_type="dataset")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"data.train: no such file: {path}")
-    rows, skipped = [], []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            problem, answer = raw.get(cfg.problem_key), raw.get(cfg.answer_key)
-            if not isinstance(problem, str) or not problem.strip() or answer is None or not str(answer).strip():
-                skipped.append(raw.get("id", f"line {line_no}"))
-                continue
-            rows.append({**raw, "id": raw.get("id", f"line {line_no}"), "problem": problem, "answer": str(answer)})
-    if skipped:
-        print(f"warning: {path}: skipped {len(skipped)} rows without '{cfg.problem_key}' or '{cfg.answer_key}': "
-              f"{', '.join(map(str, skipped[:5]))}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-    if not rows:
-        raise ValueError(f"{path}: no usable rows (fields '{cfg.problem_key}', '{cfg.answer_key}')")
-    return rows
+    return evaluation.load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
 
 
 class PromptStream:
@@ -665,7 +642,6 @@ def gather_metrics(local):
 
 def run_eval(cfg: TrainConfig, engine, val_rows):
     """Validation accuracy through eval.py; the synthetic task scores by its first character."""
-    import eval as evaluation
     benchmarks = {}
     for name in cfg.eval.benchmarks:
         rows = val_rows if name == "synthetic" else evaluation.load_benchmark(name, cfg.eval.data_dir)

@@ -123,7 +123,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["scheme.nme=grpo"], "unknown config key 'scheme.nme'; did you mean 'name'"),
     (["G=1"], "config key 'G' must be >= 2"),
-    (["data.train=/nonexistent/train.jsonl"], "no such file: /nonexistent/train.jsonl"),
+    (["data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl not found"),
 ])
 def test_cli_errors_name_the_problem(args, message, tmp_path):
     proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1", *args])
@@ -131,16 +131,17 @@ def test_cli_errors_name_the_problem(args, message, tmp_path):
     assert proc.returncode != 0 and message in out, out
 
 
-def test_data_rows_without_answer_are_reported_and_skipped(tmp_path, capsys):
+def test_data_rows_without_answer_are_reported_and_skipped(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text('{"id": "a", "problem": "1+1", "answer": "2"}\n{"id": "b", "problem": "2+2"}\n'
-                    '{"id": "c", "problem": "3+3", "answer": ""}\n\n{"id": "d", "problem": "4+4", "answer": 8}\n')
-    rows = train.load_rows(train.DataConfig(train=str(path)), seed=0)
-    assert [r["id"] for r in rows] == ["a", "d"] and rows[1]["answer"] == "8"
-    assert "skipped 2 rows" in capsys.readouterr().err
-    path.write_text('{"problem": "1+1", "answer": "2"}\n{not json\n')
+    path.write_text('{"id": "a", "question": "1+1", "sol": "2"}\n{"id": "b", "question": "2+2"}\n'
+                    '{"id": "c", "question": "3+3", "sol": ""}\n\n{"id": "d", "question": "4+4", "sol": 8}\n')
+    with pytest.warns(UserWarning) as caught:
+        rows = train.load_rows(train.DataConfig(train=str(path), problem_key="question", answer_key="sol"), seed=0)
+    assert [r["id"] for r in rows] == ["a", "d"] and rows[1]["answer"] == "8" and rows[1]["problem"] == "4+4"
+    assert sorted(str(w.message).split("row ")[1].split(" ")[0] for w in caught) == ["b", "c"]
+    path.write_text('{"question": "1+1", "sol": "2"}\n{not json\n')
     with pytest.raises(ValueError, match=r"train.jsonl:2: not valid JSON"):
-        train.load_rows(train.DataConfig(train=str(path)), seed=0)
+        train.load_rows(train.DataConfig(train=str(path), problem_key="question", answer_key="sol"), seed=0)
 
 
 def test_overlong_penalty_and_prompt_stream_resume():
