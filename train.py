@@ -650,7 +650,7 @@ def run_eval(cfg: TrainConfig, engine, val_rows):
     results, _ = evaluation.evaluate(engine, benchmarks, n=cfg.eval.n, temperature=cfg.eval.temperature,
                                      max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
                                      workers=cfg.reward.workers, seed=cfg.seed, score_fn=score_fn)
-    return {f"val/{name}": results[name]["avg@n"] for name in benchmarks}
+    return {f"val/{name}": results["benchmarks"][name]["avg@n"] for name in benchmarks}
 
 
 # ---------------------------------------------------------------------------------------------
