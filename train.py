@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import gc
 import json
 import math
 import os
@@ -422,14 +423,14 @@ def train_on_batch(cfg, policy, ref_policy, optimizer, scheduler, scheme, hadw, 
     position = {rq: i for i, rq in enumerate(order)}
     mine = [position[(rank, q)] for q in range(P_local)]  # global position of each local group
 
-    A, W = torch.zeros(P_local, G), torch.zeros(P_local, G)
-    bucket = torch.zeros(P_local, dtype=torch.long)
-    if order:
-        A_global = scheme.advantages(R)
-        if hadw is not None:
-            A_global = hadw(R, A_global)
-        A = A_global[mine]
-        bucket = pass_counts(R, cfg.scheme.correct_threshold)[mine]
+    if not order:  # dynamic sampling kept no group on any rank: nothing to learn from this step
+        scheduler.step()
+        return {"empty_batch": 1.0}
+    A_global = scheme.advantages(R)
+    if hadw is not None:
+        A_global = hadw(R, A_global)
+    A, bucket = A_global[mine], pass_counts(R, cfg.scheme.correct_threshold)[mine]
+    W = torch.zeros(P_local, G)
     mini = []  # local group indices of each mini-batch
     for j in range(cfg.mini_batches):
         a, b = len(order) * j // cfg.mini_batches, len(order) * (j + 1) // cfg.mini_batches
@@ -702,7 +703,8 @@ def train(cfg: TrainConfig, resume=False):
     if base_path == "tiny":
         base_path = str(run_dir / "tiny_model")
         if rank == 0 and not (Path(base_path) / "config.json").is_file():
-            build_tiny_model(base_path, seed=cfg.seed)
+            build_tiny_model(base_path, seed=cfg.seed,
+                             chars=SYNTHETIC_CHARS if cfg.data.train == "synthetic" else TINY_CHARS)
         if dist.is_initialized():
             dist.barrier()
     model_path = str(ckpt / "model") if ckpt is not None else base_path
@@ -795,6 +797,8 @@ def train(cfg: TrainConfig, resume=False):
                 save_checkpoint(run_dir, step + 1, policy, optimizer, scheduler,
                                 {"stream": stream.state_dict(), "scheme": scheme.state_dict(),
                                  "hadw": hadw.state_dict() if hadw else None}, tokenizer, cfg.keep_checkpoints)
+        if dist.is_initialized():
+            dist.barrier()  # every rank is past its last collective before vLLM shuts down
     finally:
         engine.close()
         if writer:
@@ -802,7 +806,8 @@ def train(cfg: TrainConfig, resume=False):
     if rank == 0 and cfg.steps > start:
         print(f"done: {metrics_path}; plots: python train.py plot {run_dir}", file=sys.stderr)
     if dist.is_initialized():
-        dist.barrier()
+        del policy, ref_policy, optimizer, scheduler  # free FSDP state first: torch 2.13 + gloo can abort at exit
+        gc.collect()
         dist.destroy_process_group()
     return run_dir
 
@@ -906,28 +911,37 @@ def plot_main(argv):
 # ---------------------------------------------------------------------------------------------
 # The tiny local model (no hub): used by configs/tiny.yaml and the tests.
 
-def build_tiny_model(out_dir, *, seed=0, hidden=128, layers=2, heads=2, head_dim=64, max_positions=512):
+TINY_CHARS = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")  # any math text
+SYNTHETIC_CHARS = "0123456789+="  # the synthetic task's alphabet: a first token is right 1 time in ~16
+
+
+def build_tiny_model(out_dir, *, chars=TINY_CHARS, seed=0, hidden=128, layers=2, heads=2, head_dim=64,
+                     max_positions=512):
     """Create a random-init Qwen2 model and a character-level tokenizer in `out_dir` (no hub needed).
 
-    Every printable ASCII character is one token, so any math text round-trips; vLLM and transformers
-    both load the result. head_dim 64 because vLLM's CPU attention needs head_dim >= 32.
+    One token per character of `chars` (ids from 3, after <pad> <eos> <unk>), written as a byte-level
+    BPE without merges: transformers 5 loads any qwen2 checkpoint's tokenizer as Qwen2Tokenizer, a
+    byte-level BPE, so this is the form that round-trips spaces and newlines there and in vLLM.
+    head_dim 64 because vLLM's CPU attention needs head_dim >= 32.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+    def byte_level(c):  # GPT-2's byte-to-unicode table: printable ASCII is itself, bytes 0..32 are 256 + b
+        return c if 33 <= ord(c) <= 126 else chr(256 + ord(c))
+
     out_dir = Path(out_dir)
     specials = ["<pad>", "<eos>", "<unk>"]
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(specials + chars)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    vocab = {t: i for i, t in enumerate(specials + [byte_level(c) for c in chars])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     tokenizer.save_pretrained(out_dir)
 
     config = Qwen2Config(
-        vocab_size=128,  # padded above the 102 real tokens, as Qwen pads its embedding matrix
+        vocab_size=-(-len(vocab) // 16) * 16,  # padded to a multiple of 16, as Qwen pads its embedding matrix
         hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim,
         max_position_embeddings=max_positions, tie_word_embeddings=True,

@@ -1,5 +1,6 @@
 """One train_on_batch on a fixed batch, in one process or under torchrun; saves the loss and the
 parameter change. tests/test_train.py compares the two (SGD with lr 1: the change is minus the gradient)."""
+import gc
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def main(model_dir, out_path, overrides):
     if train.world()[0] == 0:
         torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after}}, out_path)
     if dist.is_initialized():
+        del policy, opt, sched  # free FSDP state before its process group (torch 2.13 gloo can abort at exit)
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -21,9 +21,7 @@ from train import build_tiny_model  # noqa: E402
 
 EOS = 1
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # build_tiny_model's table, ids from 3
-# No whitespace in prompts: transformers 5 loads build_tiny_model's tokenizer as Qwen2Tokenizer
-# (picked from the model type), whose pre-tokenizer drops spaces and newlines when encoding.
-PROMPTS = ["1+1=", "What_is_7*6?", "x"]
+PROMPTS = ["1+1=", "What is 7*6?\n", "x"]
 
 
 def has_vllm():
@@ -148,7 +146,7 @@ def test_vllm_samples_fields_eos_and_truncation(vllm_engine):
     results = vllm_engine.generate(PROMPTS, 8, max_tokens=128)
     check_samples(results, PROMPTS, 8, 128)
     flat = [s for samples in results for s in samples]
-    # A random model emits EOS with p ~ 1/128 per token: both endings occur among 24 samples.
+    # A random model emits EOS with p ~ 1/112 per token: both endings occur among 24 samples.
     assert any(s.truncated for s in flat) and any(s.token_ids[-1] == EOS for s in flat)
     assert len({tuple(s.token_ids) for s in flat}) == len(flat)  # the G samples differ
 
@@ -260,7 +258,7 @@ def test_sync_weights_makes_engine_logprobs_match_trainer(engine_name, request, 
 
 
 FSDP_SCRIPT = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
+    import gc, sys, torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM
     sys.path.insert(0, sys.argv[2])
@@ -278,9 +276,13 @@ FSDP_SCRIPT = textwrap.dedent("""
         assert torch.equal(tensor.cpu(), reference[name]), name
         names.append(name)
     assert sorted(names) == sorted(reference), (sorted(set(reference) - set(names)), names)
-    dist.barrier()
+    done = torch.tensor([1.0])
+    dist.all_reduce(done)
+    if dist.get_rank() == 0:
+        print(f"ok {len(names)} on {int(done)} ranks", flush=True)
+    del model  # FSDP state freed before its process group (torch 2.13 gloo can abort at exit otherwise)
+    gc.collect()
     dist.destroy_process_group()
-    print("ok", len(names))
 """)
 
 
@@ -293,7 +295,7 @@ def test_iter_full_parameters_gathers_fsdp2_shards(model_dir, tmp_path):
            str(script), model_dir, root]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("ok 27") == 2
+    assert "ok 27 on 2 ranks" in done.stdout
 
 
 def test_iter_full_parameters_plain_model(trainer_model):
