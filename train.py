@@ -751,7 +751,9 @@ def train(cfg: TrainConfig, resume=False):
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(run_dir / "tensorboard")
 
-    engine = make_engine(cfg.rollout, model_path, seed=cfg.seed + rank)
+    # the sampler runs in the trainer's dtype unless told otherwise (vLLM's "auto" turns float32 into bf16 on CPU)
+    rollout_cfg = dataclasses.replace(cfg.rollout, dtype=cfg.model.dtype) if cfg.rollout.dtype == "auto" else cfg.rollout
+    engine = make_engine(rollout_cfg, model_path, seed=cfg.seed + rank)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="train")
     try:
         for step in bar:
@@ -881,7 +883,7 @@ def plot_main(argv):
         fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), squeeze=False)
         for ax, (name, recs) in zip(axes[0], runs.items()):
             for k in ks:
-                line(ax, recs, k, f"mu={k.split('/')[1]}/{recs[0].get('G', '') or ''}".rstrip("/"))
+                line(ax, recs, k, f"k={k.split('/')[1]}")  # bucket: k of G samples correct, mu = k/G
             ax.set(xlabel="step", title=f"{name}: {title}")
             ax.legend(fontsize=6, ncol=2)
         save(fig, fname)
