@@ -9,4 +9,9 @@ install:
 test: install
 	$(PY) -m pytest -q tests
 
-.PHONY: install test
+# The first run: install, train the tiny model on the synthetic task (CPU, ~3 min), draw the plots.
+tiny: install
+	$(PY) train.py --config configs/tiny.yaml
+	$(PY) train.py plot runs/tiny
+
+.PHONY: install test tiny

@@ -806,12 +806,26 @@ def train(cfg: TrainConfig, resume=False):
         if writer:
             writer.close()
     if rank == 0 and cfg.steps > start:
+        print(run_summary(metrics_path), file=sys.stderr)
         print(f"done: {metrics_path}; plots: python train.py plot {run_dir}", file=sys.stderr)
     if dist.is_initialized():
         del policy, ref_policy, optimizer, scheduler  # free FSDP state first: torch 2.13 + gloo can abort at exit
         gc.collect()
         dist.destroy_process_group()
     return run_dir
+
+
+def run_summary(metrics_path, window=50):
+    """One line a reader can check at a glance: mean reward over the first and last `window` steps, last evals."""
+    rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+    rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    if not rewards:
+        return "summary: no training steps logged"
+    head, tail = rewards[:window], rewards[-window:]
+    text = (f"summary: reward {sum(head) / len(head):.3f} (first {len(head)} steps) -> "
+            f"{sum(tail) / len(tail):.3f} (last {len(tail)} steps)")
+    evals = {k: v for r in rows for k, v in r.items() if k.startswith("val/")}  # the latest of each
+    return text + "".join(f"; {k} {v:.3f}" for k, v in evals.items())
 
 
 def first_char_scores(texts, golds):

@@ -157,3 +157,14 @@ def test_overlong_penalty_and_prompt_stream_resume():
     assert [r["id"] for r in a.take(9)] == [r["id"] for r in b.take(9)]
     epoch = train.PromptStream(rows, seed=3, shuffle=True).take(7)
     assert sorted(r["id"] for r in epoch) == list(range(7)) and [r["id"] for r in epoch[:5]] == [r["id"] for r in first]
+
+
+def test_run_summary_averages_first_and_last_window(tmp_path):
+    rows = [{"step": s, "reward_mean": s / 10} for s in range(1, 11)]
+    rows.insert(5, {"step": 5, "val/synthetic": 0.25})
+    rows.append({"step": 10, "val/synthetic": 0.5})
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # first 3 steps: (0.1 + 0.2 + 0.3) / 3 = 0.2; last 3: (0.8 + 0.9 + 1.0) / 3 = 0.9; the latest eval wins
+    assert train.run_summary(path, window=3) == \
+        "summary: reward 0.200 (first 3 steps) -> 0.900 (last 3 steps); val/synthetic 0.500"
