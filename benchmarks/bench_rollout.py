@@ -36,6 +36,7 @@ def build(name, out_dir):
     cfg = Qwen2Config.from_pretrained(out_dir)
     for k, v in SHAPES[name].items():
         setattr(cfg, k, v)
+    cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers  # the config derived it from the tiny depth
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg)
     model.save_pretrained(out_dir)

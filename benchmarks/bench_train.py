@@ -1,7 +1,9 @@
-"""Seconds per training step on the tiny setting (32 prompts x 8 samples, up to 4 new tokens), with the
+"""Seconds per training step on the tiny setting (configs/tiny.yaml: 32 prompts x 8 samples), with the
 time breakdown from metrics.jsonl. Medians over the steps after warm-up.
 
-    python benchmarks/bench_train.py [--steps 40] [--engines vllm,hf]
+    python benchmarks/bench_train.py [--steps 40] [--engines vllm,hf] [--max-tokens 1]
+
+--max-tokens 16 makes the rollout matter (a random tiny model rarely stops early).
 """
 import argparse
 import json
@@ -20,19 +22,21 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5, help="steps left out of the medians")
     ap.add_argument("--engines", default="vllm,hf")
+    ap.add_argument("--max-tokens", type=int, default=1, help="response budget (tiny.yaml: 1)")
     args = ap.parse_args()
     rows = []
     for engine in args.engines.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = train.load_config(ROOT / "configs" / "tiny.yaml", [
-                f"out_dir={tmp}", f"steps={args.steps}", "save_every=0", "eval.every=0", f"rollout.engine={engine}"])
+                f"out_dir={tmp}", f"steps={args.steps}", "save_every=0", "eval.every=0", f"rollout.engine={engine}",
+                f"rollout.max_tokens={args.max_tokens}"])
             cfg.save_every = 10**9  # no checkpoint inside the timed steps (the final one is after them)
             train.train(cfg)
             recs = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
         med = lambda k: statistics.median(r[k] for r in recs)
         rows.append((engine, med("time/step"), med("time/rollout"), med("time/verify"), med("time/train"), med("time/sync"),
                      med("tokens_per_s")))
-    print(f"\ntiny setting: 32 prompts x 8 samples, max 4 new tokens; medians of {args.steps - args.warmup} steps")
+    print(f"\ntiny setting: 32 prompts x 8 samples, max {args.max_tokens} new tokens; medians of {args.steps - args.warmup} steps")
     print(f"{'engine':8} {'step s':>8} {'rollout':>8} {'verify':>8} {'train':>8} {'sync':>8} {'tok/s':>8}")
     for r in rows:
         print(f"{r[0]:8} " + " ".join(f"{x:8.3f}" for x in r[1:6]) + f" {r[6]:8.0f}")
