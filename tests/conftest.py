@@ -2,9 +2,27 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA_DIR = Path(os.environ.get("RLVR_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def _find_data_dir():
+    """The benchmark files (never committed): $RLVR_DATA_DIR, else shared/data beside the checkout or
+    beside any folder above it, else /work/shared/data (where this project's machines keep them)."""
+    if os.environ.get("RLVR_DATA_DIR"):
+        return Path(os.environ["RLVR_DATA_DIR"])
+    for base in [*ROOT.parents, Path("/work")]:
+        if (base / "shared" / "data" / "math500.jsonl").is_file():
+            return base / "shared" / "data"
+    return ROOT.parent / "shared" / "data"
+
+
+DATA_DIR = _find_data_dir()
+# Tests that read the benchmark files skip, saying where they looked, on a machine without them.
+needs_data = pytest.mark.skipif(not (DATA_DIR / "math500.jsonl").is_file(),
+                                reason=f"benchmark data not found (looked for {DATA_DIR}/math500.jsonl; set RLVR_DATA_DIR)")
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, needs_data
 
 import eval as ev
 
@@ -89,6 +89,7 @@ def test_per_level_and_subject_breakdown():
     json.dumps(m)  # JSON-serialisable
 
 
+@needs_data
 def test_load_known_benchmark():
     rows = ev.load_benchmark("math500", DATA_DIR)
     assert len(rows) == 500 and rows[0]["id"] == "math500-0000"
@@ -135,6 +136,7 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
+@needs_data
 def test_eval_cli_end_to_end(tiny_model, tmp_path, capsys):
     import verify
     out = tmp_path / "out"
@@ -173,6 +175,7 @@ def test_eval_cli_end_to_end(tiny_model, tmp_path, capsys):
         (results["benchmarks"]["math500"]["avg@n"] + results["benchmarks"]["amc23"]["avg@n"]) / 2)
 
 
+@needs_data
 def test_evaluate_greedy_with_a_callers_engine(tiny_model):
     import rollout
     rows = ev.load_benchmark("math500", DATA_DIR)[:2]
@@ -209,6 +212,7 @@ def test_hub_benchmark_downloads_one_file(tmp_path, monkeypatch):
         ev.load_benchmark("hf:HuggingFaceH4/MATH-500")
 
 
+@needs_data
 def test_eval_cli_with_vllm(tiny_model, tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "out"

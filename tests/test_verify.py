@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, needs_data
 
 import verify
 from verify import extract_answer, is_equivalent, perturb_answer, score, score_batch
@@ -208,6 +208,7 @@ def _golds(name):
         return [json.loads(line)["answer"] for line in f]
 
 
+@needs_data
 @pytest.mark.parametrize("name", ["math500.jsonl", "minerva.jsonl", "math_train.jsonl", "olympiadbench.jsonl"])
 def test_data_golds_score_themselves(name):
     golds = _golds(name)
