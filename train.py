@@ -888,18 +888,22 @@ def plot_main(argv):
     ax.legend(fontsize=7)
     save(fig, "reward.png")
 
-    # per-difficulty weights (DARO Figure 1) and loss per difficulty (Figure 2)
-    for prefix, fname, title in [("daro_w/", "weights_per_difficulty.png", "DARO weight w_mu over training"),
-                                 ("bucket_loss/", "loss_per_difficulty.png", "loss per difficulty bucket L_mu")]:
+    # per-difficulty weights (DARO Figure 1), loss per difficulty (Figure 2), pass rate per data level
+    # (MATH level 1-5; the synthetic task's operand count). Buckets: k of G samples correct, mu = k/G.
+    for prefix, fname, title, label in [
+            ("daro_w/", "weights_per_difficulty.png", "DARO weight w_mu over training", "k={}"),
+            ("bucket_loss/", "loss_per_difficulty.png", "loss per difficulty bucket L_mu", "k={}"),
+            ("score_by_level/", "pass_rate_per_level.png", "pass rate per level", "level {}")]:
         ks = keys(prefix)
         if not ks:
             continue
         fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.8), squeeze=False)
         for ax, (name, recs) in zip(axes[0], runs.items()):
             for k in ks:
-                line(ax, recs, k, f"k={k.split('/')[1]}")  # bucket: k of G samples correct, mu = k/G
+                line(ax, recs, k, label.format(k.split('/')[1]))
             ax.set(xlabel="step", title=f"{name}: {title}")
-            ax.legend(fontsize=6, ncol=2)
+            if ax.lines:  # a run without this metric (e.g. GRPO beside DARO) keeps an empty panel
+                ax.legend(fontsize=6, ncol=2)
         save(fig, fname)
 
     # lengths of correct vs incorrect responses (Figure 3)
