@@ -75,9 +75,12 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
         if entropy is not None:
             stats["entropy"] = (entropy.double() * md).sum()
         if bucket is not None:
-            # per-bucket token sums of the surrogate (without W): L_mu = bucket_loss / bucket_tokens
-            stats["bucket_loss"] = torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, (pg.double() * md).sum(1))
-            stats["bucket_tokens"] = torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, md.sum(1))
+            # per-bucket token sums of the surrogate (without W): L_mu = bucket_loss / bucket_tokens;
+            # bucket_abs_loss sums its magnitude |surrogate| per token (DARO's loss_scale "token_abs")
+            per_bucket = lambda x: torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, x)
+            stats["bucket_loss"] = per_bucket((pg.double() * md).sum(1))
+            stats["bucket_abs_loss"] = per_bucket((pg.double().abs() * md).sum(1))
+            stats["bucket_tokens"] = per_bucket(md.sum(1))
     return loss, stats
 
 

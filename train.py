@@ -504,7 +504,8 @@ def train_on_batch(cfg, policy, ref_policy, optimizer, scheduler, scheme, hadw, 
             totals[k] = all_reduce(v, dist.ReduceOp.MIN if dist.is_initialized() else None)
         else:
             totals[k] = all_reduce(v)
-    scheme.update(totals["bucket_loss"] / cfg.ppo_epochs, totals["bucket_tokens"] / cfg.ppo_epochs)
+    scheme.update(totals["bucket_loss"] / cfg.ppo_epochs, totals["bucket_tokens"] / cfg.ppo_epochs,
+                  totals["bucket_abs_loss"] / cfg.ppo_epochs)
     tok = max(float(totals["tokens"][0]), 1.0)
     m = {
         "loss": float(totals["loss"][0]) / cfg.ppo_epochs / cfg.mini_batches,

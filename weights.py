@@ -28,7 +28,8 @@ import torch
 @dataclass
 class DAROConfig:
     """Open choices of DARO (the paper gives the objective, not these): see class DARO."""
-    loss_scale: str = "abs"   # "abs": drive w_mu by |L_mu| (default); "signed": by L_mu as written
+    loss_scale: str = "token_abs"  # what drives w_mu: "token_abs" (default) mean |surrogate| per token;
+                                   # "abs" |L_mu|; "signed" L_mu as written (see class DARO)
     update: str = "sgd"       # "sgd": gradient step on s_mu = ln w_mu; "ema": w <- (1-lr) w + lr / |L_mu|
     lr: float = 0.1           # step size of that update (its own optimiser, separate from the policy)
     w_init: float = 1.0
@@ -81,7 +82,7 @@ class Scheme:
         """A and W for a batch that is also one optimizer step."""
         return self.advantages(rewards), self.weights(rewards, lengths)
 
-    def update(self, bucket_loss, bucket_tokens):
+    def update(self, bucket_loss, bucket_tokens, bucket_abs_loss=None):
         """Called once per step with the per-bucket loss sums (see loss.policy_loss); no-op by default."""
 
     def state_dict(self):
@@ -184,8 +185,14 @@ class DARO(Scheme):
     - w_mu = exp(s_mu), one scalar per bucket k = 1..G-1, updated once per step from the detached
       bucket loss L_mu = (sum of the bucket's per-token surrogate losses) / (its tokens), which
       loss.policy_loss returns. At the optimum of the w-term, w_mu = 1 / L_mu.
-    - loss_scale "abs" uses |L_mu|: the surrogate can be zero or negative, where 1 / L_mu means
-      nothing. "signed" uses L_mu as written (then w runs to w_max while L_mu <= 0).
+    - loss_scale picks the L_mu that drives w. The surrogate can be zero or negative, where 1 / L_mu
+      means nothing, and on-policy (ratio 1) a bucket's mean surrogate is -sum_i |o_i| A_i / tokens,
+      which is 0 whenever its responses have equal lengths (A is centred): |L_mu| then drives every
+      w to w_max (seen on the tiny task, one-token answers), so the weights learn nothing.
+      "token_abs" (default) uses the bucket's mean per-token magnitude |surrogate|, ~ mean |A| =
+      2 mu (1 - mu) for binary rewards on-policy, so w_mu -> 1 / (2 mu (1 - mu)) and every bucket
+      contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|; "signed" uses L_mu
+      as written (then w runs to w_max while L_mu <= 0).
     - update "sgd": s_mu <- s_mu - lr * (w_mu * L_mu - 1), the gradient of the objective in s;
       update "ema": w_mu <- (1 - lr) w_mu + lr / (L_mu + eps), the closed form smoothed over steps.
     - w is clamped to [w_min, w_max]; a bucket absent from the batch keeps its weight.
@@ -194,8 +201,9 @@ class DARO(Scheme):
     def __init__(self, cfg: SchemeConfig, max_len: int = 0, G: int = 8):
         super().__init__(cfg, max_len)
         d = cfg.daro
-        if d.loss_scale not in ("abs", "signed") or d.update not in ("sgd", "ema"):
-            raise ValueError(f"scheme.daro: loss_scale must be abs|signed and update sgd|ema, got {d.loss_scale!r}, {d.update!r}")
+        if d.loss_scale not in ("token_abs", "abs", "signed") or d.update not in ("sgd", "ema"):
+            raise ValueError(f"scheme.daro: loss_scale must be token_abs|abs|signed and update sgd|ema, "
+                             f"got {d.loss_scale!r}, {d.update!r}")
         if not 0 < d.w_min <= d.w_init <= d.w_max:
             raise ValueError("scheme.daro needs 0 < w_min <= w_init <= w_max")
         self.G = G
@@ -215,10 +223,16 @@ class DARO(Scheme):
         omega = 1.0 / tokens.clamp(min=1.0)
         return (self.w * omega)[k][:, None].expand_as(rewards).float().clone()
 
-    def update(self, bucket_loss, bucket_tokens):
+    def update(self, bucket_loss, bucket_tokens, bucket_abs_loss=None):
+        """One step of w from the batch's per-bucket sums (index k = correct count) of the surrogate,
+        of its magnitude (for "token_abs") and of response tokens, as loss.policy_loss returns them."""
         d = self.cfg.daro
         present = bucket_tokens.double() > 0
         present[0] = present[self.G] = False
+        if d.loss_scale == "token_abs":
+            if bucket_abs_loss is None:
+                raise ValueError("scheme.daro.loss_scale 'token_abs' needs bucket_abs_loss")
+            bucket_loss = bucket_abs_loss
         L = bucket_loss.double() / bucket_tokens.double().clamp(min=1.0)
         if d.loss_scale == "abs":
             L = L.abs()
@@ -341,7 +355,8 @@ def _main():
         mu, w = effective_curve(scheme, args.G)
         curves[name] = w / w.max()
     print(f"effective difficulty weight w(mu), G = {args.G}, binary rewards, equal lengths, each curve / its max")
-    print("(DARO shown at its initial weights w_mu = 1; in training w_mu moves toward 1 / L_mu)")
+    print("(DARO shown at its initial weights w_mu = 1; in training w_mu moves toward 1 / L_mu, which with\n"
+          " the default loss_scale token_abs is 1 / (2 mu (1 - mu)) on-policy: a flat curve)")
     print("   mu  " + "".join(f"{n:>9}" for n in curves))
     for j, m in enumerate(mu.tolist()):
         print(f"{m:5.3f}  " + "".join(f"{float(c[j]):9.3f}" for c in curves.values()))

@@ -97,6 +97,7 @@ def test_bucket_losses():
         rows = (bucket == k).nonzero().flatten().tolist()
         assert float(stats["bucket_tokens"][k]) == sum(int(lengths[i]) for i in rows)
         assert float(stats["bucket_loss"][k]) == pytest.approx(sum(-float(A[i]) * int(lengths[i]) for i in rows))
+        assert float(stats["bucket_abs_loss"][k]) == pytest.approx(sum(abs(float(A[i])) * int(lengths[i]) for i in rows))
 
 
 @pytest.mark.parametrize("ratio", ["token", "sequence"])

@@ -117,7 +117,7 @@ def daro(**kw):
 
 @pytest.mark.parametrize("update", ["sgd", "ema"])
 def test_daro_weights_move_to_optimum_within_bounds(update):
-    scheme = daro(update=update, lr=0.2, w_min=0.1, w_max=10.0)
+    scheme = daro(loss_scale="abs", update=update, lr=0.2, w_min=0.1, w_max=10.0)
     tokens = torch.tensor([5.0, 10.0, 20.0, 0.0, 7.0])          # bucket 3 empty this batch
     L = torch.tensor([0.3, 0.5, -0.25, 0.4, 0.9])                # bucket means; sums = L * tokens
     w0 = scheme.w.clone()
@@ -133,7 +133,7 @@ def test_daro_weights_move_to_optimum_within_bounds(update):
 
 
 def test_daro_clamps_and_signed_variant():
-    scheme = daro(w_min=0.5, w_max=3.0, lr=0.5)
+    scheme = daro(loss_scale="abs", w_min=0.5, w_max=3.0, lr=0.5)
     tokens = torch.full((5,), 10.0)
     for _ in range(100):
         scheme.update(torch.tensor([0.0, 5.0, 0.01, 100.0, 0.0]), tokens)  # L = 0.5, 0.001, 10
@@ -142,6 +142,31 @@ def test_daro_clamps_and_signed_variant():
     for _ in range(100):
         signed.update(torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0]), tokens)  # L < 0: the term w L - ln w has no minimum
     assert signed.w[1] == 5.0
+
+
+def test_daro_token_abs_equalises_buckets_where_abs_saturates():
+    # On-policy, equal-length responses: a bucket's mean surrogate -sum_i |o_i| A_i / tokens is 0 (A is
+    # centred), so "abs" drives every w to w_max; "token_abs" sees mean |A| = 2 mu (1 - mu) and learns
+    # w_mu = 1 / (2 mu (1 - mu)). The bucket sums come from loss.policy_loss itself.
+    from loss import LossConfig, policy_loss
+    G, T = 4, 3
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [1.0, 1, 1, 0], [0.0, 1, 0, 0]])
+    k = rewards.sum(1).long().repeat_interleave(G)
+    logp = torch.randn(rewards.numel(), T, dtype=torch.float64)
+    scheme = daro(lr=0.2)
+    A = scheme.advantages(rewards).flatten().double()
+    _, stats = policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig(),
+                           bucket=k, n_buckets=G + 1)
+    assert float(stats["bucket_loss"][1:G].abs().max()) < 1e-12
+    saturated = daro(loss_scale="abs", lr=0.2, w_max=10.0)
+    for _ in range(300):
+        scheme.update(stats["bucket_loss"], stats["bucket_tokens"], stats["bucket_abs_loss"])
+        saturated.update(stats["bucket_loss"], stats["bucket_tokens"], stats["bucket_abs_loss"])
+    mu = torch.tensor([1, 2, 3], dtype=torch.float64) / G
+    torch.testing.assert_close(scheme.w[1:G], 1 / (2 * mu * (1 - mu)), rtol=1e-4, atol=0)
+    assert saturated.w[1:G].tolist() == [10.0, 10.0, 10.0]
+    with pytest.raises(ValueError, match="token_abs"):
+        daro().update(stats["bucket_loss"], stats["bucket_tokens"])
 
 
 def test_daro_weight_uses_bucket_token_counts():
@@ -156,10 +181,10 @@ def test_daro_weight_uses_bucket_token_counts():
 
 
 def test_daro_state_round_trip():
-    a = daro()
+    a = daro(loss_scale="abs")
     tokens = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0])
     a.update(torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]), tokens)
-    b = daro()
+    b = daro(loss_scale="abs")
     b.load_state_dict(a.state_dict())
     for s in (a, b):
         s.update(torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]), tokens)
