@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import difflib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -682,6 +683,9 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
+                          "(pip install tensorboard; metrics.jsonl is written either way)")
 
 
 def train(cfg: TrainConfig, resume=False):

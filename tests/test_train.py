@@ -193,3 +193,12 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in written)
     with pytest.raises(SystemExit, match="no metrics file"):
         train.plot_main([str(tmp_path / "missing")])
+
+
+def test_tensorboard_without_the_package_is_a_config_error(monkeypatch):
+    cfg = train.load_config(ROOT / "configs" / "tiny.yaml", ["tensorboard=true"])
+    real_find_spec = train.importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else real_find_spec(name))
+    with pytest.raises(train.ConfigError, match="'tensorboard' is true but the tensorboard package is not installed"):
+        train.check_config(cfg)
+    train.check_config(train.load_config(ROOT / "configs" / "tiny.yaml", []))  # off: no package needed
