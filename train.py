@@ -523,10 +523,11 @@ def train_on_batch(cfg, policy, ref_policy, optimizer, scheduler, scheme, hadw, 
     }
     if "kl_ref" in totals:
         m["kl_ref"] = float(totals["kl_ref"][0]) / tok
-    bl, bt = totals["bucket_loss"], totals["bucket_tokens"]
+    bl, bt, bs = totals["bucket_loss"], totals["bucket_tokens"], totals["bucket_scale"]
     for k in range(1, G):
         if bt[k] > 0:
-            m[f"bucket_loss/{k}"] = float(bl[k] / bt[k])
+            m[f"bucket_loss/{k}"] = float(bl[k] / bt[k])  # L_mu: mean surrogate per token (signed)
+            m[f"bucket_scale/{k}"] = float(bs[k]) / cfg.ppo_epochs / cfg.mini_batches  # sum W |surrogate|
     return m
 
 
@@ -897,7 +898,7 @@ def plot_main(argv):
     # (MATH level 1-5; the synthetic task's operand count). Buckets: k of G samples correct, mu = k/G.
     for prefix, fname, title, label in [
             ("daro_w/", "weights_per_difficulty.png", "DARO weight w_mu over training", "k={}"),
-            ("bucket_loss/", "loss_per_difficulty.png", "loss per difficulty bucket L_mu", "k={}"),
+            ("bucket_scale/", "loss_per_difficulty.png", "loss scale per bucket, sum W |surrogate|", "k={}"),
             ("score_by_level/", "pass_rate_per_level.png", "pass rate per level", "level {}")]:
         ks = keys(prefix)
         if not ks:

@@ -98,6 +98,8 @@ def test_bucket_losses():
         assert float(stats["bucket_tokens"][k]) == sum(int(lengths[i]) for i in rows)
         assert float(stats["bucket_loss"][k]) == pytest.approx(sum(-float(A[i]) * int(lengths[i]) for i in rows))
         assert float(stats["bucket_abs_loss"][k]) == pytest.approx(sum(abs(float(A[i])) * int(lengths[i]) for i in rows))
+        assert float(stats["bucket_scale"][k]) == pytest.approx(
+            sum(abs(float(A[i])) * float(W[i]) * int(lengths[i]) for i in rows))
 
 
 @pytest.mark.parametrize("ratio", ["token", "sequence"])

@@ -175,7 +175,7 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
         rows = []
         for s in range(1, 31):
             r = {"step": s, "reward_mean": s / 30, "entropy": 1 - s / 60, "len_mean": 3.0, "len_correct": 2.0,
-                 "len_incorrect": 4.0, "bucket_loss/1": 0.1, "bucket_loss/7": 0.2, "score_by_level/1": 0.5}
+                 "len_incorrect": 4.0, "bucket_scale/1": 0.1, "bucket_scale/7": 0.2, "score_by_level/1": 0.5}
             if daro:
                 r.update({"daro_w/1": 1.0 + s / 100, "daro_w/7": 1.0 - s / 100})
             rows.append(r)
