@@ -78,10 +78,11 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
             # per-bucket token sums of the surrogate (without W): L_mu = bucket_loss / bucket_tokens;
             # bucket_abs_loss sums its magnitude |surrogate| per token (DARO's loss_scale "token_abs")
             per_bucket = lambda x: torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, x)
+            pg_abs = pg.double().abs() * md
             stats["bucket_loss"] = per_bucket((pg.double() * md).sum(1))
-            stats["bucket_abs_loss"] = per_bucket((pg.double().abs() * md).sum(1))
+            stats["bucket_abs_loss"] = per_bucket(pg_abs.sum(1))
             # each bucket's share of the objective's magnitude, W included: the "loss scale" of DARO's Fig. 2
-            stats["bucket_scale"] = per_bucket((pg.double().abs() * md * W.double()).sum(1))
+            stats["bucket_scale"] = per_bucket((pg_abs * W.double()).sum(1))
             stats["bucket_tokens"] = per_bucket(md.sum(1))
     return loss, stats
 
