@@ -17,85 +17,11 @@ from tqdm import tqdm
 
 import rollout
 import verify
+from data import load_benchmark
 
-# Known names -> file in --data-dir (JSON Lines with id, problem, answer, optional level/subject).
-BENCHMARK_FILES = {
-    "math500": "math500.jsonl",
-    "aime24": "aime24.jsonl",
-    "aime25": "aime25.jsonl",
-    "amc23": "amc23.jsonl",
-    "minerva": "minerva.jsonl",
-    "olympiadbench": "olympiadbench.jsonl",
-    "gsm8k": "gsm8k_test.jsonl",
-}
 # Fields that get their own accuracy breakdown when the data has them (OlympiadBench calls it subfield).
 BREAKDOWN_FIELDS = ("level", "subject", "subfield")
 HARD_LEVELS = (4, 5)  # MATH levels 4-5, which the HA-DW paper reports separately
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-def _read_jsonl(path, stem, problem_key="problem", answer_key="answer"):
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from None
-            if problem_key not in row:
-                raise ValueError(f"{path}:{i + 1}: row has no '{problem_key}' field (fields: {sorted(row)})")
-            row["problem"], row["answer"] = row[problem_key], row.get(answer_key)
-            row.setdefault("id", f"{stem}-{i:04d}")
-            rows.append(row)
-    return rows
-
-
-def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer_key="answer"):
-    """Rows (dicts with id, problem, answer, optional level/subject) of one benchmark.
-
-    `name_or_path` is a known name (a file in `data_dir`), a path to a .jsonl file, or
-    `hf:<owner>/<dataset>/<file>.jsonl` (a file from the Hugging Face hub; needs internet).
-    The question and answer fields are read from `problem_key` and `answer_key` (train.py's data
-    config). Rows without an answer are skipped with a warning naming their id.
-    """
-    name = str(name_or_path)
-    if name.startswith("hf:"):
-        parts = name[3:].split("/")
-        if len(parts) < 3:
-            raise ValueError(f"hub benchmark {name!r} must look like hf:<owner>/<dataset>/<file>.jsonl")
-        from huggingface_hub import hf_hub_download  # comes with transformers
-        path = Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), repo_type="dataset"))
-        stem = parts[1].lower()
-    elif name in BENCHMARK_FILES:
-        if data_dir is None:
-            raise ValueError(f"benchmark {name!r} is a file in a data directory: pass data_dir (--data-dir)")
-        path = Path(data_dir) / BENCHMARK_FILES[name]
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: file {path} not found "
-                                    f"(set --data-dir to the folder holding {BENCHMARK_FILES[name]})")
-        stem = name
-    elif name.endswith(".jsonl") or os.sep in name:
-        path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark file {path} not found")
-        stem = path.stem
-    else:
-        raise ValueError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARK_FILES)}, "
-                         f"a path to a .jsonl file, or hf:<owner>/<dataset>/<file>.jsonl")
-    rows = []
-    for row in _read_jsonl(path, stem, problem_key, answer_key):
-        answer = row.get("answer")
-        if answer is None or str(answer).strip() == "":
-            warnings.warn(f"benchmark {name!r}: row {row['id']} has no answer; skipped")
-            continue
-        rows.append({**row, "answer": str(answer)})
-    if not rows:
-        raise ValueError(f"benchmark {name!r} ({path}) has no rows with an answer")
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import string
 import sys
 import time
 import typing
@@ -31,7 +30,9 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
+from data import DataConfig, PromptStream, load_benchmark, load_rows
 from rollout import RolloutConfig, make_engine
+from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 import verify
 from loss import LossConfig, policy_loss, token_logprobs
@@ -47,15 +48,6 @@ class ModelConfig:
     path: str = "tiny"              # a Hugging Face dir or hub name; "tiny" builds a local random-init model
     dtype: str = "float32"          # trainer parameter dtype: float32 | bfloat16 (GPU: bf16 compute, fp32 reduce)
     gradient_checkpointing: bool = False
-
-
-@dataclass
-class DataConfig:
-    train: str = "synthetic"        # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
-    problem_key: str = "problem"
-    answer_key: str = "answer"
-    shuffle: bool = True
-    max_prompt_tokens: int = 1024   # longer prompts are skipped (and counted in the log)
 
 
 @dataclass
@@ -181,59 +173,6 @@ def load_config(path=None, overrides=()):
         node[parts[-1]] = yaml.safe_load(raw)
     return from_dict(TrainConfig, data)
 
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: prompts from a file or the synthetic task, in a resumable stream.
-
-def synthetic_rows(n, seed):
-    """The tiny task: "a+b+...=" with 1-4 single-digit operands; the answer is the sum mod 10,
-    i.e. the first generated token. Operand count is the difficulty level."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        digits = [rng.randint(0, 9) for _ in range(rng.randint(1, 4))]
-        rows.append({"id": f"synthetic-{seed}-{i}", "problem": "+".join(map(str, digits)) + "=",
-                     "answer": str(sum(digits) % 10), "level": len(digits)})
-    return rows
-
-
-def load_rows(cfg: DataConfig, seed):
-    """Training rows: the synthetic task, or a JSON Lines file / hub file read by eval.load_benchmark
-    (rows without an answer are reported and skipped there, never scored 0)."""
-    if cfg.train == "synthetic":
-        return synthetic_rows(100_000, seed)
-    return evaluation.load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
-
-
-class PromptStream:
-    """Endless, epoch-shuffled walk over the rows; its state (epoch, position) resumes exactly."""
-
-    def __init__(self, rows, seed, shuffle):
-        self.rows, self.seed, self.shuffle = rows, seed, shuffle
-        self.epoch, self.pos = 0, 0
-        self._order()
-
-    def _order(self):
-        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows)) \
-            if self.shuffle else np.arange(len(self.rows))
-
-    def take(self, n):
-        out = []
-        while len(out) < n:
-            if self.pos == len(self.rows):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order()
-            out.append(self.rows[self.order[self.pos]])
-            self.pos += 1
-        return out
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s):
-        self.epoch, self.pos = s["epoch"], s["pos"]
-        self._order()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,7 +587,7 @@ def run_eval(cfg: TrainConfig, engine, val_rows):
     """Validation accuracy through eval.py; the synthetic task scores by its first character."""
     benchmarks = {}
     for name in cfg.eval.benchmarks:
-        rows = val_rows if name == "synthetic" else evaluation.load_benchmark(name, cfg.eval.data_dir)
+        rows = val_rows if name == "synthetic" else load_benchmark(name, cfg.eval.data_dir)
         benchmarks[name] = rows[: cfg.eval.limit] if cfg.eval.limit else rows
     score_fn = first_char_scores if cfg.reward.kind == "first_char" else None
     results, _ = evaluation.evaluate(engine, benchmarks, n=cfg.eval.n, temperature=cfg.eval.temperature,
@@ -834,11 +773,6 @@ def run_summary(metrics_path, window=50):
     return text + "".join(f"; {k} {v:.3f}" for k, v in evals.items())
 
 
-def first_char_scores(texts, golds):
-    """Reward of the synthetic task: the response starts with the answer (its first token)."""
-    return [float(t.startswith(g)) for t, g in zip(texts, golds)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Plots from metrics.jsonl; several runs on one figure compare schemes.
 
@@ -932,50 +866,6 @@ def plot_main(argv):
     for p in written:
         print(f"wrote {p}")
     return written
-
-
-# ---------------------------------------------------------------------------------------------
-# The tiny local model (no hub): used by configs/tiny.yaml and the tests.
-
-TINY_CHARS = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")  # any math text
-SYNTHETIC_CHARS = "0123456789+="  # the synthetic task's alphabet: a first token is right 1 time in ~16
-
-
-def build_tiny_model(out_dir, *, chars=TINY_CHARS, seed=0, hidden=128, layers=2, heads=2, head_dim=64,
-                     max_positions=512):
-    """Create a random-init Qwen2 model and a character-level tokenizer in `out_dir` (no hub needed).
-
-    One token per character of `chars` (ids from 3, after <pad> <eos> <unk>), written as a byte-level
-    BPE without merges: transformers 5 loads any qwen2 checkpoint's tokenizer as Qwen2Tokenizer, a
-    byte-level BPE, so this is the form that round-trips spaces and newlines there and in vLLM.
-    head_dim 64 because vLLM's CPU attention needs head_dim >= 32.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    def byte_level(c):  # GPT-2's byte-to-unicode table: printable ASCII is itself, bytes 0..32 are 256 + b
-        return c if 33 <= ord(c) <= 126 else chr(256 + ord(c))
-
-    out_dir = Path(out_dir)
-    specials = ["<pad>", "<eos>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + [byte_level(c) for c in chars])}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    tokenizer.save_pretrained(out_dir)
-
-    config = Qwen2Config(
-        vocab_size=-(-len(vocab) // 16) * 16,  # padded to a multiple of 16, as Qwen pads its embedding matrix
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
-    )
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(config).save_pretrained(out_dir)
-    return out_dir
 
 
 if __name__ == "__main__":

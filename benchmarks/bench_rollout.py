@@ -18,10 +18,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (build_tiny_model)
+from tiny import build_tiny_model  # noqa: E402
 from rollout import RolloutConfig, make_engine  # noqa: E402
 
-# Config overrides on top of train.build_tiny_model's (the tiny model is its output as is).
+# Config overrides on top of build_tiny_model's (the tiny model is its output as is).
 SHAPES = {
     "tiny": {},
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -32,7 +32,7 @@ SHAPES = {
 def build(name, out_dir):
     """The tiny tokenizer next to a random-init Qwen2 of the given shapes."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    train.build_tiny_model(out_dir)
+    build_tiny_model(out_dir)
     if not SHAPES[name]:
         return Qwen2ForCausalLM.from_pretrained(out_dir)
     cfg = Qwen2Config.from_pretrained(out_dir)

@@ -132,7 +132,7 @@ def test_parse_benchmarks():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from train import build_tiny_model
+    from tiny import build_tiny_model
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 

@@ -17,7 +17,7 @@ import torch
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from rollout import RolloutConfig, Sample, format_prompt, iter_full_parameters, make_engine, request_seed  # noqa: E402
-from train import build_tiny_model  # noqa: E402
+from tiny import build_tiny_model  # noqa: E402
 
 EOS = 1
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # build_tiny_model's table, ids from 3
