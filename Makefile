@@ -12,6 +12,6 @@ test: install
 # The first run: install, train the tiny model on the synthetic task (CPU, ~3 min), draw the plots.
 tiny: install
 	$(PY) train.py --config configs/tiny.yaml
-	$(PY) train.py plot runs/tiny
+	$(PY) plot.py runs/tiny
 
 .PHONY: install test tiny

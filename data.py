@@ -16,7 +16,8 @@ import numpy as np
 
 @dataclass
 class DataConfig:
-    train: str = "synthetic"        # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
+    # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
+    train: str = "synthetic"
     problem_key: str = "problem"
     answer_key: str = "answer"
     shuffle: bool = True

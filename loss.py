@@ -18,7 +18,8 @@ class LossConfig:
     ratio: str = "token"                 # "token" (PPO/GRPO) | "sequence" (GSPO, in its GSPO-token form)
     eps_low: float = 0.2
     eps_high: float = 0.2                # DAPO clip-higher: 0.28; GSPO: eps_low 3e-4, eps_high 4e-4
-    dual_clip: Optional[float] = None    # c > 1: for A < 0 cap the token loss at c |A| (Ye et al. 2020, arXiv 1912.09729)
+    dual_clip: Optional[float] = None    # c > 1: for A < 0 cap the token loss at c |A|
+                                         # (Ye et al. 2020, arXiv 1912.09729)
     kl_beta: float = 0.0                 # k3 KL to the reference policy (Schulman 2020 estimator)
     entropy_coef: float = 0.0            # > 0 rewards entropy
 
@@ -77,7 +78,8 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
         if bucket is not None:
             # per-bucket token sums of the surrogate (without W): L_mu = bucket_loss / bucket_tokens;
             # bucket_abs_loss sums its magnitude |surrogate| per token (DARO's loss_scale "token_abs")
-            per_bucket = lambda x: torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, x)
+            def per_bucket(x):
+                return torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, x)
             pg_abs = pg.double().abs() * md
             stats["bucket_loss"] = per_bucket((pg.double() * md).sum(1))
             stats["bucket_abs_loss"] = per_bucket(pg_abs.sum(1))
@@ -91,13 +93,11 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
 # Why: logits = h @ W.T over Qwen2.5's 151,936-row vocabulary are N x V float32 (1.2 GB at N = 2048), and
 # autograd keeps several such tensors (logits, log-softmax, their gradients). Here the vocabulary dimension
 # only ever exists for `chunk_size` tokens at a time, in two reused float32 buffers of chunk_size x V.
-# Two ways to get gradients:
-#   token_logprobs   - a chunked autograd function: the forward keeps only per-token statistics (logsumexp),
-#                      the backward recomputes each chunk's logits (four matmuls in all; works for any loss).
-#   token_loss_fused - for token-local losses: each chunk's d loss / d logp (and / d entropy) is evaluated as
-#                      soon as its log-probs exist, and grad_hidden / grad_weight are accumulated in the same
-#                      pass (three matmuls, like the naive version, but never N x V).
-# Conventions, both paths: float32 accumulation whatever the input dtype (low-precision inputs are upcast per
+# token_logprobs is a chunked autograd function: the forward keeps only per-token statistics (logsumexp),
+# the backward recomputes each chunk's logits (four matmuls in all; works for any loss, GSPO's included).
+# (benchmarks/bench_logprobs.py holds a same-pass variant for token-local losses, three matmuls, that forms
+# the gradient in the forward; it is faster but cannot serve sequence-level ratios, so training uses this.)
+# Conventions: float32 accumulation whatever the input dtype (low-precision inputs are upcast per
 # chunk of tokens; the weight once per call, a transient float32 copy of V x H); logits are (h @ W.T) / T;
 # rows >= vocab_size (Qwen pads its LM head) are left out of the softmax and get zero gradient; tokens whose
 # target == ignore_index get logprob 0 and entropy 0 and contribute no gradient.
@@ -224,70 +224,3 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
                                                 ignore_index)
     return logp.view(shape), entropy.view(shape)
-
-
-class _PrecomputedGrad(torch.autograd.Function):
-    """Carries a loss whose gradients w.r.t. hidden and weight were already computed; backward scales them
-    in place (no second V x H copy) and hands them over, so a second backward through it is an error."""
-    @staticmethod
-    def forward(ctx, hidden, weight, loss, grad_h, grad_w):
-        ctx.grads = (grad_h, grad_w)
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        if ctx.grads is None:
-            raise RuntimeError("token_loss_fused: its loss was already backpropagated once")
-        grads, ctx.grads = ctx.grads, None
-        return tuple(None if t is None else t.mul_(g.to(t.dtype)) for t in grads) + (None, None, None)
-
-
-def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab_size=None, chunk_size=None,
-                     ignore_index=-100):
-    """A token-local loss and its gradient in ONE pass over the vocabulary (three matmuls, no recompute).
-
-    loss_fn(logp [c], entropy [c], rows: slice) -> scalar, called once per chunk of tokens (rows index the
-    flattened targets, so the caller can slice its per-token constants: old logprobs, advantages, weights).
-    The total loss is the SUM of the chunk values, so loss_fn must be token-local (e.g. the PPO-clip surrogate
-    with per-response A_i, W_i; not GSPO's sequence ratio, which needs token_logprobs). Its gradient reaches
-    hidden and weight only through logp and entropy: tensors loss_fn closes over get no gradient.
-    Ignored tokens enter loss_fn with logp = entropy = 0 and get no gradient.
-    Returns (loss, logprobs, entropy): loss is differentiable (its backward scales the stored grad_hidden and
-    grad_weight: one float32 V x H tensor is held until then); logprobs and entropy are detached, float32.
-    """
-    shape = targets.shape
-    h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
-    need_h, need_w = (torch.is_grad_enabled() and x.requires_grad for x in (hidden, weight))
-    w = weight.detach()[:vocab_size].float()
-    valid = t != ignore_index
-    n = h.shape[0]
-    grad_h = torch.zeros(h.shape, device=h.device) if need_h else None
-    grad_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
-    logp, entropy = torch.zeros(n, device=h.device), torch.zeros(n, device=h.device)
-    total = torch.zeros((), device=h.device)
-    for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, h.device):
-        lp, ent, _, centre, inv_sum = _chunk_softmax(h[a:b].detach(), w, t[a:b], valid[a:b], temperature,
-                                                     shifted, expd)
-        logp[a:b], entropy[a:b] = lp, ent
-        with torch.enable_grad():
-            lp, ent = lp.requires_grad_(), ent.requires_grad_()
-            chunk_loss = loss_fn(lp, ent, slice(a, b))
-            if chunk_loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar per chunk, got shape {tuple(chunk_loss.shape)}")
-            g_logp, g_entropy = (torch.autograd.grad(chunk_loss, (lp, ent), allow_unused=True)
-                                 if chunk_loss.requires_grad else (None, None))
-        total += chunk_loss.detach().float()
-        if not (need_h or need_w) or (g_logp is None and g_entropy is None):
-            continue
-        g_logp = torch.zeros_like(lp) if g_logp is None else g_logp
-        grad = _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, t[a:b], valid[a:b])
-        if need_h:
-            torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)
-        if need_w:
-            grad_w[:vocab_size].addmm_(grad.t(), h[a:b].detach().float() / temperature)
-    if need_h:
-        grad_h = grad_h.to(hidden.dtype).view(hidden.shape)
-    if need_w:
-        grad_w = grad_w.to(weight.dtype)
-    loss = _PrecomputedGrad.apply(hidden, weight, total, grad_h, grad_w) if need_h or need_w else total
-    return loss, logp.view(shape), entropy.view(shape)

@@ -14,7 +14,8 @@ Dtype: everything is computed in float64 (cheap at [P, G]) and returned as float
 Reduction choices: "std" is the unbiased (Bessel-corrected) std by default, as verl and torch do;
 `std: population` switches to the population std.
 
-To add a scheme for an ablation: write a class with `advantages` and `weights`, add it to SCHEMES.
+To add a scheme for an ablation: write a subclass of Scheme with `advantages` and `weights`, and add
+its name to SCHEMES. HA-DW (`scheme.hadw.enabled`) wraps any of them.
 `python weights.py --G 8` prints every scheme's effective difficulty curve w(mu), from this code.
 """
 import argparse
@@ -73,17 +74,24 @@ def pass_counts(rewards, threshold=0.5):
 
 
 class Scheme:
-    """Shared plumbing: input checks and (empty) state. Schemes override advantages and weights."""
+    """What every scheme shares: the constructor, input checks, and empty state. A scheme overrides
+    `advantages` and `weights`; one with state of its own (DARO) also `update`, `metrics` and the
+    state_dict pair."""
 
-    def __init__(self, cfg: SchemeConfig, max_len: int = 0):
-        self.cfg, self.max_len = cfg, max_len
+    def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
+        self.cfg, self.G, self.max_len = cfg, G, max_len
 
     def __call__(self, rewards, lengths):
         """A and W for a batch that is also one optimizer step."""
         return self.advantages(rewards), self.weights(rewards, lengths)
 
-    def update(self, bucket_loss, bucket_tokens, bucket_abs_loss=None):
-        """Called once per step with the per-bucket loss sums (see loss.policy_loss); no-op by default."""
+    def update(self, stats: dict):
+        """Called once per training step with the step's loss statistics, summed over micro-batches and
+        ranks (loss.policy_loss's stats: per-bucket sums of the surrogate and of tokens, ...)."""
+
+    def metrics(self) -> dict:
+        """Numbers to log after each step (e.g. DARO's weights)."""
+        return {}
 
     def state_dict(self):
         return {}
@@ -198,15 +206,14 @@ class DARO(Scheme):
     - w is clamped to [w_min, w_max]; a bucket absent from the batch keeps its weight.
     """
 
-    def __init__(self, cfg: SchemeConfig, max_len: int = 0, G: int = 8):
-        super().__init__(cfg, max_len)
+    def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
+        super().__init__(cfg, G=G, max_len=max_len)
         d = cfg.daro
         if d.loss_scale not in ("token_abs", "abs", "signed") or d.update not in ("sgd", "ema"):
             raise ValueError(f"scheme.daro: loss_scale must be token_abs|abs|signed and update sgd|ema, "
                              f"got {d.loss_scale!r}, {d.update!r}")
         if not 0 < d.w_min <= d.w_init <= d.w_max:
             raise ValueError("scheme.daro needs 0 < w_min <= w_init <= w_max")
-        self.G = G
         self.w = torch.full((G + 1,), float(d.w_init), dtype=torch.float64)  # index k = correct count
         self.w[0] = self.w[G] = 0.0  # mu = 0 and mu = 1 carry no signal
 
@@ -223,17 +230,18 @@ class DARO(Scheme):
         omega = 1.0 / tokens.clamp(min=1.0)
         return (self.w * omega)[k][:, None].expand_as(rewards).float().clone()
 
-    def update(self, bucket_loss, bucket_tokens, bucket_abs_loss=None):
-        """One step of w from the batch's per-bucket sums (index k = correct count) of the surrogate,
-        of its magnitude (for "token_abs") and of response tokens, as loss.policy_loss returns them."""
+    def update(self, stats):
+        """One step of w from the step's per-bucket sums (index k = correct count) of the surrogate
+        (bucket_loss), of its magnitude (bucket_abs_loss, for "token_abs") and of response tokens
+        (bucket_tokens), as loss.policy_loss returns them."""
         d = self.cfg.daro
-        present = bucket_tokens.double() > 0
+        bucket_tokens = stats["bucket_tokens"].double()
+        present = bucket_tokens > 0
         present[0] = present[self.G] = False
-        if d.loss_scale == "token_abs":
-            if bucket_abs_loss is None:
-                raise ValueError("scheme.daro.loss_scale 'token_abs' needs bucket_abs_loss")
-            bucket_loss = bucket_abs_loss
-        L = bucket_loss.double() / bucket_tokens.double().clamp(min=1.0)
+        if d.loss_scale == "token_abs" and "bucket_abs_loss" not in stats:
+            raise ValueError("scheme.daro.loss_scale 'token_abs' needs bucket_abs_loss")
+        bucket_loss = stats["bucket_abs_loss" if d.loss_scale == "token_abs" else "bucket_loss"]
+        L = bucket_loss.double() / bucket_tokens.clamp(min=1.0)
         if d.loss_scale == "abs":
             L = L.abs()
         if d.update == "sgd":
@@ -243,6 +251,9 @@ class DARO(Scheme):
             new = (1 - d.lr) * self.w + d.lr / (L.clamp(min=0.0) + d.eps)
         self.w = torch.where(present, new.clamp(d.w_min, d.w_max), self.w)
 
+    def metrics(self):
+        return {f"daro_w/{k}": float(self.w[k]) for k in range(1, self.G)}
+
     def state_dict(self):
         return {"w": self.w.clone()}
 
@@ -250,9 +261,10 @@ class DARO(Scheme):
         self.w = state["w"].clone().double()
 
 
-class HADW:
+class HADW(Scheme):
     """HA-DW (Yang et al. 2026, "Your Group-Relative Advantage Is Biased", arXiv 2601.08521):
-    history-aware reweighting of any scheme's advantage, applied once per batch.
+    history-aware reweighting of another scheme's advantage (GRPO, DAPO, ...), once per batch.
+    W_i, the update and the state of the base scheme pass through unchanged.
 
     y_t = batch accuracy (mean reward; for binary rewards the fraction correct)
     belief anchor:  C_t^+ = (1 - eta_t) C_t^- + eta_t y_t,  C_{t+1}^- = C_t^+,  eta_t = clamp(eta sigma_t, 0, 1)
@@ -268,18 +280,32 @@ class HADW:
     (y_t included) instead; `sigma_of: beliefs` is the literal rule (the last m posteriors and C_0).
     """
 
-    def __init__(self, cfg: HADWConfig):
+    def __init__(self, base: Scheme, cfg: HADWConfig):
+        super().__init__(base.cfg, G=base.G, max_len=base.max_len)
         if cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs"):
-            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average and sigma_of accuracies|beliefs, got {cfg.anchor!r}, {cfg.sigma_of!r}")
-        self.cfg = cfg
+            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average and sigma_of "
+                             f"accuracies|beliefs, got {cfg.anchor!r}, {cfg.sigma_of!r}")
+        self.base, self.hadw = base, cfg
         self.belief = None        # C_t^- for the next batch
         self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
         self.accuracies = []      # history of batch accuracies y_t
         self.last = {}            # what the last call used, for logging
 
-    def __call__(self, rewards, A):
-        """Return the reweighted advantages and advance the history by one batch."""
-        c = self.cfg
+    def advantages(self, rewards):
+        return self.reweight(rewards, self.base.advantages(rewards))
+
+    def weights(self, rewards, lengths):
+        return self.base.weights(rewards, lengths)
+
+    def update(self, stats):
+        self.base.update(stats)
+
+    def metrics(self):
+        return {**self.base.metrics(), **self.last}
+
+    def reweight(self, rewards, A):
+        """Return Phi * A and advance the history by one batch."""
+        c = self.hadw
         r = _check(rewards).double()
         y = float(r.mean())
         self.accuracies.append(y)
@@ -302,9 +328,11 @@ class HADW:
         return (phi * A.double()).float()
 
     def state_dict(self):
-        return {"belief": self.belief, "beliefs": list(self.beliefs), "accuracies": list(self.accuracies)}
+        return {"base": self.base.state_dict(), "belief": self.belief, "beliefs": list(self.beliefs),
+                "accuracies": list(self.accuracies)}
 
     def load_state_dict(self, state):
+        self.base.load_state_dict(state["base"])
         self.belief, self.beliefs, self.accuracies = state["belief"], list(state["beliefs"]), list(state["accuracies"])
 
 
@@ -319,12 +347,12 @@ def hadw_bias_probability(G, p, eps=0.0):
 SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO}
 
 
-def make_scheme(cfg: SchemeConfig, *, G: int, max_len: int):
-    """The scheme named by cfg.name, plus the HA-DW modifier when enabled (else None)."""
+def make_scheme(cfg: SchemeConfig, *, G: int, max_len: int) -> Scheme:
+    """The scheme named by cfg.name, with HA-DW on top when cfg.hadw.enabled."""
     if cfg.name not in SCHEMES:
         raise ValueError(f"unknown scheme.name {cfg.name!r}; choose one of {sorted(SCHEMES)}")
-    scheme = DARO(cfg, max_len, G) if cfg.name == "daro" else SCHEMES[cfg.name](cfg, max_len)
-    return scheme, (HADW(cfg.hadw) if cfg.hadw.enabled else None)
+    scheme = SCHEMES[cfg.name](cfg, G=G, max_len=max_len)
+    return HADW(scheme, cfg.hadw) if cfg.hadw.enabled else scheme
 
 
 def effective_curve(scheme, G, length=16):
@@ -351,7 +379,7 @@ def _main():
     args = ap.parse_args()
     curves = {}
     for name in SCHEMES:
-        scheme, _ = make_scheme(SchemeConfig(name=name), G=args.G, max_len=16)
+        scheme = make_scheme(SchemeConfig(name=name), G=args.G, max_len=16)
         mu, w = effective_curve(scheme, args.G)
         curves[name] = w / w.max()
     print(f"effective difficulty weight w(mu), G = {args.G}, binary rewards, equal lengths, each curve / its max")

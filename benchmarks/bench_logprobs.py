@@ -15,7 +15,7 @@ Methods are interleaved, one fresh process per run, so slow spells spread over a
 Methods (all compute the same loss; entropy is computed as a metric, not differentiated):
   naive       logits = h @ W.T, log_softmax, gather; autograd keeps N x V tensors
   recompute   loss.token_logprobs: chunked forward, the backward recomputes logits (4 matmuls)
-  same-pass   loss.token_loss_fused: the token-local loss's gradient is accumulated in the forward (3 matmuls)
+  same-pass   token_loss_fused (below): the token-local loss's gradient is accumulated in the forward (3 matmuls)
   matmuls-x3  only the three N x V x H matmuls of naive (forward, grad_h, grad_W): the time floor
   naive-logp  (not run by default) naive without the entropy metric: a stricter time baseline
 """
@@ -29,8 +29,80 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from loss import _chunk_logit_grad, _chunk_softmax, _chunks, _prepare, token_logprobs  # noqa: E402
+
 METHODS = ["naive", "recompute", "same-pass", "matmuls-x3", "naive-logp"]
+
+
+class _PrecomputedGrad(torch.autograd.Function):
+    """Carries a loss whose gradients w.r.t. hidden and weight were already computed; backward scales them
+    in place (no second V x H copy) and hands them over, so a second backward through it is an error."""
+    @staticmethod
+    def forward(ctx, hidden, weight, loss, grad_h, grad_w):
+        ctx.grads = (grad_h, grad_w)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.grads is None:
+            raise RuntimeError("token_loss_fused: its loss was already backpropagated once")
+        grads, ctx.grads = ctx.grads, None
+        return tuple(None if t is None else t.mul_(g.to(t.dtype)) for t in grads) + (None, None, None)
+
+
+def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab_size=None, chunk_size=None,
+                     ignore_index=-100):
+    """A token-local loss and its gradient in ONE pass over the vocabulary (three matmuls, no recompute).
+
+    loss_fn(logp [c], entropy [c], rows: slice) -> scalar, called once per chunk of tokens (rows index the
+    flattened targets, so the caller can slice its per-token constants: old logprobs, advantages, weights).
+    The total loss is the SUM of the chunk values, so loss_fn must be token-local (e.g. the PPO-clip surrogate
+    with per-response A_i, W_i; not GSPO's sequence ratio, which needs token_logprobs). Its gradient reaches
+    hidden and weight only through logp and entropy: tensors loss_fn closes over get no gradient.
+    Ignored tokens enter loss_fn with logp = entropy = 0 and get no gradient.
+    Returns (loss, logprobs, entropy): loss is differentiable (its backward scales the stored grad_hidden and
+    grad_weight: one float32 V x H tensor is held until then); logprobs and entropy are detached, float32.
+    """
+    shape = targets.shape
+    h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
+    need_h, need_w = (torch.is_grad_enabled() and x.requires_grad for x in (hidden, weight))
+    w = weight.detach()[:vocab_size].float()
+    valid = t != ignore_index
+    n = h.shape[0]
+    grad_h = torch.zeros(h.shape, device=h.device) if need_h else None
+    grad_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
+    logp, entropy = torch.zeros(n, device=h.device), torch.zeros(n, device=h.device)
+    total = torch.zeros((), device=h.device)
+    for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, h.device):
+        lp, ent, _, centre, inv_sum = _chunk_softmax(h[a:b].detach(), w, t[a:b], valid[a:b], temperature,
+                                                     shifted, expd)
+        logp[a:b], entropy[a:b] = lp, ent
+        with torch.enable_grad():
+            lp, ent = lp.requires_grad_(), ent.requires_grad_()
+            chunk_loss = loss_fn(lp, ent, slice(a, b))
+            if chunk_loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar per chunk, got shape {tuple(chunk_loss.shape)}")
+            g_logp, g_entropy = (torch.autograd.grad(chunk_loss, (lp, ent), allow_unused=True)
+                                 if chunk_loss.requires_grad else (None, None))
+        total += chunk_loss.detach().float()
+        if not (need_h or need_w) or (g_logp is None and g_entropy is None):
+            continue
+        g_logp = torch.zeros_like(lp) if g_logp is None else g_logp
+        grad = _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, t[a:b], valid[a:b])
+        if need_h:
+            torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)
+        if need_w:
+            grad_w[:vocab_size].addmm_(grad.t(), h[a:b].detach().float() / temperature)
+    if need_h:
+        grad_h = grad_h.to(hidden.dtype).view(hidden.shape)
+    if need_w:
+        grad_w = grad_w.to(weight.dtype)
+    loss = _PrecomputedGrad.apply(hidden, weight, total, grad_h, grad_w) if need_h or need_w else total
+    return loss, logp.view(shape), entropy.view(shape)
 
 
 def rss_bytes(field):
@@ -47,11 +119,6 @@ def ppo_clip_loss(logp, old_logp, advantages, weights):
 
 def worker(method, hidden_size, n_tokens, vocab, chunk_size):
     """One forward + backward; prints a JSON line."""
-    global torch
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from loss import token_logprobs, token_loss_fused
-
     torch.manual_seed(0)
     hidden = torch.randn(n_tokens, hidden_size).requires_grad_()
     weight = (torch.randn(vocab, hidden_size) * 0.03).requires_grad_()   # logits of order 1

@@ -8,13 +8,12 @@ time breakdown from metrics.jsonl. Medians over the steps after warm-up.
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 
 
 def main():
@@ -27,16 +26,16 @@ def main():
     rows = []
     for engine in args.engines.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = train.load_config(ROOT / "configs" / "tiny.yaml", [
-                f"out_dir={tmp}", f"steps={args.steps}", "save_every=0", "eval.every=0", f"rollout.engine={engine}",
-                f"rollout.max_tokens={args.max_tokens}"])
-            cfg.save_every = 10**9  # no checkpoint inside the timed steps (the final one is after them)
-            train.train(cfg)
+            # train.py as users run it; save_every beyond the run: no checkpoint inside the timed steps
+            subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+                            f"out_dir={tmp}", f"steps={args.steps}", f"save_every={10**9}", "eval.every=0",
+                            f"rollout.engine={engine}", f"rollout.max_tokens={args.max_tokens}"], check=True)
             recs = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup:]
         med = lambda k: statistics.median(r[k] for r in recs)
-        rows.append((engine, med("time/step"), med("time/rollout"), med("time/verify"), med("time/train"), med("time/sync"),
+        rows.append((engine, *(med(f"time/{k}") for k in ("step", "rollout", "verify", "train", "sync")),
                      med("tokens_per_s")))
-    print(f"\ntiny setting: 32 prompts x 8 samples, max {args.max_tokens} new tokens; medians of {args.steps - args.warmup} steps")
+    print(f"\ntiny setting: 32 prompts x 8 samples, max {args.max_tokens} new tokens; "
+          f"medians of {args.steps - args.warmup} steps")
     print(f"{'engine':8} {'step s':>8} {'rollout':>8} {'verify':>8} {'train':>8} {'sync':>8} {'tok/s':>8}")
     for r in rows:
         print(f"{r[0]:8} " + " ".join(f"{x:8.3f}" for x in r[1:6]) + f" {r[6]:8.0f}")

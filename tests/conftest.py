@@ -22,7 +22,8 @@ def _find_data_dir():
 DATA_DIR = _find_data_dir()
 # Tests that read the benchmark files skip, saying where they looked, on a machine without them.
 needs_data = pytest.mark.skipif(not (DATA_DIR / "math500.jsonl").is_file(),
-                                reason=f"benchmark data not found (looked for {DATA_DIR}/math500.jsonl; set RLVR_DATA_DIR)")
+                                reason=f"benchmark data not found (looked for {DATA_DIR}/math500.jsonl; "
+                                       "set RLVR_DATA_DIR)")
 
 
 def pytest_configure(config):

@@ -1,7 +1,6 @@
 """One train_on_batch on a fixed batch, in one process or under torchrun; saves the loss and the
 parameter change. tests/test_train.py compares the two (SGD with lr 1: the change is minus the gradient)."""
 import gc
-import os
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
+from config import load_config  # noqa: E402
+from distributed import init_distributed, world  # noqa: E402
 from weights import make_scheme  # noqa: E402
 
 
@@ -26,26 +27,26 @@ def fixed_batch(P, G, seed=0):
 
 
 def main(model_dir, out_path, overrides):
-    if "RANK" in os.environ:
-        dist.init_process_group("gloo")
-    cfg = train.load_config(None, overrides)
-    policy = train.load_policy(model_dir, cfg, torch.device("cpu"))
+    device = init_distributed()  # the trainer's own setup: gloo under torchrun, one process otherwise
+    cfg = load_config(None, overrides)
+    policy = train.load_policy(model_dir, cfg, device)
     before = {k: v.clone() for k, v in train.full_model_state(policy).items()}
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    scheme, hadw = make_scheme(cfg.scheme, G=cfg.G, max_len=cfg.rollout.max_tokens)
+    scheme = make_scheme(cfg.scheme, G=cfg.G, max_len=cfg.rollout.max_tokens)
+    tr = train.Trainer(cfg, policy, None, opt, sched, scheme, device, pad_id=0)
     prompts, responses, rewards = fixed_batch(cfg.prompts_per_step, cfg.G)
-    rank, world = train.world()
-    mine = list(range(rank, cfg.prompts_per_step, world))  # prompts are dealt out as collect_batch does
+    rank, world_size = world()
+    mine = list(range(rank, cfg.prompts_per_step, world_size))  # prompts are dealt out as collect_batch does
     take = [p * cfg.G + i for p in mine for i in range(cfg.G)]
-    batch = {"prompt_ids": [prompts[t] for t in take], "response_ids": [responses[t] for t in take],
-             "loss_mask": [[1.0] * len(responses[t]) for t in take], "rewards": rewards[mine]}
-    metrics = train.train_on_batch(cfg, policy, None, opt, sched, scheme, hadw, batch, torch.device("cpu"), 0)
+    batch = train.Batch(prompt_ids=[prompts[t] for t in take], response_ids=[responses[t] for t in take],
+                        loss_mask=[[1.0] * len(responses[t]) for t in take], rewards=rewards[mine])
+    metrics = train.train_on_batch(tr, batch)
     after = train.full_model_state(policy)
-    if train.world()[0] == 0:
+    if rank == 0:
         torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after}}, out_path)
     if dist.is_initialized():
-        del policy, opt, sched  # free FSDP state before its process group (torch 2.13 gloo can abort at exit)
+        del tr, policy, opt, sched  # free FSDP state before its process group (torch 2.13 gloo can abort at exit)
         gc.collect()
         dist.destroy_process_group()
 

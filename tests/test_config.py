@@ -1,7 +1,12 @@
 """The config tree: yaml fills it, key.sub=value overrides it, unknown keys and wrong types fail by name."""
+from pathlib import Path
+
 import pytest
 
-from train import ConfigError, load_config
+import config
+from config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -37,3 +42,13 @@ def test_missing_file_and_typo_in_yaml(tmp_path):
     path.write_text("loss:\n  eps_hihg: 0.3\n")
     with pytest.raises(ConfigError, match="unknown config key 'loss.eps_hihg'; did you mean 'eps_high'"):
         load_config(path)
+
+
+def test_tensorboard_without_the_package_is_a_config_error(monkeypatch):
+    cfg = load_config(CONFIGS / "tiny.yaml", ["tensorboard=true"])
+    real_find_spec = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec",
+                        lambda name: None if name == "tensorboard" else real_find_spec(name))
+    with pytest.raises(ConfigError, match="'tensorboard' is true but the tensorboard package is not installed"):
+        config.check_config(cfg)
+    config.check_config(load_config(CONFIGS / "tiny.yaml", []))  # off: no package needed

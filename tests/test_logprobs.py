@@ -1,8 +1,15 @@
-"""loss.token_logprobs / loss.token_loss_fused against a naive float64 log_softmax reference."""
+"""loss.token_logprobs (and the benchmark's same-pass token_loss_fused) against a naive float64 log_softmax
+reference."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from loss import token_logprobs, token_loss_fused
+from loss import token_logprobs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_logprobs import token_loss_fused  # noqa: E402  (the same-pass candidate the benchmark compares)
 
 V_ROWS, V_REAL, H = 300, 257, 24   # the weight has padded rows beyond the real vocabulary, as Qwen's does
 

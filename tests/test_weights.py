@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from weights import DARO, HADW, DAROConfig, HADWConfig, SchemeConfig, effective_curve, hadw_bias_probability, make_scheme
+from weights import (DARO, HADW, DAROConfig, HADWConfig, SchemeConfig, effective_curve, hadw_bias_probability,
+                     make_scheme)
 
 EPS = 1e-6
 
@@ -57,7 +58,7 @@ def random_batch(P, G, binary, seed):
 @pytest.mark.parametrize("binary", [True, False])
 def test_advantages_and_weights_match_reference(name, G, binary):
     rewards, lengths = random_batch(12, G, binary, seed=G * 7 + binary)
-    scheme, _ = make_scheme(SchemeConfig(name=name), G=G, max_len=64)
+    scheme = make_scheme(SchemeConfig(name=name), G=G, max_len=64)
     A, W = scheme(rewards, lengths)
     A_ref, W_ref = reference(name, rewards, lengths, 64)
     assert torch.isfinite(A).all() and torch.isfinite(W).all() and (W >= 0).all()
@@ -68,7 +69,7 @@ def test_advantages_and_weights_match_reference(name, G, binary):
 
 def test_population_std_option():
     rewards, lengths = random_batch(6, 8, True, seed=1)
-    scheme, _ = make_scheme(SchemeConfig(name="grpo", std="population"), G=8, max_len=8)
+    scheme = make_scheme(SchemeConfig(name="grpo", std="population"), G=8, max_len=8)
     r = rewards.double().numpy()
     expected = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=0, keepdims=True) + EPS)
     np.testing.assert_allclose(scheme.advantages(rewards).numpy(), expected, rtol=1e-5, atol=1e-6)
@@ -81,7 +82,7 @@ def test_effective_curves(G):
     P = G - 1  # effective_curve's batch: one prompt per k = 1..G-1
     curves = {}
     for name in ["grpo", "drgrpo", "lipo", "dapo"]:
-        scheme, _ = make_scheme(SchemeConfig(name=name), G=G, max_len=L)
+        scheme = make_scheme(SchemeConfig(name=name), G=G, max_len=L)
         m, w = effective_curve(scheme, G, length=L)
         np.testing.assert_allclose(m.numpy(), mu)
         curves[name] = w.numpy()
@@ -102,7 +103,7 @@ def test_effective_curves(G):
 def test_unknown_scheme_and_bad_rewards():
     with pytest.raises(ValueError, match="unknown scheme.name 'grpoo'"):
         make_scheme(SchemeConfig(name="grpoo"), G=4, max_len=8)
-    scheme, _ = make_scheme(SchemeConfig(name="grpo"), G=4, max_len=8)
+    scheme = make_scheme(SchemeConfig(name="grpo"), G=4, max_len=8)
     with pytest.raises(ValueError, match="NaN"):
         scheme(torch.tensor([[1.0, float("nan"), 0, 0]]), torch.ones(1, 4))
     with pytest.raises(ValueError, match="G >= 2"):
@@ -112,7 +113,7 @@ def test_unknown_scheme_and_bad_rewards():
 # ---------------------------------------------------------------- DARO
 
 def daro(**kw):
-    return DARO(SchemeConfig(name="daro", daro=DAROConfig(**kw)), G=4)
+    return DARO(SchemeConfig(name="daro", daro=DAROConfig(**kw)), G=4, max_len=0)
 
 
 @pytest.mark.parametrize("update", ["sgd", "ema"])
@@ -124,7 +125,7 @@ def test_daro_weights_move_to_optimum_within_bounds(update):
     objective = lambda w: float(w[1] * 0.5 - math.log(w[1]))     # bucket 1's own objective w L - ln w
     before = objective(scheme.w)
     for _ in range(200):
-        scheme.update(L * tokens, tokens)
+        scheme.update({"bucket_loss": L * tokens, "bucket_tokens": tokens})
     # optimum of w |L_mu| - ln w is 1 / |L_mu|: 2.0 for bucket 1, 4.0 for bucket 2 (abs of -0.25)
     np.testing.assert_allclose(scheme.w[1:3].numpy(), [2.0, 4.0], rtol=1e-3)
     assert objective(scheme.w) < before
@@ -136,11 +137,13 @@ def test_daro_clamps_and_signed_variant():
     scheme = daro(loss_scale="abs", w_min=0.5, w_max=3.0, lr=0.5)
     tokens = torch.full((5,), 10.0)
     for _ in range(100):
-        scheme.update(torch.tensor([0.0, 5.0, 0.01, 100.0, 0.0]), tokens)  # L = 0.5, 0.001, 10
+        # L = 0.5, 0.001, 10
+        scheme.update({"bucket_loss": torch.tensor([0.0, 5.0, 0.01, 100.0, 0.0]), "bucket_tokens": tokens})
     np.testing.assert_allclose(scheme.w[1:4].numpy(), [2.0, 3.0, 0.5], rtol=1e-3)  # 1/0.5; capped; floored
     signed = daro(loss_scale="signed", w_max=5.0)
     for _ in range(100):
-        signed.update(torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0]), tokens)  # L < 0: the term w L - ln w has no minimum
+        # L < 0: the term w L - ln w has no minimum
+        signed.update({"bucket_loss": torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0]), "bucket_tokens": tokens})
     assert signed.w[1] == 5.0
 
 
@@ -160,13 +163,13 @@ def test_daro_token_abs_equalises_buckets_where_abs_saturates():
     assert float(stats["bucket_loss"][1:G].abs().max()) < 1e-12
     saturated = daro(loss_scale="abs", lr=0.2, w_max=10.0)
     for _ in range(300):
-        scheme.update(stats["bucket_loss"], stats["bucket_tokens"], stats["bucket_abs_loss"])
-        saturated.update(stats["bucket_loss"], stats["bucket_tokens"], stats["bucket_abs_loss"])
+        scheme.update(stats)
+        saturated.update(stats)
     mu = torch.tensor([1, 2, 3], dtype=torch.float64) / G
     torch.testing.assert_close(scheme.w[1:G], 1 / (2 * mu * (1 - mu)), rtol=1e-4, atol=0)
     assert saturated.w[1:G].tolist() == [10.0, 10.0, 10.0]
     with pytest.raises(ValueError, match="token_abs"):
-        daro().update(stats["bucket_loss"], stats["bucket_tokens"])
+        daro().update({"bucket_loss": stats["bucket_loss"], "bucket_tokens": stats["bucket_tokens"]})
 
 
 def test_daro_weight_uses_bucket_token_counts():
@@ -183,15 +186,20 @@ def test_daro_weight_uses_bucket_token_counts():
 def test_daro_state_round_trip():
     a = daro(loss_scale="abs")
     tokens = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0])
-    a.update(torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]), tokens)
+    a.update({"bucket_loss": torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]), "bucket_tokens": tokens})
     b = daro(loss_scale="abs")
     b.load_state_dict(a.state_dict())
     for s in (a, b):
-        s.update(torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]), tokens)
+        s.update({"bucket_loss": torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]), "bucket_tokens": tokens})
     torch.testing.assert_close(a.w, b.w, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- HA-DW
+
+def hadw(cfg, G=4):
+    """HA-DW on top of Dr.GRPO (its reweighting does not depend on the base scheme)."""
+    return HADW(make_scheme(SchemeConfig(name="drgrpo"), G=G, max_len=8), cfg)
+
 
 def batch_with_accuracy(acc, G=4, P=4):
     """P prompts of G binary rewards whose batch mean is acc (acc * P * G correct, filled row-major)."""
@@ -201,11 +209,11 @@ def batch_with_accuracy(acc, G=4, P=4):
 
 
 def test_hadw_belief_updates_by_hand():
-    h = HADW(HADWConfig(enabled=True, eta=2.0, m=3))
+    h = hadw(HADWConfig(enabled=True, eta=2.0, m=3))
     A = torch.ones(4, 4)
     anchors, beliefs = [], []
     for acc in [0.5, 0.25, 0.75]:
-        h(batch_with_accuracy(acc), A)
+        h.reweight(batch_with_accuracy(acc), A)
         anchors.append(h.last["hadw_anchor"])
         beliefs.append(h.belief)
     # step 1: C_1^- = y_1 = 0.5; window [0.5] has no spread, eta_1 = 0, C_1^+ = 0.5
@@ -217,31 +225,31 @@ def test_hadw_belief_updates_by_hand():
 
 
 def test_hadw_literal_belief_sigma_and_c0():
-    h = HADW(HADWConfig(enabled=True, eta=2.0, m=2, sigma_of="beliefs", c0=0.2))
+    h = hadw(HADWConfig(enabled=True, eta=2.0, m=2, sigma_of="beliefs", c0=0.2))
     A = torch.ones(4, 4)
     for acc in [0.5, 0.75]:
-        h(batch_with_accuracy(acc), A)
+        h.reweight(batch_with_accuracy(acc), A)
     # beliefs window [C_0] has no spread: the literal rule never moves the belief from c0
     assert h.beliefs == pytest.approx([0.2, 0.2, 0.2])
 
 
 def test_hadw_moving_average_anchor():
-    h = HADW(HADWConfig(enabled=True, anchor="moving_average", k=2))
+    h = hadw(HADWConfig(enabled=True, anchor="moving_average", k=2))
     A = torch.ones(4, 4)
     anchors = []
     for acc in [0.5, 0.25, 0.75, 1.0]:
-        h(batch_with_accuracy(acc), A)
+        h.reweight(batch_with_accuracy(acc), A)
         anchors.append(h.last["hadw_anchor"])
     assert anchors == pytest.approx([0.5, 0.375, 0.5, 0.875])  # mean of the last 2, current included
 
 
 def test_hadw_sign_logic_and_first_step():
     lam = 1.4
-    h = HADW(HADWConfig(enabled=True, lambda_scale=lam, c0=0.5))
+    h = hadw(HADWConfig(enabled=True, lambda_scale=lam, c0=0.5))
     # prompt 0 is hard (p_hat = 0.25 < belief 0.5), prompt 1 easy (0.75), prompt 2 at the belief (0.5)
     rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 1, 0], [1.0, 1, 0, 0]])
     A = rewards - rewards.mean(1, keepdim=True)
-    out = h(rewards, A)
+    out = h.reweight(rewards, A)
     phi = out / torch.where(A == 0, torch.ones_like(A), A)
     M = 0.25
     assert phi[0, 0] == pytest.approx(lam * math.exp(M))    # correct on a hard prompt: amplified
@@ -250,19 +258,19 @@ def test_hadw_sign_logic_and_first_step():
     assert phi[1, 3] == pytest.approx(lam * math.exp(M))    # incorrect on an easy prompt: amplified
     assert torch.allclose(phi[2], torch.full((4,), lam))    # at the belief: only lambda_scale
     # first step without c0: the anchor is the batch's own accuracy
-    h2 = HADW(HADWConfig(enabled=True))
-    h2(rewards, A)
+    h2 = hadw(HADWConfig(enabled=True))
+    h2.reweight(rewards, A)
     assert h2.last["hadw_anchor"] == pytest.approx(float(rewards.mean()))
 
 
 def test_hadw_state_round_trip():
-    a = HADW(HADWConfig(enabled=True))
+    a = hadw(HADWConfig(enabled=True))
     for acc in [0.25, 0.5]:
-        a(batch_with_accuracy(acc), torch.ones(4, 4))
-    b = HADW(HADWConfig(enabled=True))
+        a.reweight(batch_with_accuracy(acc), torch.ones(4, 4))
+    b = hadw(HADWConfig(enabled=True))
     b.load_state_dict(a.state_dict())
     x = batch_with_accuracy(0.75)
-    torch.testing.assert_close(a(x, x - 0.5), b(x, x - 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(a.reweight(x, x - 0.5), b.reweight(x, x - 0.5), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("G,a,b,table", [(4, 0, 0.5, 0.7770), (6, 0, 0.5, 0.6897), (8, 0, 0.5, 0.6409),

@@ -1,0 +1,166 @@
+"""The config tree: one dataclass per piece, each piece's own config next to its code (DataConfig in
+data.py, RolloutConfig in rollout.py, SchemeConfig in weights.py, LossConfig in loss.py), filled from a
+yaml file and overridden on the command line as key.sub=value. Unknown keys and wrong types are errors
+that name the key.
+
+    cfg = load_config("configs/daro.yaml", ["scheme.daro.lr=0.05", "loss.eps_high=0.28"])
+"""
+import dataclasses
+import difflib
+import importlib.util
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from data import DataConfig
+from loss import LossConfig
+from rollout import RolloutConfig
+from weights import SchemeConfig
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"              # a Hugging Face dir or hub name; "tiny" builds a local random-init model
+    dtype: str = "float32"          # trainer parameter dtype: float32 | bfloat16 (GPU: bf16 compute, fp32 reduce)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "math"              # "math": verify.score_batch; "first_char": the response starts with the answer
+    workers: int = 2                # verify.py process pool (0 = score in this process)
+    timeout: float = 5.0            # seconds per response, enforced from outside the worker
+    overlong_buffer: int = 0        # DAPO soft overlong punishment: L_cache (0 = off); L_max = rollout.max_tokens
+    overlong_filter: bool = False   # DAPO overlong filtering: truncated responses get no loss
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill the batch
+    max_num_gen_batches: int = 4    # generation rounds per step before dynamic sampling gives up
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 10
+    schedule: str = "constant"      # after warm-up: constant | cosine | linear
+    min_lr_ratio: float = 0.0       # floor of cosine/linear decay, as a fraction of lr
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0                  # evaluate every N steps (0 = never); also after the last step
+    benchmarks: list[str] = field(default_factory=list)  # eval.py names (math500, ...) or "synthetic"
+    data_dir: str = "../shared/data"
+    limit: int = 0                  # problems per benchmark (0 = all)
+    n: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 0             # 0 = rollout.max_tokens
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/run"
+    seed: int = 0
+    steps: int = 100
+    prompts_per_step: int = 32      # P, across all ranks
+    G: int = 8                      # samples per prompt
+    ppo_epochs: int = 1
+    mini_batches: int = 1           # optimizer steps per epoch (each a slice of whole prompt groups)
+    micro_batch_size: int = 64      # responses per forward/backward
+    save_every: int = 0             # checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    scheme: SchemeConfig = field(default_factory=SchemeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value, typ, key):
+    """Check `value` (parsed by yaml) against the annotation `typ`; return it, converted where lossless."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(typ):
+        return from_dict(typ, value, key)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # yaml reads "1e-6" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def from_dict(cls, data, prefix=""):
+    """Build the dataclass `cls` from a nested dict, naming any unknown key or wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def load_config(path=None, overrides=()):
+    """TrainConfig from a yaml file (optional) and `key.sub=value` overrides (values parsed as yaml)."""
+    data = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a config section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(TrainConfig, data)
+
+
+def check_config(cfg: TrainConfig):
+    for key in ("prompts_per_step", "ppo_epochs", "mini_batches", "micro_batch_size", "steps"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.G < 2:
+        raise ConfigError(f"config key 'G' must be >= 2 (group statistics), got {cfg.G}")
+    if cfg.reward.kind not in ("math", "first_char"):
+        raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
+    if cfg.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
+                          "(pip install tensorboard; metrics.jsonl is written either way)")

@@ -1,0 +1,74 @@
+"""The trainable policy's per-token log-probs: a causal LM whose final hidden states at response positions
+go through the chunked log-prob kernel (loss.token_logprobs), in right-padded micro-batches of
+[prompt + response] rows. The [tokens, vocab] logits are never materialised.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from loss import token_logprobs
+
+
+class Policy(torch.nn.Module):
+    """Wraps a causal LM so that one forward gives log pi and the entropy at response positions.
+    Under FSDP2 this wrapper is the root module, so the LM head (and tied embedding) is unsharded
+    while `forward` runs and the kernel can read its full weight."""
+
+    def __init__(self, model, temperature):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, input_ids, attention_mask, rows, cols, targets):
+        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h = hidden[rows, cols]  # [n, H]: the states that predict the response tokens
+        return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+
+
+@dataclass
+class Micro:
+    """One micro-batch of responses, ready for Policy.forward."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    targets: torch.Tensor
+    b_idx: torch.Tensor    # response index of each flat token inside the micro-batch
+    t_idx: torch.Tensor    # its position in the response
+    mask: torch.Tensor     # [B, T] loss mask
+    index: torch.Tensor    # [B] the responses' indices in the rank's batch
+
+
+def make_micro(prompt_ids, response_ids, loss_mask, index, pad_id, device):
+    """Right-padded [prompt + response] rows; flat indices of the response tokens' predictors."""
+    B = len(index)
+    seqs = [prompt_ids[i] + response_ids[i] for i in index]
+    S = max(len(s) for s in seqs)
+    T = max(1, max(len(response_ids[i]) for i in index))
+    input_ids = torch.full((B, S), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, S), dtype=torch.long)
+    rows, cols, targets, b_idx, t_idx = [], [], [], [], []
+    mask = torch.zeros((B, T))
+    for b, i in enumerate(index):
+        input_ids[b, : len(seqs[b])] = torch.tensor(seqs[b])
+        attention_mask[b, : len(seqs[b])] = 1
+        p, n = len(prompt_ids[i]), len(response_ids[i])
+        rows += [b] * n
+        cols += range(p - 1, p + n - 1)
+        targets += response_ids[i]
+        b_idx += [b] * n
+        t_idx += range(n)
+        mask[b, :n] = torch.tensor(loss_mask[i])
+    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)
+    return Micro(input_ids.to(device), attention_mask.to(device), t(rows), t(cols), t(targets), t(b_idx),
+                 t(t_idx), mask.to(device), torch.tensor(index, dtype=torch.long))
+
+
+def per_token(policy, mb, grad):
+    """[B, T] log-probs and entropies of a micro-batch."""
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        logp, ent = policy(mb.input_ids, mb.attention_mask, mb.rows, mb.cols, mb.targets)
+    B, T = mb.mask.shape
+    out_logp = torch.zeros(B, T, device=logp.device, dtype=logp.dtype).index_put((mb.b_idx, mb.t_idx), logp)
+    out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent.detach())
+    return out_logp, out_ent
