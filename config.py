@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import importlib.util
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,11 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    if cfg.loss.reg_weight not in ("token_mean", "scheme"):
+        raise ConfigError(f"config key 'loss.reg_weight' must be token_mean or scheme, got {cfg.loss.reg_weight!r}")
+    if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
+        warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
+                      "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
                           "(pip install tensorboard; metrics.jsonl is written either way)")

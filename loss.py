@@ -1,11 +1,13 @@
 """The unified token-level objective, and the fused log-prob / entropy kernel that feeds it.
 
     L = - sum_i sum_t m_it W_i min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i)
-        + kl_beta sum_i sum_t m_it W_i k3_it  -  entropy_coef sum_i sum_t m_it W_i H_it
+        + kl_beta sum_i sum_t m_it V_i k3_it  -  entropy_coef sum_i sum_t m_it V_i H_it
 
 Every method is a choice of (A_i, W_i) made in weights.py; GSPO is a choice of ratio made here.
 W_i carries the global normaliser (1/tokens in the batch, 1/(|o_i| G P), ...), so L is a plain sum:
 the loss of a batch is the sum of its micro-batch (and per-rank) losses, with no re-normalisation.
+The KL and entropy terms carry V_i = 1 / (tokens in the batch) whatever the scheme (reg_weight
+"token_mean"): with V = W, DARO's w_mu would scale them and drop them for mu in {0, 1}.
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -15,20 +17,25 @@ import torch
 
 @dataclass
 class LossConfig:
-    ratio: str = "token"                 # "token" (PPO/GRPO) | "sequence" (GSPO, in its GSPO-token form)
+    ratio: str = "token"                 # "token" (PPO/GRPO) | "sequence" (GSPO, in its GSPO-token form; the
+                                         # paper's per-sequence mean only with a per-sequence W: grpo, drgrpo)
     eps_low: float = 0.2
     eps_high: float = 0.2                # DAPO clip-higher: 0.28; GSPO: eps_low 3e-4, eps_high 4e-4
     dual_clip: Optional[float] = None    # c > 1: for A < 0 cap the token loss at c |A|
                                          # (Ye et al. 2020, arXiv 1912.09729)
     kl_beta: float = 0.0                 # k3 KL to the reference policy (Schulman 2020 estimator)
     entropy_coef: float = 0.0            # > 0 rewards entropy
+    reg_weight: str = "token_mean"       # weight V_i of the KL and entropy terms: "token_mean" (the caller's
+                                         # 1 / tokens, scheme-independent) | "scheme" (V_i = W_i)
 
 
-def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, entropy=None, bucket=None, n_buckets=0):
+def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_logp=None, entropy=None, bucket=None,
+                n_buckets=0):
     """The objective above for N responses padded to T tokens.
 
     logp, old_logp, ref_logp, entropy: [N, T] float32 per-token values (logp carries the graph).
-    mask: [N, T] response mask. A, W: [N] from weights.py. bucket: [N] long, the prompt's correct
+    mask: [N, T] response mask. A, W: [N] from weights.py. W_reg: [N], the weight V_i of the KL and entropy
+    terms (None: W, whatever cfg.reg_weight says; the trainer passes it). bucket: [N] long, the prompt's correct
     count k (0..G), used only for the per-bucket loss metrics (DARO's L_mu, its Figure 2).
     Returns (loss, stats). stats are detached float64 SUMS over tokens (plus max/min), so that the
     caller can add them over micro-batches and ranks and divide by stats["tokens"] at the end.
@@ -48,14 +55,14 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, ref_logp=None, e
     pg = -torch.min(ratio * A, clipped * A)
     if cfg.dual_clip is not None:
         pg = torch.where(A < 0, torch.minimum(pg, -cfg.dual_clip * A), pg)
-    per_token = pg
+    loss = (pg * m * W).sum()
+    V = W if W_reg is None else W_reg.to(logp.dtype)[:, None]
     if cfg.kl_beta:
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1           # k3 >= 0, unbiased estimate of KL(pi || pi_ref)
-        per_token = per_token + cfg.kl_beta * kl
+        loss = loss + cfg.kl_beta * (kl * m * V).sum()
     if cfg.entropy_coef:
-        per_token = per_token - cfg.entropy_coef * entropy
-    loss = (per_token * m * W).sum()
+        loss = loss - cfg.entropy_coef * (entropy * m * V).sum()
 
     with torch.no_grad():
         md = m.double()

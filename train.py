@@ -73,13 +73,15 @@ def hash_seed(*parts):
 
 
 def collect_batch(cfg: TrainConfig, engine, stream, step, timers):
-    """Generate and score this rank's share of the step's prompts. With dynamic sampling (DAPO), groups
-    whose rewards are all equal are dropped and more prompts are generated, in rounds that all ranks
-    take together, until P groups are kept or max_num_gen_batches rounds were spent."""
+    """Generate and score this rank's share of the step's prompts: verifier scores (0/1) and rewards
+    (scores plus DAPO's overlong shaping). With dynamic sampling (DAPO), groups whose responses are all
+    correct or all wrong are dropped and more prompts are generated, in rounds that all ranks take
+    together, until P groups are kept or max_num_gen_batches rounds were spent. gen_info["accuracy"] is
+    correct over all responses sampled this step on all ranks, before that filtering (HA-DW's y_t)."""
     P, G = cfg.prompts_per_step, cfg.G
     rank, world_size = world()
     rows, groups, scores, rewards = [], [], [], []
-    rounds, gave_up = 0, False
+    rounds, gave_up, counts = 0, False, torch.zeros(2, dtype=torch.float64)  # correct, sampled
     while True:
         mine = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
         t0 = time.perf_counter()
@@ -95,7 +97,9 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers):
                 for i, s in enumerate(g):
                     rw[p, i] += overlong_penalty(s.length, cfg.rollout.max_tokens, cfg.reward.overlong_buffer)
         rounds += 1
-        keep = [p for p in range(len(mine)) if not cfg.reward.dynamic_sampling or rw[p].max() > rw[p].min()]
+        k = (sc > 0.5).sum(1)
+        counts += torch.tensor([float(k.sum()), float(sc.numel())], dtype=torch.float64)
+        keep = [p for p in range(len(mine)) if not cfg.reward.dynamic_sampling or 0 < k[p] < G]
         rows += [mine[p] for p in keep]
         groups += [out[p] for p in keep]
         scores.append(sc[keep])
@@ -111,7 +115,9 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers):
     if cfg.reward.dynamic_sampling:  # trim to P groups in all: the first P of the global order
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
-    return rows, groups, scores, rewards, {"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up)}
+    correct, sampled = all_reduce(counts).tolist()
+    return rows, groups, scores, rewards, {"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up),
+                                           "accuracy": correct / max(sampled, 1.0)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,38 +142,41 @@ class Batch:
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     loss_mask: list[list[float]]   # per response token: 0 drops it from the loss (overlong filtering)
-    rewards: torch.Tensor          # [P_local, G]
+    rewards: torch.Tensor          # [P_local, G] rewards, shaping included
+    correct: torch.Tensor          # [P_local, G] bool, the verifier's verdicts: mu, DARO's buckets
+    accuracy: Optional[float] = None  # correct / sampled over the step, before any filtering (HA-DW's y_t)
 
 
-def gather_global_batch(rewards, lengths):
-    """Every rank's rewards and lengths [P_local, G] (a few floats per response) in the global order.
-    Returns (R [P, G], L [P, G], mine): mine[q] is the global position of this rank's q-th group."""
+def gather_global_batch(rewards, lengths, correct):
+    """Every rank's rewards, lengths and verdicts [P_local, G] (a few numbers per response) in the global
+    order. Returns (R, L, C [P, G], mine): mine[q] is the global position of this rank's q-th group."""
     rank, _ = world()
-    gathered = all_gather((rewards, lengths))
-    order = interleaved([r.shape[0] for r, _ in gathered])
-    G = rewards.shape[1]
-    R = torch.stack([gathered[r][0][q] for r, q in order]) if order else torch.zeros(0, G)
-    L = torch.stack([gathered[r][1][q] for r, q in order]) if order else torch.zeros(0, G)
+    gathered = all_gather((rewards, lengths, correct))
+    order = interleaved([parts[0].shape[0] for parts in gathered])
+    R, L, C = (torch.stack([gathered[r][j][q] for r, q in order]) if order else empty[:0]
+               for j, empty in enumerate((rewards, lengths, correct)))
     position = {rq: i for i, rq in enumerate(order)}
-    return R, L, [position[(rank, q)] for q in range(rewards.shape[0])]
+    return R, L, C, [position[(rank, q)] for q in range(rewards.shape[0])]
 
 
-def advantages_and_weights(cfg: TrainConfig, scheme: Scheme, R, L, mine):
+def advantages_and_weights(cfg: TrainConfig, scheme: Scheme, R, L, C, mine):
     """A from the whole global batch, W from each global mini-batch (the j-th contiguous slice of the
-    global order), so that they equal what one process holding everything would compute.
-    Returns this rank's flat A, W, bucket [P_local * G] and its local groups of each mini-batch."""
+    global order), so that they equal what one process holding everything would compute. W_reg weighs
+    the KL and entropy terms: 1 / (tokens in the mini-batch) unless loss.reg_weight is "scheme" (then W).
+    Returns this rank's flat A, W, W_reg, bucket [P_local * G] and its local groups of each mini-batch."""
     P_local, G = len(mine), cfg.G
     A = scheme.advantages(R)[mine]
-    bucket = pass_counts(R, cfg.scheme.correct_threshold)[mine]
-    W = torch.zeros(P_local, G)
+    bucket = pass_counts(C)[mine]
+    W, W_reg = torch.zeros(P_local, G), torch.zeros(P_local, G)
     mini = []
     for j in range(cfg.mini_batches):
         a, b = len(R) * j // cfg.mini_batches, len(R) * (j + 1) // cfg.mini_batches
         local = [q for q in range(P_local) if a <= mine[q] < b]
         if local:
-            W[local] = scheme.weights(R[a:b], L[a:b])[[mine[q] - a for q in local]]
+            W[local] = scheme.weights(R[a:b], L[a:b], C[a:b])[[mine[q] - a for q in local]]
+            W_reg[local] = W[local] if cfg.loss.reg_weight == "scheme" else 1.0 / max(float(L[a:b].sum()), 1.0)
         mini.append(local)
-    return A.flatten(), W.flatten(), bucket.repeat_interleave(G), mini
+    return A.flatten(), W.flatten(), W_reg.flatten(), bucket.repeat_interleave(G), mini
 
 
 def plan_micro_batches(mini, G, micro_batch_size):
@@ -207,7 +216,7 @@ def reference_logprobs(tr: Trainer, batch: Batch, plan):
     return old, ref
 
 
-def ppo_update(tr: Trainer, batch: Batch, A, W, bucket, plan):
+def ppo_update(tr: Trainer, batch: Batch, A, W, W_reg, bucket, plan):
     """ppo_epochs passes over the mini-batches, one optimiser step each. Returns the summed loss
     statistics (sums over tokens; ratio_max/min as such) and the gradient norm of every step."""
     cfg, (_, world_size) = tr.cfg, world()
@@ -219,13 +228,13 @@ def ppo_update(tr: Trainer, batch: Batch, A, W, bucket, plan):
                 mb, is_dummy = build_micro(tr, batch, index)
                 logp, ent = per_token(tr.policy, mb, grad=True)
                 old = old_logp[tuple(index)] if old_logp else logp.detach()
-                if is_dummy:
-                    Ai, Wi, bi = torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long)
+                if is_dummy:  # a zero-weight pass: only to join the collectives
+                    Ai, Wi, Wri, bi = torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long)
                 else:
-                    Ai, Wi, bi = A[mb.index], W[mb.index], bucket[mb.index]
+                    Ai, Wi, Wri, bi = A[mb.index], W[mb.index], W_reg[mb.index], bucket[mb.index]
                 loss, stats = policy_loss(logp, old, mb.mask, Ai.to(tr.device), Wi.to(tr.device), cfg.loss,
-                                          ref_logp=ref_logp.get(tuple(index)), entropy=ent,
-                                          bucket=bi.to(tr.device), n_buckets=cfg.G + 1)
+                                          W_reg=Wri.to(tr.device), ref_logp=ref_logp.get(tuple(index)),
+                                          entropy=ent, bucket=bi.to(tr.device), n_buckets=cfg.G + 1)
                 # FSDP averages gradients over ranks; the loss is a global sum, so undo the average
                 (loss * world_size).backward()
                 stats["loss"] = loss.detach().double()
@@ -279,13 +288,14 @@ def train_on_batch(tr: Trainer, batch: Batch):
     cfg = tr.cfg
     P_local, G = batch.rewards.shape
     lengths = torch.tensor([sum(m) for m in batch.loss_mask], dtype=torch.float32).view(P_local, G)
-    R, L, mine = gather_global_batch(batch.rewards, lengths)
+    R, L, C, mine = gather_global_batch(batch.rewards, lengths, batch.correct)
     if len(R) == 0:  # dynamic sampling kept no group on any rank: nothing to learn from this step
         tr.scheduler.step()
         return {"empty_batch": 1.0}
-    A, W, bucket, mini = advantages_and_weights(cfg, tr.scheme, R, L, mine)
+    tr.scheme.begin_step(R, L, C, batch.accuracy)
+    A, W, W_reg, bucket, mini = advantages_and_weights(cfg, tr.scheme, R, L, C, mine)
     plan = plan_micro_batches(mini, G, cfg.micro_batch_size)
-    totals, grad_norms = ppo_update(tr, batch, A, W, bucket, plan)
+    totals, grad_norms = ppo_update(tr, batch, A, W, W_reg, bucket, plan)
     tr.scheduler.step()
     totals = reduce_stats(totals)
     tr.scheme.update({k: v / cfg.ppo_epochs for k, v in totals.items() if k.startswith("bucket_")})
@@ -523,7 +533,7 @@ def training_step(tr: Trainer, engine, stream, step):
     batch = Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
                   loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length
                              for s in samples],
-                  rewards=rewards)
+                  rewards=rewards, correct=scores > 0.5, accuracy=gen_info["accuracy"])
     t0 = time.perf_counter()
     train_m = train_on_batch(tr, batch)
     timers["train"] = time.perf_counter() - t0

@@ -28,11 +28,18 @@ import torch
 
 @dataclass
 class DAROConfig:
-    """Open choices of DARO (the paper gives the objective, not these): see class DARO."""
-    loss_scale: str = "token_abs"  # what drives w_mu: "token_abs" (default) mean |surrogate| per token;
-                                   # "abs" |L_mu|; "signed" L_mu as written (see class DARO)
-    update: str = "sgd"       # "sgd": gradient step on s_mu = ln w_mu; "ema": w <- (1-lr) w + lr / |L_mu|
-    lr: float = 0.1           # step size of that update (its own optimiser, separate from the policy)
+    """Open choices of DARO. The paper gives the objective sum_mu [w_mu L_mu - ln w_mu]; every field
+    below is this project's choice (no official code is public). See class DARO."""
+    loss_scale: str = "token_abs"  # what drives w_mu: "token_abs" mean |surrogate| per token (default);
+                                   # "abs" |L_mu|; "signed" L_mu as written
+    update: str = "sgd"       # "sgd": a gradient step on s_mu = ln w_mu; "adam": Adam on s_mu (the policy's
+                              # optimiser family); "ema": w <- (1-lr) w + lr / L_mu; "static": no learning,
+                              # w_mu = 1 / (2 mu (1 - mu)), token_abs's on-policy fixed point (a control)
+    lr: float = 0.1           # step size of that update (separate from the policy's)
+    omega: str = "mini_batch"  # Omega_mu = 1 / (tokens of bucket mu) counted per "mini_batch" (default) or
+                               # per "step" (all mini-batches); "response": 1 / (|o_i| * responses of bucket mu)
+    normalize: bool = False   # divide w by its mean over the buckets present in the mini-batch (mean w = 1):
+                              # DARO vs GRPO at the same loss scale under grad clipping
     w_init: float = 1.0
     w_min: float = 0.1        # clamp: with L_mu near 0 the optimum 1/L_mu is unbounded
     w_max: float = 10.0
@@ -41,15 +48,18 @@ class DAROConfig:
 
 @dataclass
 class HADWConfig:
-    """Open choices of HA-DW (the paper gives no values for eta, m, C_0): see class HADW."""
+    """HA-DW's settings. The paper's: lambda_scale (its sweep: 1.3-1.5 best). The official code's (which
+    produced the paper's numbers): the moving-average anchor over k = 10 batches, current one included,
+    and lambda_scale = 1.5. This project's (the paper gives no values): eta, m, sigma_of, c0 of the
+    belief anchor, the update of the paper's equations. See class HADW."""
     enabled: bool = False
-    anchor: str = "belief"          # "belief" (paper's equations) | "moving_average" (official code)
-    eta: float = 5.0                # eta_t = clamp(eta * sigma_t, 0, 1)
-    m: int = 8                      # window of the volatility sigma_t
-    sigma_of: str = "accuracies"    # "accuracies" (default) | "beliefs" (paper's text; see HADW)
-    c0: Optional[float] = None      # prior belief C_0; None = the first batch's accuracy
-    lambda_scale: float = 1.5       # the official code's value; 1.3-1.5 best in the paper's sweep
+    anchor: str = "moving_average"  # "moving_average" (official code) | "belief" (paper's equations)
     k: int = 10                     # window of the moving-average anchor (official code: 10)
+    lambda_scale: float = 1.5       # the official code's value; 1.3-1.5 best in the paper's sweep
+    eta: float = 5.0                # belief anchor: eta_t = clamp(eta * sigma_t, 0, 1)
+    m: int = 8                      # belief anchor: window of the volatility sigma_t
+    sigma_of: str = "accuracies"    # belief anchor: "accuracies" | "beliefs" (paper's text; see HADW)
+    c0: Optional[float] = None      # belief anchor: prior C_0; None = the first batch's accuracy
 
 
 @dataclass
@@ -57,7 +67,7 @@ class SchemeConfig:
     name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro (see SCHEMES)
     std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
     eps: float = 1e-6               # A = (r - mean) / (std + eps)
-    correct_threshold: float = 0.5  # a response with reward > this counts as correct (buckets, mu)
+    correct_threshold: float = 0.5  # without the verifier's verdicts, reward > this counts as correct
     daro: DAROConfig = field(default_factory=DAROConfig)
     hadw: HADWConfig = field(default_factory=HADWConfig)
 
@@ -68,9 +78,9 @@ def _std(x, kind, dim=-1):
     return x.std(dim=dim, keepdim=dim is not None, correction=1 if kind == "unbiased" else 0)
 
 
-def pass_counts(rewards, threshold=0.5):
+def pass_counts(correct):
     """k = number of correct responses of each prompt [P] (long); mu = k / G is its pass rate."""
-    return (rewards > threshold).sum(dim=1)
+    return correct.sum(dim=1)
 
 
 class Scheme:
@@ -81,9 +91,19 @@ class Scheme:
     def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
         self.cfg, self.G, self.max_len = cfg, G, max_len
 
-    def __call__(self, rewards, lengths):
+    def __call__(self, rewards, lengths, correct=None):
         """A and W for a batch that is also one optimizer step."""
-        return self.advantages(rewards), self.weights(rewards, lengths)
+        self.begin_step(rewards, lengths, correct)
+        return self.advantages(rewards), self.weights(rewards, lengths, correct)
+
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
+        """Called once per training step, before `advantages`, with the step's whole batch [P, G] and
+        `accuracy`: correct responses over all responses sampled this step, before any filtering."""
+
+    def correct(self, rewards, correct=None):
+        """The verifier's verdicts [P, G] (bool) when given, else reward > correct_threshold. Shaped
+        rewards (DAPO's overlong penalty) make the fallback wrong: the trainer always passes them."""
+        return (rewards > self.cfg.correct_threshold) if correct is None else correct.bool()
 
     def update(self, stats: dict):
         """Called once per training step with the step's loss statistics, summed over micro-batches and
@@ -125,7 +145,7 @@ class GRPO(Scheme):
     def advantages(self, rewards):
         return self._group_std_advantage(rewards)
 
-    def weights(self, rewards, lengths):
+    def weights(self, rewards, lengths, correct=None):
         _check(rewards, lengths)
         P, G = rewards.shape
         return 1.0 / (lengths.double().clamp(min=1) * G * P).float()
@@ -143,7 +163,7 @@ class DrGRPO(Scheme):
         r = _check(rewards).double()
         return (r - r.mean(1, keepdim=True)).float()
 
-    def weights(self, rewards, lengths):
+    def weights(self, rewards, lengths, correct=None):
         _check(rewards, lengths)
         if self.max_len <= 0:
             raise ValueError("Dr.GRPO needs max_len (the maximum generation length) > 0")
@@ -163,7 +183,7 @@ class DAPO(Scheme):
     def advantages(self, rewards):
         return self._group_std_advantage(rewards)
 
-    def weights(self, rewards, lengths):
+    def weights(self, rewards, lengths, correct=None):
         _check(rewards, lengths)
         return torch.full(rewards.shape, 1.0 / max(float(lengths.sum()), 1.0))
 
@@ -189,7 +209,8 @@ class DARO(Scheme):
     A_i = r_i - mean(r)                             centred reward; a static per-mu factor is absorbed by w
     W_i = w_mu(i) * Omega_mu(i),  Omega_mu = 1 / (response tokens in bucket mu)   (0 for mu = 0 or 1)
 
-    The paper leaves the w update open; here (config DAROConfig):
+    mu = k / G counts the verifier's verdicts (not shaped rewards). The paper leaves the rest open;
+    here (config DAROConfig, defaults first):
     - w_mu = exp(s_mu), one scalar per bucket k = 1..G-1, updated once per step from the detached
       bucket loss L_mu = (sum of the bucket's per-token surrogate losses) / (its tokens), which
       loss.policy_loss returns. At the optimum of the w-term, w_mu = 1 / L_mu.
@@ -201,40 +222,77 @@ class DARO(Scheme):
       2 mu (1 - mu) for binary rewards on-policy, so w_mu -> 1 / (2 mu (1 - mu)) and every bucket
       contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|; "signed" uses L_mu
       as written (then w runs to w_max while L_mu <= 0).
+      Read this way DARO converges to a fixed re-weighting, moved only by lengths and off-policy drift:
+      update "static" is that fixed point from step 1, the control that tells whether learning w helps.
+      With HA-DW on top, A already holds Phi, so token_abs drives w_mu to 1 / mean |Phi A| of the bucket:
+      DARO then undoes HA-DW's average scale per bucket and keeps only its within-bucket reweighting.
     - update "sgd": s_mu <- s_mu - lr * (w_mu * L_mu - 1), the gradient of the objective in s;
-      update "ema": w_mu <- (1 - lr) w_mu + lr / (L_mu + eps), the closed form smoothed over steps.
+      "adam": Adam (lr, default betas) on s_mu with that gradient; "ema": w_mu <- (1 - lr) w_mu +
+      lr / (L_mu + eps), the closed form smoothed over steps; "static": no update.
     - w is clamped to [w_min, w_max]; a bucket absent from the batch keeps its weight.
+    - omega: Omega_mu counts bucket tokens in the mini-batch (default), in the whole step ("step"), or
+      is 1 / (|o_i| * responses of bucket mu in the mini-batch) ("response": a token mean per response,
+      then a mean over the bucket). Per mini-batch, a prompt's weight is proportional to 1 / (prompts
+      sharing its mu): a prompt alone at its mu outweighs each of five sharing another by 5x.
+    - normalize: w is divided by its mean over the buckets present in the mini-batch, so that the
+      weights move the balance between difficulties but not the overall loss scale.
     """
 
     def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
         super().__init__(cfg, G=G, max_len=max_len)
         d = cfg.daro
-        if d.loss_scale not in ("token_abs", "abs", "signed") or d.update not in ("sgd", "ema"):
-            raise ValueError(f"scheme.daro: loss_scale must be token_abs|abs|signed and update sgd|ema, "
-                             f"got {d.loss_scale!r}, {d.update!r}")
+        for key, value, options in [("loss_scale", d.loss_scale, ("token_abs", "abs", "signed")),
+                                    ("update", d.update, ("sgd", "adam", "ema", "static")),
+                                    ("omega", d.omega, ("mini_batch", "step", "response"))]:
+            if value not in options:
+                raise ValueError(f"scheme.daro.{key} must be one of {'|'.join(options)}, got {value!r}")
         if not 0 < d.w_min <= d.w_init <= d.w_max:
             raise ValueError("scheme.daro needs 0 < w_min <= w_init <= w_max")
-        self.w = torch.full((G + 1,), float(d.w_init), dtype=torch.float64)  # index k = correct count
+        mu = torch.arange(G + 1, dtype=torch.float64) / G
+        if d.update == "static":
+            self.w = 1.0 / (2 * mu * (1 - mu))                                   # index k = correct count
+        else:
+            self.w = torch.full((G + 1,), float(d.w_init), dtype=torch.float64)
         self.w[0] = self.w[G] = 0.0  # mu = 0 and mu = 1 carry no signal
+        self.log_w = torch.nn.Parameter(self.w.clamp(min=1e-300).log())     # the "adam" update's variable
+        self.adam = torch.optim.Adam([self.log_w], lr=d.lr) if d.update == "adam" else None
+        self.step_tokens = None  # tokens per bucket over the whole step (omega "step")
 
     def advantages(self, rewards):
         r = _check(rewards).double()
         return (r - r.mean(1, keepdim=True)).float()
 
-    def weights(self, rewards, lengths):
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
+        k = pass_counts(self.correct(rewards, correct))
+        self.step_tokens = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, lengths.double().sum(1))
+
+    def weights(self, rewards, lengths, correct=None):
         _check(rewards, lengths)
         if rewards.shape[1] != self.G:
             raise ValueError(f"DARO was built for G={self.G}, got rewards with G={rewards.shape[1]}")
-        k = pass_counts(rewards, self.cfg.correct_threshold)
+        d, k = self.cfg.daro, pass_counts(self.correct(rewards, correct))
         tokens = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, lengths.double().sum(1))
-        omega = 1.0 / tokens.clamp(min=1.0)
-        return (self.w * omega)[k][:, None].expand_as(rewards).float().clone()
+        w = self.w
+        if d.normalize:
+            present = (tokens > 0) & (w > 0)
+            w = w / w[present].mean() if present.any() else w
+        if d.omega == "response":
+            responses = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, torch.full_like(tokens[k], 1.0))
+            per_response = (w / (responses * self.G).clamp(min=1.0))[k][:, None]
+            return (per_response / lengths.double().clamp(min=1.0)).float()
+        if d.omega == "step":
+            if self.step_tokens is None:
+                raise ValueError("scheme.daro.omega 'step' needs begin_step(...) with the step's batch first")
+            tokens = self.step_tokens
+        return (w / tokens.clamp(min=1.0))[k][:, None].expand_as(rewards).float().clone()
 
     def update(self, stats):
         """One step of w from the step's per-bucket sums (index k = correct count) of the surrogate
         (bucket_loss), of its magnitude (bucket_abs_loss, for "token_abs") and of response tokens
         (bucket_tokens), as loss.policy_loss returns them."""
         d = self.cfg.daro
+        if d.update == "static":
+            return
         bucket_tokens = stats["bucket_tokens"].double()
         present = bucket_tokens > 0
         present[0] = present[self.G] = False
@@ -245,20 +303,29 @@ class DARO(Scheme):
         if d.loss_scale == "abs":
             L = L.abs()
         if d.update == "sgd":
-            s = self.w.clamp(min=1e-300).log() - d.lr * (self.w * L - 1.0)
-            new = s.exp()
+            new = (self.w.clamp(min=1e-300).log() - d.lr * (self.w * L - 1.0)).exp()
+        elif d.update == "adam":  # d/ds of sum over present buckets of [exp(s) L - s]
+            self.log_w.grad = torch.where(present, self.w * L - 1.0, 0.0)
+            self.adam.step()
+            new = self.log_w.detach().exp()
         else:
             new = (1 - d.lr) * self.w + d.lr / (L.clamp(min=0.0) + d.eps)
         self.w = torch.where(present, new.clamp(d.w_min, d.w_max), self.w)
+        with torch.no_grad():
+            self.log_w.copy_(self.w.clamp(min=1e-300).log())
 
     def metrics(self):
         return {f"daro_w/{k}": float(self.w[k]) for k in range(1, self.G)}
 
     def state_dict(self):
-        return {"w": self.w.clone()}
+        return {"w": self.w.clone(), "adam": self.adam.state_dict() if self.adam else None}
 
     def load_state_dict(self, state):
         self.w = state["w"].clone().double()
+        with torch.no_grad():
+            self.log_w.copy_(self.w.clamp(min=1e-300).log())
+        if self.adam and state.get("adam"):
+            self.adam.load_state_dict(state["adam"])
 
 
 class HADW(Scheme):
@@ -266,7 +333,8 @@ class HADW(Scheme):
     history-aware reweighting of another scheme's advantage (GRPO, DAPO, ...), once per batch.
     W_i, the update and the state of the base scheme pass through unchanged.
 
-    y_t = batch accuracy (mean reward; for binary rewards the fraction correct)
+    y_t = batch accuracy: correct responses over all responses sampled this step, before any filtering
+          (the trainer passes it to begin_step; without it, the batch's mean reward)
     belief anchor:  C_t^+ = (1 - eta_t) C_t^- + eta_t y_t,  C_{t+1}^- = C_t^+,  eta_t = clamp(eta sigma_t, 0, 1)
                     anchor = C_t^- (the PRIOR belief); C_1^- = c0, or y_1 when c0 is None.
     moving_average anchor (official code; the paper's App. F "hard" variant): anchor = mean of the
@@ -290,12 +358,17 @@ class HADW(Scheme):
         self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
         self.accuracies = []      # history of batch accuracies y_t
         self.last = {}            # what the last call used, for logging
+        self.step_accuracy = None  # y_t of the current step, from begin_step
+
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
+        self.step_accuracy = accuracy
+        self.base.begin_step(rewards, lengths, correct, accuracy)
 
     def advantages(self, rewards):
         return self.reweight(rewards, self.base.advantages(rewards))
 
-    def weights(self, rewards, lengths):
-        return self.base.weights(rewards, lengths)
+    def weights(self, rewards, lengths, correct=None):
+        return self.base.weights(rewards, lengths, correct)
 
     def update(self, stats):
         self.base.update(stats)
@@ -307,7 +380,8 @@ class HADW(Scheme):
         """Return Phi * A and advance the history by one batch."""
         c = self.hadw
         r = _check(rewards).double()
-        y = float(r.mean())
+        y = float(r.mean()) if self.step_accuracy is None else float(self.step_accuracy)
+        self.step_accuracy = None
         self.accuracies.append(y)
         if self.belief is None:
             self.belief = y if c.c0 is None else float(c.c0)
@@ -378,16 +452,17 @@ def _main():
     ap.add_argument("--plot", metavar="FILE.png", help="also draw the curves (needs matplotlib)")
     args = ap.parse_args()
     curves = {}
-    for name in SCHEMES:
-        scheme = make_scheme(SchemeConfig(name=name), G=args.G, max_len=16)
-        mu, w = effective_curve(scheme, args.G)
+    configs = {name: SchemeConfig(name=name) for name in SCHEMES}
+    configs["daro_fixed"] = SchemeConfig(name="daro", daro=DAROConfig(update="static"))
+    for name, cfg in configs.items():
+        mu, w = effective_curve(make_scheme(cfg, G=args.G, max_len=16), args.G)
         curves[name] = w / w.max()
     print(f"effective difficulty weight w(mu), G = {args.G}, binary rewards, equal lengths, each curve / its max")
-    print("(DARO shown at its initial weights w_mu = 1; in training w_mu moves toward 1 / L_mu, which with\n"
-          " the default loss_scale token_abs is 1 / (2 mu (1 - mu)) on-policy: a flat curve)")
-    print("   mu  " + "".join(f"{n:>9}" for n in curves))
+    print("daro: at its initial weights w_mu = 1. daro_fixed: at the on-policy fixed point of the default\n"
+          "update (loss_scale token_abs), w_mu = 1 / (2 mu (1 - mu)): every difficulty weighs the same")
+    print("   mu  " + "".join(f"{n:>11}" for n in curves))
     for j, m in enumerate(mu.tolist()):
-        print(f"{m:5.3f}  " + "".join(f"{float(c[j]):9.3f}" for c in curves.values()))
+        print(f"{m:5.3f}  " + "".join(f"{float(c[j]):11.3f}" for c in curves.values()))
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")

@@ -40,7 +40,8 @@ def main(model_dir, out_path, overrides):
     mine = list(range(rank, cfg.prompts_per_step, world_size))  # prompts are dealt out as collect_batch does
     take = [p * cfg.G + i for p in mine for i in range(cfg.G)]
     batch = train.Batch(prompt_ids=[prompts[t] for t in take], response_ids=[responses[t] for t in take],
-                        loss_mask=[[1.0] * len(responses[t]) for t in take], rewards=rewards[mine])
+                        loss_mask=[[1.0] * len(responses[t]) for t in take], rewards=rewards[mine],
+                        correct=rewards[mine] > 0.5)
     metrics = train.train_on_batch(tr, batch)
     after = train.full_model_state(policy)
     if rank == 0:

@@ -140,3 +140,36 @@ def test_float32_and_bad_ratio():
     assert loss32.dtype == torch.float32 and float(loss32) == pytest.approx(float(loss64), rel=1e-5)
     with pytest.raises(ValueError, match="loss.ratio"):
         policy_loss(logp, old, mask, A, W, LossConfig(ratio="seq"))
+
+
+@pytest.mark.parametrize("term", ["kl", "entropy"])
+def test_kl_and_entropy_terms_are_token_means_whatever_w(term):
+    """reg_weight token_mean: the KL / entropy term's gradient is that of (1/tokens) sum_t term, even for
+    responses whose W is 0 (DARO's mu in {0, 1}); reg_weight scheme couples it to W (float64 autograd)."""
+    torch.manual_seed(0)
+    N, T = 4, 5
+    logp = (torch.randn(N, T, dtype=torch.float64) - 2).requires_grad_()
+    ref, entropy_in = torch.randn(N, T, dtype=torch.float64) - 2, torch.rand(N, T, dtype=torch.float64)
+    mask = torch.ones(N, T, dtype=torch.float64)
+    mask[1, 3:] = 0
+    A, W = torch.zeros(N, dtype=torch.float64), torch.tensor([0.0, 0.3, 0.0, 0.1], dtype=torch.float64)
+    V = torch.full((N,), 1.0 / float(mask.sum()), dtype=torch.float64)
+    coef = 0.7
+    cfg = LossConfig(kl_beta=coef if term == "kl" else 0.0, entropy_coef=coef if term == "entropy" else 0.0)
+    # entropy as a function of logp, so that the entropy term has a gradient to compare
+    ent = entropy_in * logp if term == "entropy" else None
+    loss, _ = policy_loss(logp, logp.detach(), mask, A, W, cfg, W_reg=V, ref_logp=ref, entropy=ent)
+    (grad,) = torch.autograd.grad(loss, logp)
+    lp = logp.detach().clone().requires_grad_()
+    if term == "kl":
+        d = ref - lp
+        reference = coef * ((torch.exp(d) - d - 1) * mask).sum() / mask.sum()
+    else:
+        reference = -coef * (entropy_in * lp * mask).sum() / mask.sum()
+    (expected,) = torch.autograd.grad(reference, lp)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    assert grad[0].abs().sum() > 0  # W_0 = 0, yet its KL / entropy still counts
+    ent = entropy_in * logp if term == "entropy" else None
+    coupled, _ = policy_loss(logp, logp.detach(), mask, A, W, cfg, ref_logp=ref, entropy=ent)  # V = W
+    (grad_w,) = torch.autograd.grad(coupled, logp)
+    assert float(grad_w[0].abs().sum()) == 0.0

@@ -140,3 +140,34 @@ def test_cli_errors_name_the_problem(args, message, tmp_path):
 def test_overlong_penalty():
     # DAPO eq. 13 with L_max 20, L_cache 4: 0 up to 16, linear to -1 at 20, -1 beyond
     assert [train.overlong_penalty(n, 20, 4) for n in (10, 16, 17, 18, 20, 21)] == [0, 0, -0.25, -0.5, -1, -1]
+
+
+class ScriptedEngine:
+    """generate() returns fixed texts per prompt (the first character is the answer for first_char)."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def generate(self, prompts, n, seed=None):
+        from rollout import Sample
+        return [[Sample(prompt_ids=[3], token_ids=[5] * len(t), text=t, length=len(t), truncated=False,
+                        logprobs=[0.0] * len(t)) for t in self.texts[p]] for p in prompts]
+
+
+def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp_path):
+    """DAPO + overlong shaping: a group of correct answers, some overlong, has unequal rewards but mu = 1:
+    it is dropped. HA-DW's y_t counts every sampled response before the filter."""
+    from data import PromptStream
+    cfg = load_config(ROOT / "configs" / "dapo.yaml", TINY + ["G=4", "prompts_per_step=2", "rollout.max_tokens=6",
+                                                              "reward.overlong_buffer=2",
+                                                              "reward.max_num_gen_batches=1"])
+    rows = [{"id": "a", "problem": "p0", "answer": "5"}, {"id": "b", "problem": "p1", "answer": "7"}]
+    engine = ScriptedEngine({"p0": ["5", "5xxxxx", "5", "5xxxx"],   # all correct; lengths 6 and 5 are shaped
+                             "p1": ["7", "1", "7x", "2"]})            # 2 of 4 correct
+    timers = {"rollout": 0.0, "verify": 0.0}
+    kept, groups, scores, rewards, info = train.collect_batch(cfg, engine, PromptStream(rows, 0, False), 0, timers)
+    assert [r["id"] for r in kept] == ["b"]
+    assert info["accuracy"] == pytest.approx(6 / 8)  # before filtering: 4 + 2 correct of 8
+    assert info["dynamic_sampling_gave_up"] == 1.0  # one round allowed, one group of two kept
+    # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
+    assert train.overlong_penalty(6, 6, 2) == -1.0 and train.overlong_penalty(5, 6, 2) == -0.5

@@ -209,7 +209,7 @@ def batch_with_accuracy(acc, G=4, P=4):
 
 
 def test_hadw_belief_updates_by_hand():
-    h = hadw(HADWConfig(enabled=True, eta=2.0, m=3))
+    h = hadw(HADWConfig(enabled=True, anchor="belief", eta=2.0, m=3))
     A = torch.ones(4, 4)
     anchors, beliefs = [], []
     for acc in [0.5, 0.25, 0.75]:
@@ -225,7 +225,7 @@ def test_hadw_belief_updates_by_hand():
 
 
 def test_hadw_literal_belief_sigma_and_c0():
-    h = hadw(HADWConfig(enabled=True, eta=2.0, m=2, sigma_of="beliefs", c0=0.2))
+    h = hadw(HADWConfig(enabled=True, anchor="belief", eta=2.0, m=2, sigma_of="beliefs", c0=0.2))
     A = torch.ones(4, 4)
     for acc in [0.5, 0.75]:
         h.reweight(batch_with_accuracy(acc), A)
@@ -245,7 +245,7 @@ def test_hadw_moving_average_anchor():
 
 def test_hadw_sign_logic_and_first_step():
     lam = 1.4
-    h = hadw(HADWConfig(enabled=True, lambda_scale=lam, c0=0.5))
+    h = hadw(HADWConfig(enabled=True, anchor="belief", lambda_scale=lam, c0=0.5))
     # prompt 0 is hard (p_hat = 0.25 < belief 0.5), prompt 1 easy (0.75), prompt 2 at the belief (0.5)
     rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 1, 0], [1.0, 1, 0, 0]])
     A = rewards - rewards.mean(1, keepdim=True)
@@ -264,10 +264,10 @@ def test_hadw_sign_logic_and_first_step():
 
 
 def test_hadw_state_round_trip():
-    a = hadw(HADWConfig(enabled=True))
+    a = hadw(HADWConfig(enabled=True, anchor="belief"))
     for acc in [0.25, 0.5]:
         a.reweight(batch_with_accuracy(acc), torch.ones(4, 4))
-    b = hadw(HADWConfig(enabled=True))
+    b = hadw(HADWConfig(enabled=True, anchor="belief"))
     b.load_state_dict(a.state_dict())
     x = batch_with_accuracy(0.75)
     torch.testing.assert_close(a.reweight(x, x - 0.5), b.reweight(x, x - 0.5), rtol=0, atol=0)
@@ -280,3 +280,95 @@ def test_hadw_theorem2_reproduces_tables(G, a, b, table):
     ps = a + (np.arange(n) + 0.5) * (b - a) / n
     value = np.mean([hadw_bias_probability(G, p) for p in ps])
     assert abs(value - table) <= 1e-4
+
+
+# ---------------------------------------------------------------- open choices (DAROConfig / HADWConfig)
+
+def on_policy_stats(rewards, T=3):
+    """loss.policy_loss's per-bucket sums for equal-length responses at ratio 1 (float64)."""
+    from loss import LossConfig, policy_loss
+    G = rewards.shape[1]
+    A = daro().advantages(rewards).flatten().double()
+    logp = torch.zeros(rewards.numel(), T, dtype=torch.float64)
+    k = rewards.sum(1).long().repeat_interleave(G)
+    return policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig(),
+                       bucket=k, n_buckets=G + 1)[1]
+
+
+def test_daro_static_control_is_the_learned_fixed_point():
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [1.0, 1, 1, 0]])
+    static = daro(update="static")
+    mu = torch.arange(5, dtype=torch.float64) / 4
+    torch.testing.assert_close(static.w[1:4], 1 / (2 * mu[1:4] * (1 - mu[1:4])), rtol=0, atol=1e-12)
+    w0 = static.w.clone()
+    static.update(on_policy_stats(rewards))
+    assert torch.equal(static.w, w0)  # no learning
+    learned = daro(lr=0.2)
+    for _ in range(300):
+        learned.update(on_policy_stats(rewards))
+    torch.testing.assert_close(learned.w, static.w, rtol=1e-4, atol=1e-12)
+
+
+def test_daro_adam_update_first_step_and_optimum():
+    scheme = daro(update="adam", loss_scale="abs", lr=0.05)
+    tokens = torch.tensor([0.0, 10.0, 10.0, 0.0, 0.0])
+    stats = {"bucket_loss": torch.tensor([0.0, 5.0, 2.0, 0.0, 0.0]), "bucket_tokens": tokens}  # L = 0.5, 0.2
+    scheme.update(stats)
+    # Adam's bias-corrected first step is lr * g / (|g| + eps): ln w moves by -lr * sign(w L - 1) = +0.05
+    np.testing.assert_allclose(np.log(scheme.w[1:3].numpy()), [0.05, 0.05], rtol=1e-6)
+    assert scheme.w[3] == 1.0  # absent bucket: no gradient, no move
+    for _ in range(2000):
+        scheme.update(stats)
+    np.testing.assert_allclose(scheme.w[1:3].numpy(), [2.0, 5.0], rtol=2e-2)  # 1 / L_mu
+
+
+def test_daro_omega_per_step_per_response_and_normalized():
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [0.0, 0, 1, 0]])  # k = 1, 2, 1
+    lengths = torch.tensor([[1.0, 2, 3, 4], [5.0, 5, 5, 5], [2.0, 2, 2, 2]])
+    scheme = daro(omega="step")
+    scheme.w[1:4] = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    scheme.begin_step(rewards, lengths)  # the step holds buckets k=1 (10 + 8 tokens), k=2 (20 tokens)
+    W = scheme.weights(rewards[:1], lengths[:1])  # a mini-batch of prompt 0 alone
+    torch.testing.assert_close(W, torch.full((1, 4), 0.5 / 18))
+    resp = daro(omega="response")
+    resp.w[1:4] = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    W = resp.weights(rewards, lengths)
+    # bucket k=1 holds 8 responses (rows 0 and 2): W_i = w_1 / (8 |o_i|); k=2 holds 4: W_i = w_2 / (4 |o_i|)
+    expected = torch.stack([0.5 / (8 * lengths[0]), 2.0 / (4 * lengths[1]), 0.5 / (8 * lengths[2])])
+    torch.testing.assert_close(W, expected.float())
+    norm = daro(normalize=True)
+    norm.w[1:4] = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    W = norm.weights(rewards, lengths)
+    # present buckets k=1, 2: mean w = 1.25, so w becomes 0.4 and 1.6; Omega = 1/18 and 1/20
+    expected = torch.tensor([0.4 / 18, 1.6 / 20, 0.4 / 18])[:, None].expand(3, 4)
+    torch.testing.assert_close(W, expected.float())
+
+
+def test_daro_buckets_count_verdicts_not_shaped_rewards():
+    # a correct answer that ran overlong: reward 1 - 1 = 0 after DAPO's shaping, verdict still correct
+    shaped = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    correct = torch.tensor([[True, True, False, False]])
+    scheme = daro()
+    scheme.w[1:4] = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    lengths = torch.full((1, 4), 5.0)
+    torch.testing.assert_close(scheme.weights(shaped, lengths, correct), torch.full((1, 4), 2.0 / 20))  # k = 2
+    torch.testing.assert_close(scheme.weights(shaped, lengths), torch.full((1, 4), 0.5 / 20))  # fallback: k = 1
+
+
+def test_hadw_configs_reproduce_the_official_anchor_sequence():
+    from pathlib import Path
+    from config import load_config
+    history = [0.1, 0.3, 0.2, 0.6, 0.5, 0.4, 0.9, 0.7, 0.8, 0.2, 0.3, 0.5]  # batch accuracies y_1..y_12
+    for name in ("grpo_hadw", "gspo_hadw", "dapo_hadw"):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+        scheme = make_scheme(cfg.scheme, G=4, max_len=8)
+        rewards = batch_with_accuracy(0.5)
+        anchors = []
+        for y in history:
+            scheme.begin_step(rewards, torch.ones(4, 4), rewards > 0.5, accuracy=y)  # y before any filtering
+            scheme.advantages(rewards)
+            anchors.append(scheme.metrics()["hadw_anchor"])
+        # the official code: mean of the last 10 batch accuracies, the current one included
+        expected = [sum(history[max(0, t - 9): t + 1]) / len(history[max(0, t - 9): t + 1]) for t in range(12)]
+        assert anchors == pytest.approx(expected, abs=1e-12), name
+        assert expected[11] == pytest.approx(sum(history[2:12]) / 10)
