@@ -71,7 +71,12 @@ class TrainConfig:
     G: int = 8                      # samples per prompt
     ppo_epochs: int = 1
     mini_batches: int = 1           # optimizer steps per epoch (each a slice of whole prompt groups)
-    micro_batch_size: int = 64      # responses per forward/backward
+    micro_batch_size: int = 64      # responses per forward/backward, at most
+    micro_batch_tokens: int = 0     # > 0: pack length-sorted responses into micro-batches of at most this many
+                                    # padded tokens (rows x longest prompt + response); 0: runs of micro_batch_size
+    grad_sync: str = "step"         # FSDP: reduce-scatter gradients once per optimiser "step" (holds unsharded
+                                    # gradients between micro-batches) or after every "micro_batch"
+    skip_zero_advantage: bool = True  # leave A_i = 0 responses out of the training pass (no KL / entropy term)
     save_every: int = 0             # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     tensorboard: bool = False
@@ -162,6 +167,10 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    if cfg.grad_sync not in ("step", "micro_batch"):
+        raise ConfigError(f"config key 'grad_sync' must be step or micro_batch, got {cfg.grad_sync!r}")
+    if cfg.micro_batch_tokens < 0:
+        raise ConfigError(f"config key 'micro_batch_tokens' must be >= 0, got {cfg.micro_batch_tokens}")
     if cfg.loss.reg_weight not in ("token_mean", "scheme"):
         raise ConfigError(f"config key 'loss.reg_weight' must be token_mean or scheme, got {cfg.loss.reg_weight!r}")
     if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):

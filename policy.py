@@ -28,46 +28,38 @@ class Policy(torch.nn.Module):
 @dataclass
 class Micro:
     """One micro-batch of responses, ready for Policy.forward."""
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    rows: torch.Tensor
-    cols: torch.Tensor
-    targets: torch.Tensor
-    b_idx: torch.Tensor    # response index of each flat token inside the micro-batch
-    t_idx: torch.Tensor    # its position in the response
-    mask: torch.Tensor     # [B, T] loss mask
-    index: torch.Tensor    # [B] the responses' indices in the rank's batch
+    input_ids: torch.Tensor       # [B, S] prompt + response, right-padded
+    attention_mask: torch.Tensor  # [B, S]
+    b_idx: torch.Tensor           # [n] the row of each response token (n = response tokens in all)
+    t_idx: torch.Tensor           # [n] its position in the response
+    cols: torch.Tensor            # [n] the position of the hidden state that predicts it
+    targets: torch.Tensor         # [n] the token
+    mask: torch.Tensor            # [B, T] loss mask
+    index: torch.Tensor           # [B] the responses' indices in the rank's batch
 
 
 def make_micro(prompt_ids, response_ids, loss_mask, index, pad_id, device):
-    """Right-padded [prompt + response] rows; flat indices of the response tokens' predictors."""
-    B = len(index)
-    seqs = [prompt_ids[i] + response_ids[i] for i in index]
-    S = max(len(s) for s in seqs)
-    T = max(1, max(len(response_ids[i]) for i in index))
-    input_ids = torch.full((B, S), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, S), dtype=torch.long)
-    rows, cols, targets, b_idx, t_idx = [], [], [], [], []
-    mask = torch.zeros((B, T))
-    for b, i in enumerate(index):
-        input_ids[b, : len(seqs[b])] = torch.tensor(seqs[b])
-        attention_mask[b, : len(seqs[b])] = 1
-        p, n = len(prompt_ids[i]), len(response_ids[i])
-        rows += [b] * n
-        cols += range(p - 1, p + n - 1)
-        targets += response_ids[i]
-        b_idx += [b] * n
-        t_idx += range(n)
-        mask[b, :n] = torch.tensor(loss_mask[i])
-    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)
-    return Micro(input_ids.to(device), attention_mask.to(device), t(rows), t(cols), t(targets), t(b_idx),
-                 t(t_idx), mask.to(device), torch.tensor(index, dtype=torch.long))
+    """Right-padded [prompt + response] rows of the responses `index`, and where each response token's
+    predictor sits (the position before it)."""
+    p_len = torch.tensor([len(prompt_ids[i]) for i in index])
+    r_len = torch.tensor([len(response_ids[i]) for i in index])
+    seqs = [torch.tensor(prompt_ids[i] + response_ids[i], dtype=torch.long) for i in index]
+    input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
+    attention_mask = (torch.arange(input_ids.shape[1]) < (p_len + r_len)[:, None]).long()
+    b_idx = torch.repeat_interleave(torch.arange(len(index)), r_len)
+    t_idx = torch.arange(len(b_idx)) - torch.repeat_interleave(r_len.cumsum(0) - r_len, r_len)
+    targets = torch.tensor([t for i in index for t in response_ids[i]], dtype=torch.long)
+    mask = torch.zeros(len(index), max(1, int(r_len.max())))
+    mask[b_idx, t_idx] = torch.tensor([m for i in index for m in loss_mask[i]], dtype=torch.float32)
+    to = lambda x: x.to(device)
+    return Micro(to(input_ids), to(attention_mask), to(b_idx), to(t_idx), to(p_len[b_idx] - 1 + t_idx),
+                 to(targets), to(mask), torch.tensor(index, dtype=torch.long))
 
 
 def per_token(policy, mb, grad):
     """[B, T] log-probs and entropies of a micro-batch."""
     with contextlib.nullcontext() if grad else torch.no_grad():
-        logp, ent = policy(mb.input_ids, mb.attention_mask, mb.rows, mb.cols, mb.targets)
+        logp, ent = policy(mb.input_ids, mb.attention_mask, mb.b_idx, mb.cols, mb.targets)
     B, T = mb.mask.shape
     out_logp = torch.zeros(B, T, device=logp.device, dtype=logp.dtype).index_put((mb.b_idx, mb.t_idx), logp)
     out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent.detach())

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
 import eval as evaluation  # 'eval' is a builtin; the module is eval.py
@@ -179,17 +180,42 @@ def advantages_and_weights(cfg: TrainConfig, scheme: Scheme, R, L, C, mine):
     return A.flatten(), W.flatten(), W_reg.flatten(), bucket.repeat_interleave(G), mini
 
 
-def plan_micro_batches(mini, G, micro_batch_size):
-    """Per mini-batch, lists of local response indices of at most micro_batch_size. Every rank gets
-    the same number of micro-batches (empty lists pad the short ones): FSDP's collectives run once per
-    forward and backward, so a rank with fewer responses joins them with a zero-weight pass."""
-    plan = []
+def plan_micro_batches(cfg: TrainConfig, mini, seq_lens, trained):
+    """Per mini-batch, lists of local response indices, one list per forward/backward.
+
+    Only responses in `trained` go in. With micro_batch_tokens > 0 they are sorted by length (prompt +
+    response) and packed greedily while rows x longest <= micro_batch_tokens (and rows <= micro_batch_size),
+    so that a long response does not pad many short ones; else runs of micro_batch_size. The loss is a plain
+    sum, so any split gives the same gradient. Every rank gets the same number of micro-batches, at least
+    one (empty lists pad): FSDP's collectives run once per forward and backward, so a rank with fewer
+    responses joins them with a zero-weight pass, and every step's backward leaves gradients (maybe zero)
+    for the optimiser, as the full batch would."""
+    plan, MAX = [], dist.ReduceOp.MAX if dist.is_initialized() else None
     for local in mini:
-        idx = [q * G + i for q in local for i in range(G)]
-        chunks = [idx[i: i + micro_batch_size] for i in range(0, len(idx), micro_batch_size)]
-        n_max = int(all_reduce(torch.tensor([len(chunks)]), dist.ReduceOp.MAX if dist.is_initialized() else None))
+        idx = [q * cfg.G + i for q in local for i in range(cfg.G) if trained[q * cfg.G + i]]
+        if cfg.micro_batch_tokens:
+            idx.sort(key=lambda i: -seq_lens[i])
+            chunks = []
+            for i in idx:  # longest first, so a chunk's first response sets its padded width
+                if chunks and (len(chunks[-1]) + 1) * seq_lens[chunks[-1][0]] <= cfg.micro_batch_tokens \
+                        and len(chunks[-1]) < cfg.micro_batch_size:
+                    chunks[-1].append(i)
+                else:
+                    chunks.append([i])
+        else:
+            chunks = [idx[i: i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
+        n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), MAX))
         plan.append(chunks + [[]] * (n_max - len(chunks)))
     return plan
+
+
+def plan_stats(plan, seq_lens, trained):
+    """Tokens the plan computes (rows x longest, per micro-batch) and the real ones among them, and the
+    responses left out; summed over ranks by reduce_stats."""
+    real = sum(seq_lens[i] for chunks in plan for index in chunks for i in index)
+    computed = sum(len(index) * max(seq_lens[i] for i in index) for chunks in plan for index in chunks if index)
+    return {"real_tokens": float(real), "computed_tokens": float(computed),
+            "skipped": float(len(trained) - sum(trained)), "responses": float(len(trained))}
 
 
 def build_micro(tr: Trainer, batch: Batch, index):
@@ -222,9 +248,12 @@ def ppo_update(tr: Trainer, batch: Batch, A, W, W_reg, bucket, plan):
     cfg, (_, world_size) = tr.cfg, world()
     old_logp, ref_logp = reference_logprobs(tr, batch, plan)
     totals, grad_norms = {}, []
+    sharded = isinstance(tr.policy, FSDPModule)
     for epoch in range(cfg.ppo_epochs):
         for chunks in plan:
-            for index in chunks:
+            for n, index in enumerate(chunks):
+                if sharded:  # reduce-scatter gradients once per optimiser step, after its last backward
+                    tr.policy.set_requires_gradient_sync(cfg.grad_sync == "micro_batch" or n == len(chunks) - 1)
                 mb, is_dummy = build_micro(tr, batch, index)
                 logp, ent = per_token(tr.policy, mb, grad=True)
                 old = old_logp[tuple(index)] if old_logp else logp.detach()
@@ -261,12 +290,16 @@ def reduce_stats(totals):
 
 
 def update_metrics(cfg: TrainConfig, totals, grad_norms, lr):
-    """Per-step numbers from the reduced statistics: per-token means, and L_mu and the loss scale per
+    """Per-step numbers from the reduced statistics: per-token means over the trained tokens, the padding
+    share of the micro-batches, the share of skipped responses, and L_mu and the loss scale per
     difficulty bucket k (DARO's Fig. 2)."""
     tok, passes = max(float(totals["tokens"][0]), 1.0), cfg.ppo_epochs * cfg.mini_batches
     m = {"loss": float(totals["loss"][0]) / passes, "pg_loss": float(totals["pg_loss"][0]) / passes,
-         "grad_norm": float(np.mean(grad_norms)), "ratio_max": float(totals["ratio_max"][0]),
-         "ratio_min": float(totals["ratio_min"][0]), "lr": lr}
+         "grad_norm": float(np.mean(grad_norms)), "lr": lr,
+         "padding_frac": 1 - float(totals["real_tokens"][0]) / max(float(totals["computed_tokens"][0]), 1.0),
+         "skipped_frac": float(totals["skipped"][0]) / max(float(totals["responses"][0]), 1.0)}
+    if float(totals["tokens"][0]) > 0:  # every response may have been skipped
+        m.update(ratio_max=float(totals["ratio_max"][0]), ratio_min=float(totals["ratio_min"][0]))
     for key, name in [("clip_low", "clip_low"), ("clip_high", "clip_high"), ("approx_kl", "approx_kl"),
                       ("ratio", "ratio_mean"), ("entropy", "entropy"), ("kl_ref", "kl_ref")]:
         if key in totals:
@@ -294,10 +327,18 @@ def train_on_batch(tr: Trainer, batch: Batch):
         return {"empty_batch": 1.0}
     tr.scheme.begin_step(R, L, C, batch.accuracy)
     A, W, W_reg, bucket, mini = advantages_and_weights(cfg, tr.scheme, R, L, C, mine)
-    plan = plan_micro_batches(mini, G, cfg.micro_batch_size)
+    # A response with A_i = 0 adds nothing to the policy-gradient term (-min(r 0, clip(r) 0) = 0): without
+    # a KL or entropy term it needs no forward or backward. Normalisers (W) come from the whole batch.
+    regularised = cfg.loss.kl_beta or cfg.loss.entropy_coef
+    trained = [not (cfg.skip_zero_advantage and not regularised and a == 0) for a in A.tolist()]
+    seq_lens = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    plan = plan_micro_batches(cfg, mini, seq_lens, trained)
     totals, grad_norms = ppo_update(tr, batch, A, W, W_reg, bucket, plan)
     tr.scheduler.step()
-    totals = reduce_stats(totals)
+    totals = reduce_stats({**totals, **plan_stats(plan, seq_lens, trained)})
+    # DARO's L_mu divides by the bucket's tokens: all of them, trained or skipped (exact integers)
+    totals["bucket_tokens"] = torch.zeros(G + 1, dtype=torch.float64).index_add_(
+        0, pass_counts(C), L.double().sum(1)) * cfg.ppo_epochs
     tr.scheme.update({k: v / cfg.ppo_epochs for k, v in totals.items() if k.startswith("bucket_")})
     return update_metrics(cfg, totals, grad_norms, tr.optimizer.param_groups[0]["lr"])
 
@@ -439,16 +480,23 @@ def gather_metrics(local):
 
 
 def run_eval(cfg: TrainConfig, engine, val_rows):
-    """Validation accuracy through eval.py; the synthetic task scores by its first character."""
-    benchmarks = {}
+    """Validation accuracy (avg@n) through eval.py, each rank sampling its share of the problems (rows
+    rank, rank + world, ...) and the verdicts gathered; the synthetic task scores by its first character."""
+    rank, world_size = world()
+    shards = {}
     for name in cfg.eval.benchmarks:
         rows = val_rows if name == "synthetic" else load_benchmark(name, cfg.eval.data_dir)
-        benchmarks[name] = rows[: cfg.eval.limit] if cfg.eval.limit else rows
+        shards[name] = (rows[: cfg.eval.limit] if cfg.eval.limit else rows)[rank::world_size]
     score_fn = first_char_scores if cfg.reward.kind == "first_char" else None
-    results, _ = evaluation.evaluate(engine, benchmarks, n=cfg.eval.n, temperature=cfg.eval.temperature,
-                                     max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens,
-                                     workers=cfg.reward.workers, seed=cfg.seed, score_fn=score_fn)
-    return {f"val/{name}": results["benchmarks"][name]["avg@n"] for name in benchmarks}
+    mine = {name: rows for name, rows in shards.items() if rows}
+    records = evaluation.evaluate(engine, mine, n=cfg.eval.n, temperature=cfg.eval.temperature,
+                                  max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens, workers=cfg.reward.workers,
+                                  seed=cfg.seed + rank, score_fn=score_fn, progress=False)[1] if mine else []
+    scores = {name: [] for name in shards}
+    for part in all_gather([(r["benchmark"], r["score"]) for r in records]):
+        for name, score in part:
+            scores[name].append(score)
+    return {f"val/{name}": sum(s) / len(s) for name, s in scores.items() if s}
 
 
 class MetricsLog:

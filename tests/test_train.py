@@ -53,25 +53,60 @@ def test_one_step_of_every_config(method, tmp_path):
 
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
-    """The same batch: one process vs torchrun on 2 gloo ranks with FSDP2, different micro-batching,
-    2 mini-batches, LIPO (batch std) + HA-DW (batch accuracy). SGD lr 1: parameter change = -gradient."""
+    """The same batch: one process (all responses trained, micro-batches of 5) vs torchrun on 2 gloo ranks
+    with FSDP2 and other splits: runs of 3 with one gradient reduce-scatter per optimiser step, and
+    length-sorted micro-batches under a token budget with a reduce-scatter after every micro-batch; both
+    skip the zero-advantage group. 2 mini-batches, LIPO (batch std) + HA-DW (batch accuracy).
+    SGD lr 1: the parameter change is minus the gradient."""
     model_dir = build_tiny_model(tmp_path / "model")
     overrides = ["prompts_per_step=6", "G=4", "mini_batches=2", "scheme.name=lipo", "scheme.hadw.enabled=true",
                  "optim.grad_clip=1e9", "rollout.max_tokens=8", "loss.kl_beta=0"]
     script = str(ROOT / "tests" / "dist_step.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, script, str(model_dir), str(tmp_path / "one.pt"), "micro_batch_size=5", *overrides],
-                   check=True, env=env, timeout=300)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                    script, str(model_dir), str(tmp_path / "two.pt"), "micro_batch_size=3", *overrides],
-                   check=True, env=env, timeout=300)
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    for k in ["loss", "pg_loss", "grad_norm", "entropy", "clip_low", "clip_high"]:
-        assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-5, abs=1e-7), k
+    for name, split in {"one.pt": ["micro_batch_size=5"], "all.pt": ["skip_zero_advantage=false"]}.items():
+        subprocess.run([sys.executable, script, str(model_dir), str(tmp_path / name), *split, *overrides],
+                       check=True, env=env, timeout=300)
+    runs = {"two.pt": ["micro_batch_size=3", "grad_sync=step"],
+            "budget.pt": ["micro_batch_tokens=24", "grad_sync=micro_batch"]}
+    for name, split in runs.items():
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29533", script, str(model_dir), str(tmp_path / name), *split, *overrides],
+                       check=True, env=env, timeout=300)
+    one = torch.load(tmp_path / "one.pt")
     scale = max(float(d.abs().max()) for d in one["delta"].values())
     assert scale > 1e-3  # the step moved the parameters
-    for k in one["delta"]:
-        torch.testing.assert_close(two["delta"][k], one["delta"][k], rtol=1e-4, atol=1e-5 * scale)
+    from dist_step import fixed_batch
+    rewards = fixed_batch(6, 4)[2]
+    equal_groups = int((rewards.max(1).values == rewards.min(1).values).sum())
+    assert equal_groups >= 1 and one["metrics"]["skipped_frac"] == pytest.approx(equal_groups / 6)
+    for name in [*runs, "all.pt"]:
+        two = torch.load(tmp_path / name)
+        same = ["loss", "pg_loss", "grad_norm"] + (["clip_low", "clip_high", "skipped_frac"] if name in runs else [])
+        for k in same:  # clip fractions are means over the trained tokens: equal where the same are trained
+            assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-5, abs=1e-7), (name, k)
+        for k in one["delta"]:
+            torch.testing.assert_close(two["delta"][k], one["delta"][k], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_token_budget_plan_packs_sorted_responses_under_the_budget():
+    cfg = load_config(None, ["G=4", "micro_batch_tokens=40", "micro_batch_size=3"])
+    g = torch.Generator().manual_seed(0)
+    seq_lens = [int(x) for x in torch.randint(2, 12, (16,), generator=g)] + [35, 50]  # a heavy tail
+    seq_lens += [3, 4]
+    trained = [True] * 20
+    trained[5] = False
+    mini = [[0, 1], [2, 3, 4]]  # local groups of two mini-batches
+    plan = train.plan_micro_batches(cfg, mini, seq_lens, trained)
+    for local, chunks in zip(mini, plan):
+        flat = [i for index in chunks for i in index]
+        assert sorted(flat) == [q * 4 + i for q in local for i in range(4) if trained[q * 4 + i]]
+        for index in chunks:
+            assert len(index) <= 3 and [seq_lens[i] for i in index] == sorted((seq_lens[i] for i in index), reverse=True)
+            assert len(index) == 1 or len(index) * seq_lens[index[0]] <= 40
+    stats = train.plan_stats(plan, seq_lens, trained)
+    assert stats["skipped"] == 1 and stats["real_tokens"] == sum(seq_lens) - seq_lens[5]
+    runs = train.plan_micro_batches(load_config(None, ["G=4", "micro_batch_size=3"]), mini, seq_lens, trained)
+    assert train.plan_stats(runs, seq_lens, trained)["computed_tokens"] > stats["computed_tokens"]
 
 
 def run_cli(args, **kw):
@@ -171,3 +206,17 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
     assert info["dynamic_sampling_gave_up"] == 1.0  # one round allowed, one group of two kept
     # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
     assert train.overlong_penalty(6, 6, 2) == -1.0 and train.overlong_penalty(5, 6, 2) == -0.5
+
+
+def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
+    """Each rank generates half of the validation problems and the verdicts are gathered: the accuracy
+    equals one process's (a scripted engine answers each prompt deterministically)."""
+    overrides = ["reward.kind=first_char", "reward.workers=0", "eval.benchmarks=[synthetic]", "eval.limit=101"]
+    script, env = str(ROOT / "tests" / "dist_eval.py"), {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, str(tmp_path / "one.json"), *overrides], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                    script, str(tmp_path / "two.json"), *overrides], check=True, env=env, timeout=300)
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert one["generated"] == [101] and two["generated"] == [51, 50]
+    assert 0 < one["metrics"]["val/synthetic"] < 1
+    assert two["metrics"]["val/synthetic"] == pytest.approx(one["metrics"]["val/synthetic"], abs=1e-12)
