@@ -38,7 +38,7 @@ from data import PromptStream, load_benchmark, load_rows
 from distributed import all_gather, all_reduce, init_distributed, interleaved, world
 from loss import policy_loss
 from plot import run_summary
-from policy import Policy, make_micro, per_token
+from policy import Policy, make_micro, pack_micro_batches, per_token
 from rollout import make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
@@ -181,29 +181,16 @@ def advantages_and_weights(cfg: TrainConfig, scheme: Scheme, R, L, C, mine):
 
 
 def plan_micro_batches(cfg: TrainConfig, mini, seq_lens, trained):
-    """Per mini-batch, lists of local response indices, one list per forward/backward.
-
-    Only responses in `trained` go in. With micro_batch_tokens > 0 they are sorted by length (prompt +
-    response) and packed greedily while rows x longest <= micro_batch_tokens (and rows <= micro_batch_size),
-    so that a long response does not pad many short ones; else runs of micro_batch_size. The loss is a plain
-    sum, so any split gives the same gradient. Every rank gets the same number of micro-batches, at least
-    one (empty lists pad): FSDP's collectives run once per forward and backward, so a rank with fewer
+    """Per mini-batch, its micro-batches: each a list of rows, a row a list of local response indices
+    (policy.pack_micro_batches: packed under a token budget, or one response per row in runs).
+    Only responses in `trained` go in. Every rank gets the same number of micro-batches, at least one
+    (empty lists pad): FSDP's collectives run once per forward and backward, so a rank with fewer
     responses joins them with a zero-weight pass, and every step's backward leaves gradients (maybe zero)
     for the optimiser, as the full batch would."""
     plan, MAX = [], dist.ReduceOp.MAX if dist.is_initialized() else None
     for local in mini:
         idx = [q * cfg.G + i for q in local for i in range(cfg.G) if trained[q * cfg.G + i]]
-        if cfg.micro_batch_tokens:
-            idx.sort(key=lambda i: -seq_lens[i])
-            chunks = []
-            for i in idx:  # longest first, so a chunk's first response sets its padded width
-                if chunks and (len(chunks[-1]) + 1) * seq_lens[chunks[-1][0]] <= cfg.micro_batch_tokens \
-                        and len(chunks[-1]) < cfg.micro_batch_size:
-                    chunks[-1].append(i)
-                else:
-                    chunks.append([i])
-        else:
-            chunks = [idx[i: i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
+        chunks = pack_micro_batches(idx, seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens)
         n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), MAX))
         plan.append(chunks + [[]] * (n_max - len(chunks)))
     return plan
@@ -212,17 +199,23 @@ def plan_micro_batches(cfg: TrainConfig, mini, seq_lens, trained):
 def plan_stats(plan, seq_lens, trained):
     """Tokens the plan computes (rows x longest, per micro-batch) and the real ones among them, and the
     responses left out; summed over ranks by reduce_stats."""
-    real = sum(seq_lens[i] for chunks in plan for index in chunks for i in index)
-    computed = sum(len(index) * max(seq_lens[i] for i in index) for chunks in plan for index in chunks if index)
+    real = sum(seq_lens[i] for chunks in plan for rows in chunks for row in rows for i in row)
+    computed = sum(len(rows) * max(sum(seq_lens[i] for i in row) for row in rows)
+                   for chunks in plan for rows in chunks if rows)
     return {"real_tokens": float(real), "computed_tokens": float(computed),
             "skipped": float(len(trained) - sum(trained)), "responses": float(len(trained))}
 
 
-def build_micro(tr: Trainer, batch: Batch, index):
-    """The micro-batch of `index`, or a one-token dummy of zero weight for an empty index."""
-    if not index:
-        return make_micro([[tr.pad_id]], [[tr.pad_id]], [[0.0]], [0], tr.pad_id, tr.device), True
-    return make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, index, tr.pad_id, tr.device), False
+def build_micro(tr: Trainer, batch: Batch, rows):
+    """The micro-batch of `rows` (lists of response indices), or a one-token dummy of zero weight."""
+    if not rows:
+        return make_micro([[tr.pad_id]], [[tr.pad_id]], [[0.0]], [[0]], tr.pad_id, tr.device), True
+    return make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, tr.pad_id, tr.device), False
+
+
+def micro_key(rows, n):
+    """A micro-batch's key: its responses (the n-th pass of its mini-batch when it is a padding pass)."""
+    return tuple(i for row in rows for i in row) or ("pad", n)
 
 
 def reference_logprobs(tr: Trainer, batch: Batch, plan):
@@ -233,12 +226,12 @@ def reference_logprobs(tr: Trainer, batch: Batch, plan):
     need_old = cfg.ppo_epochs > 1 or cfg.mini_batches > 1
     old, ref = {}, {}
     if need_old or cfg.loss.kl_beta:
-        for index in (index for chunks in plan for index in chunks):
-            mb, _ = build_micro(tr, batch, index)
+        for n, rows in ((n, rows) for chunks in plan for n, rows in enumerate(chunks)):
+            mb, _ = build_micro(tr, batch, rows)
             if need_old:
-                old[tuple(index)] = per_token(tr.policy, mb, grad=False)[0]
+                old[micro_key(rows, n)] = per_token(tr.policy, mb, grad=False)[0]
             if cfg.loss.kl_beta:
-                ref[tuple(index)] = per_token(tr.ref_policy, mb, grad=False)[0]
+                ref[micro_key(rows, n)] = per_token(tr.ref_policy, mb, grad=False)[0]
     return old, ref
 
 
@@ -251,18 +244,18 @@ def ppo_update(tr: Trainer, batch: Batch, A, W, W_reg, bucket, plan):
     sharded = isinstance(tr.policy, FSDPModule)
     for epoch in range(cfg.ppo_epochs):
         for chunks in plan:
-            for n, index in enumerate(chunks):
+            for n, rows in enumerate(chunks):
                 if sharded:  # reduce-scatter gradients once per optimiser step, after its last backward
                     tr.policy.set_requires_gradient_sync(cfg.grad_sync == "micro_batch" or n == len(chunks) - 1)
-                mb, is_dummy = build_micro(tr, batch, index)
+                mb, is_dummy = build_micro(tr, batch, rows)
                 logp, ent = per_token(tr.policy, mb, grad=True)
-                old = old_logp[tuple(index)] if old_logp else logp.detach()
+                old = old_logp[micro_key(rows, n)] if old_logp else logp.detach()
                 if is_dummy:  # a zero-weight pass: only to join the collectives
                     Ai, Wi, Wri, bi = torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long)
                 else:
                     Ai, Wi, Wri, bi = A[mb.index], W[mb.index], W_reg[mb.index], bucket[mb.index]
                 loss, stats = policy_loss(logp, old, mb.mask, Ai.to(tr.device), Wi.to(tr.device), cfg.loss,
-                                          W_reg=Wri.to(tr.device), ref_logp=ref_logp.get(tuple(index)),
+                                          W_reg=Wri.to(tr.device), ref_logp=ref_logp.get(micro_key(rows, n)),
                                           entropy=ent, bucket=bi.to(tr.device), n_buckets=cfg.G + 1)
                 # FSDP averages gradients over ranks; the loss is a global sum, so undo the average
                 (loss * world_size).backward()
