@@ -71,7 +71,7 @@ class TrainConfig:
     G: int = 8                      # samples per prompt
     ppo_epochs: int = 1
     mini_batches: int = 1           # optimizer steps per epoch (each a slice of whole prompt groups)
-    micro_batch_size: int = 64      # responses per forward/backward, at most
+    micro_batch_size: int = 64      # rows (one response each, unless packed) per forward/backward, at most
     micro_batch_tokens: int = 0     # > 0: pack length-sorted responses into micro-batches of at most this many
                                     # padded tokens (rows x longest prompt + response); 0: runs of micro_batch_size
     grad_sync: str = "step"         # FSDP: reduce-scatter gradients once per optimiser "step" (holds unsharded
