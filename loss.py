@@ -9,6 +9,7 @@ the loss of a batch is the sum of its micro-batch (and per-rank) losses, with no
 The KL and entropy terms carry V_i = 1 / (tokens in the batch) whatever the scheme (reg_weight
 "token_mean"): with V = W, DARO's w_mu would scale them and drop them for mu in {0, 1}.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -112,6 +113,21 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_
 _CHUNK_ELEMENTS = 2**25  # default chunk: one chunk x V buffer of about 128 MB float32 (two are live)
 
 
+@contextlib.contextmanager
+def _ieee_fp32_matmuls():
+    """The logits' matmuls in full float32, whatever the process chose: vLLM's worker (in this process)
+    sets "highest", a trainer may set "high" (TF32 on GPUs). TF32's 10-bit inputs move log pi by 4e-4 on
+    average and 1.6e-3 at most against float64 (H 1536, V 151,936; bf16 inputs: 3e-3 and 1e-2), the
+    size of GSPO's clip range (3e-4) on the ratio exp(log pi - log pi_old); IEEE float32: 6e-7 and 2e-6.
+    (`python benchmarks/bench_logprobs.py --precision` measures these on the CPU, TF32 emulated.)"""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index):
     """Validate the inputs; return (h [N, H], targets [N], vocab_size, chunk_size)."""
     if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
@@ -193,6 +209,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logp, g_entropy):
+        with _ieee_fp32_matmuls():
+            return _ChunkedTokenLogprobs._backward(ctx, g_logp, g_entropy)
+
+    @staticmethod
+    def _backward(ctx, g_logp, g_entropy):
         hidden, weight, targets, lse, entropy = ctx.saved_tensors
         temperature, vocab_size, chunk_size, ignore_index = ctx.settings
         w = weight[:vocab_size].float()
@@ -228,6 +249,7 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     """
     shape = targets.shape
     h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
-    logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
-                                                ignore_index)
+    with _ieee_fp32_matmuls():
+        logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
+                                                    ignore_index)
     return logp.view(shape), entropy.view(shape)
