@@ -74,6 +74,9 @@ class TrainConfig:
     save_every: int = 0             # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     tensorboard: bool = False
+    diagnostics: bool = False       # per-rank out_dir/diagnostics/rank_R.jsonl: devices, collective backends,
+                                    # memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
+                                    # LM-head kernel share of the train time (syncs the GPU); gpu_check.py reads it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -161,6 +164,11 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
+    if cfg.data.max_prompt_tokens < 1:
+        raise ConfigError(f"config key 'data.max_prompt_tokens' must be >= 1, got {cfg.data.max_prompt_tokens}")
+    if cfg.rollout.tensor_parallel_size != 1:
+        raise ConfigError("config key 'rollout.tensor_parallel_size' must be 1: every rank samples its own prompts "
+                          "with its own engine, and a tensor-parallel engine would need its ranks to share them")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
                           "(pip install tensorboard; metrics.jsonl is written either way)")
