@@ -35,8 +35,8 @@ def overrides(out_dir, steps, extra):
 
 
 def fmt_mem(mem):
-    if not mem:
-        return "n/a (CPU)"
+    if not any(mem.values()):
+        return "n/a (no CUDA device)"
     return ", ".join(f"{phase} {m['allocated']:.2f}/{m['reserved']:.2f}/{m['device_used']:.2f}"
                      for phase, m in mem.items())
 

@@ -140,3 +140,44 @@ def test_cli_errors_name_the_problem(args, message, tmp_path):
 def test_overlong_penalty():
     # DAPO eq. 13 with L_max 20, L_cache 4: 0 up to 16, linear to -1 at 20, -1 beyond
     assert [train.overlong_penalty(n, 20, 4) for n in (10, 16, 17, 18, 20, 21)] == [0, 0, -0.25, -0.5, -1, -1]
+
+
+def test_entropy_coef_changes_the_gradient_as_float64_says(tmp_path):
+    """loss.entropy_coef reaches the gradient: the float32 pipeline (policy.per_token through the chunked
+    kernel, then loss.policy_loss) against float64 autograd through the full logits, written out by hand."""
+    from transformers import AutoModelForCausalLM
+    from loss import LossConfig, policy_loss
+    from policy import Policy, make_micro, per_token
+    model_dir = build_tiny_model(tmp_path / "m")
+    T, coef = 0.7, 2.0
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]]
+    mask = [[1.0, 1.0, 1.0, 1.0], [1.0, 0.0]]
+    A, W = torch.tensor([0.5, -1.0]), torch.tensor([0.1, 0.2])
+
+    def pipeline(c):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        mb = make_micro(prompts, responses, mask, [0, 1], 0, torch.device("cpu"))
+        logp, ent = per_token(Policy(model, T), mb, grad=True)
+        loss, _ = policy_loss(logp, logp.detach(), mb.mask, A, W, LossConfig(entropy_coef=c), entropy=ent)
+        loss.backward()
+        return {n: p.grad.double() for n, p in model.named_parameters()}
+
+    def reference(c):  # sum_i sum_t m W (-r A - c H), r = exp(logp - sg(logp)), float64
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+        loss = 0
+        for b in range(2):
+            p, n = len(prompts[b]), len(responses[b])
+            logits = model(torch.tensor([prompts[b] + responses[b]])).logits[0, p - 1: p + n - 1] / T
+            logq = torch.log_softmax(logits, -1)
+            lp = logq.gather(1, torch.tensor(responses[b])[:, None])[:, 0]
+            H = -(logq.exp() * logq).sum(-1)
+            loss = loss + ((-torch.exp(lp - lp.detach()) * A[b] - c * H) * torch.tensor(mask[b]) * W[b]).sum()
+        loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    g0, g1, r0, r1 = pipeline(0.0), pipeline(coef), reference(0.0), reference(coef)
+    effect = max(float((r1[n] - r0[n]).abs().max()) for n in r0)
+    assert effect > 0.05 * max(float(r0[n].abs().max()) for n in r0)  # the entropy term matters here
+    for n in r0:
+        torch.testing.assert_close(g1[n] - g0[n], r1[n] - r0[n], rtol=1e-4, atol=1e-5 * effect)
+        torch.testing.assert_close(g1[n], r1[n], rtol=1e-4, atol=1e-5 * effect)
