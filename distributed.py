@@ -1,6 +1,7 @@
-"""torch.distributed in one place: the process group, who this process is, and the collectives the trainer
-uses. There is always a process group while training: `python train.py` becomes rank 0 of a group of one
-(as `torchrun --nproc_per_node 1` would), so the model is sharded and cast the same way (FSDP2 with a
+"""torch.distributed in one place: the process group, who this process is, the collectives the trainer
+uses, and the rank-aware parts of checkpoints (DCP, agreement on which one to resume, RNG states).
+
+There is always a process group while training: `python train.py` becomes rank 0 of a group of one (as `torchrun --nproc_per_node 1` would), so the model is sharded and cast the same way (FSDP2 with a
 mixed-precision policy) at any world size, and one process and N ranks differ only in the number of shards.
 
 Backends: on GPUs one group with two backends, "cpu:gloo,cuda:nccl": nccl carries the CUDA tensors (FSDP's
@@ -8,8 +9,13 @@ all-gathers and reduce-scatters, the gradient norm), gloo the CPU tensors (rewar
 micro-batch plan, loss statistics, token counts, object collectives, barriers, DCP's planning); nccl has no
 CPU path. On CPUs, gloo alone. The functions also work with no group at all (then collectives are no-ops).
 """
+import json
 import os
+import random
+import shutil
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -123,3 +129,120 @@ def free_cached_memory(device):
     when it wakes, and it can only use memory the trainer's cache does not hold."""
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+def write_diagnostics(run_dir, record):
+    """One line per step in out_dir/diagnostics/rank_R.jsonl (cfg.diagnostics; benchmarks/gpu_check.py)."""
+    rank, world_size = world()
+    path = Path(run_dir) / "diagnostics" / f"rank_{rank}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"rank": rank, "world_size": world_size, **record, "backends": BACKENDS_USED}) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+# checkpoints/step_N/ (written by train.save_checkpoint) holds
+#   model/      Hugging Face safetensors of the full float32 weights (+ tokenizer): eval.py, transformers, vLLM
+#   dcp/        torch.distributed.checkpoint of the sharded training state, {"model", "optim"}: each rank writes
+#               its own shards and reads back the ones it needs, so a checkpoint resumes at any world size
+#   trainer.pt  step, world size, scheduler, data position, scheme state, the RNG states of every rank
+# It is written into .tmp_step_N and renamed; `latest` is replaced last, so a crash at any point leaves the
+# previous checkpoint. DCP needs one out_dir that every rank sees (on several nodes: a shared filesystem).
+CKPT_FILES = ("trainer.pt", "dcp/.metadata", "model/config.json")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(states, seed, step):
+    """This rank's RNG states from a checkpoint's list (one per rank) when the world size is unchanged
+    (bit-for-bit resume); with another world size each rank reseeds from (seed, step, rank) instead."""
+    rank, world_size = world()
+    if len(states) != world_size:
+        s = np.random.SeedSequence([seed, step, rank]).generate_state(3)
+        torch.manual_seed(int(s[0]))
+        random.seed(int(s[1]))
+        np.random.seed(int(s[2]))
+        return
+    rng = states[rank]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def sharded_state(module, optimizer):
+    """{"model", "optim"}: this rank's shards, as DTensors (an untouched optimizer gets its state allocated
+    by a zero step at lr 0, so that DCP has tensors to load into)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(module, optimizer)
+    note_backend("dcp planning (object collectives)", dist.distributed_c10d._get_object_coll_device())
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def save_sharded(module, optimizer, path):
+    """Every rank writes its shards of the model and optimizer state into `path` (DCP); returns once rank 0
+    has written the metadata."""
+    import torch.distributed.checkpoint as dcp
+    dcp.save(sharded_state(module, optimizer), checkpoint_id=path)
+
+
+def load_sharded(module, optimizer, path):
+    """Load what save_sharded wrote, at any world size (DCP reshards), into the module and optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+    sd = sharded_state(module, optimizer)
+    dcp.load(sd, checkpoint_id=path)  # fills this rank's shards in place
+    set_state_dict(module, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+
+
+def full_model_state(model):
+    """The full (unsharded) state dict, gathered on rank 0's CPU (empty on other ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def check_every_rank_reads(ckpt, context):
+    """Raise on every rank (none is left waiting in a collective) when any rank lacks a file of `ckpt`,
+    naming the ranks and files."""
+    missing = [str(Path(ckpt) / f) for f in CKPT_FILES if not (Path(ckpt) / f).is_file()]
+    bad = [f"rank {r} cannot read {m[0]}" for r, m in enumerate(all_gather(missing)) if m]
+    if bad:
+        raise CheckpointError(f"{context}: {'; '.join(bad)}. Every rank must see the same out_dir "
+                              "(on several nodes: a filesystem they all mount)")
+
+
+def publish(ckpt_root, tmp, final, keep):
+    """Rank 0: rename the finished temp dir, point `latest` at it, drop all but the `keep` newest."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (ckpt_root / "latest.tmp").write_text(final.name)
+    os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
+    for old in (sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir):
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    return Path(run_dir) / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def agree_on_checkpoint(run_dir):
+    """The checkpoint to resume from, the same on every rank: rank 0 reads `latest` and decides, every rank
+    checks that it can read that one; a rank that cannot stops the run on all ranks, named in the error."""
+    mine = latest_checkpoint(run_dir) if world()[0] == 0 else None
+    name = broadcast(mine.name if mine is not None else None)
+    if name is None:
+        return None
+    ckpt = Path(run_dir) / "checkpoints" / name
+    check_every_rank_reads(ckpt, f"--resume: rank 0 chose {ckpt}")
+    return ckpt

@@ -101,6 +101,18 @@ def make_micro(prompt_ids, response_ids, loss_mask, index, pad_id, device):
                  t(t_idx), mask.to(device), torch.tensor(index, dtype=torch.long))
 
 
+def padding_slots(prompt_ids, response_ids, plan):
+    """(pad slots, all slots) of the planned micro-batches' right-padded [prompt + response] rows; an empty
+    (dummy) micro-batch counts as one wasted slot."""
+    pad = slots = 0
+    for index in (index for chunks in plan for index in chunks):
+        lengths = [len(prompt_ids[i]) + len(response_ids[i]) for i in index] or [0]
+        slots += max(1, len(index) * max(lengths))
+        pad += max(1, len(index) * max(lengths)) - sum(lengths)
+    return pad, slots
+
+
+
 def per_token(policy, mb, grad):
     """[B, T] log-probs and entropies of a micro-batch; with grad=True both carry the graph (the loss's
     entropy bonus, loss.entropy_coef, differentiates through the entropy)."""

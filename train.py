@@ -1,21 +1,20 @@
 """RLVR training: prompts -> rollout (G samples) -> verify (rewards) -> weights (A, W) -> loss -> AdamW
--> weights synced back into the rollout engine. One process, or torchrun with FSDP2 on many GPUs/CPUs.
+-> weights synced back into the rollout engine. FSDP2 at every world size: one process is a group of one
+(distributed.init_distributed), torchrun shards over many GPUs/CPUs.
 
     python train.py --config configs/tiny.yaml                          # CPU, a few minutes
     torchrun --nproc_per_node 8 train.py --config configs/daro.yaml     # 8 GPUs
     python train.py --config configs/tiny.yaml --resume                 # continue the last checkpoint
     python plot.py runs/tiny [runs/other ...] --out plots/              # PNG figures from metrics.jsonl
 
-The file reads top to bottom as one step: distributed helpers, collect a batch (rollout + rewards),
-the policy's per-token log-probs, the update (`train_on_batch` and its parts), checkpoints, metrics,
-and the loop (`train`).
+The file reads top to bottom as one step: collect a batch (rollout + rewards), the update (`train_on_batch`
+and its parts), model and checkpoints, metrics, and the loop (`train`).
 """
 import argparse
 import dataclasses
 import gc
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -34,11 +33,13 @@ import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 import verify
 from config import ConfigError, OptimConfig, TrainConfig, check_config, load_config
 from data import PromptStream, load_benchmark, load_rows
-from distributed import (BACKENDS_USED, all_gather, all_reduce, backend_of, barrier, broadcast, free_cached_memory,
-                         init_distributed, interleaved, memory_gib, note_backend, shutdown_distributed, world)
+from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
+                         free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
+                         note_backend, publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world,
+                         write_diagnostics)
 from loss import policy_loss
 from plot import run_summary
-from policy import KernelTimer, Policy, make_micro, per_token
+from policy import KernelTimer, Policy, make_micro, padding_slots, per_token
 from rollout import encode_prompts, make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
@@ -201,17 +202,6 @@ def plan_micro_batches(mini, G, micro_batch_size):
     return plan
 
 
-def padding_slots(batch: Batch, plan):
-    """(pad slots, all slots) of the planned micro-batches' right-padded [prompt + response] rows; an empty
-    (dummy) micro-batch counts as one wasted slot."""
-    pad = slots = 0
-    for index in (index for chunks in plan for index in chunks):
-        lengths = [len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in index] or [0]
-        slots += max(1, len(index) * max(lengths))
-        pad += max(1, len(index) * max(lengths)) - sum(lengths)
-    return pad, slots
-
-
 def build_micro(tr: Trainer, batch: Batch, index):
     """The micro-batch of `index`, or a one-token dummy of zero weight for an empty index."""
     if not index:
@@ -316,7 +306,7 @@ def train_on_batch(tr: Trainer, batch: Batch):
     plan = plan_micro_batches(mini, G, cfg.micro_batch_size)
     totals, grad_norms = ppo_update(tr, batch, A, W, bucket, plan)
     tr.scheduler.step()
-    totals["pad_slots"], totals["slots"] = padding_slots(batch, plan)
+    totals["pad_slots"], totals["slots"] = padding_slots(batch.prompt_ids, batch.response_ids, plan)
     totals = reduce_stats(totals)
     tr.scheme.update({k: v / cfg.ppo_epochs for k, v in totals.items() if k.startswith("bucket_")})
     m = update_metrics(cfg, totals, grad_norms, tr.optimizer.param_groups[0]["lr"])
@@ -389,77 +379,11 @@ def load_policy(path, cfg: TrainConfig, device, trainable=True):
     return policy
 
 
-def full_model_state(policy):
-    """The full (unsharded) model state dict, gathered on rank 0's CPU (empty on other ranks)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(policy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-# checkpoints/step_N/ holds
-#   model/      Hugging Face safetensors of the full float32 weights (+ tokenizer): eval.py, transformers, vLLM
-#   dcp/        torch.distributed.checkpoint of the sharded training state, {"model", "optim"}: each rank writes
-#               its own shards and reads back the ones it needs, so a checkpoint resumes at any world size
-#   trainer.pt  step, world size, scheduler, data position, scheme state, the RNG states of every rank
-# It is written into .tmp_step_N and renamed; `latest` is replaced last, so a crash at any point leaves the
-# previous checkpoint. DCP needs one out_dir that every rank sees (on several nodes: a shared filesystem).
-CKPT_FILES = ("trainer.pt", "dcp/.metadata", "model/config.json")
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def restore_rng(state, seed):
-    """This rank's RNG states from the checkpoint when the world size is unchanged (bit-for-bit resume);
-    with another world size each rank reseeds from (seed, step, rank) instead."""
-    rank, world_size = world()
-    if len(state["rng"]) != world_size:
-        torch.manual_seed(hash_seed(seed, state["step"], rank))
-        random.seed(hash_seed(seed, state["step"], rank, 1))
-        np.random.seed(hash_seed(seed, state["step"], rank, 2))
-        return
-    rng = state["rng"][rank]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-
-
-def training_state(tr: Trainer):
-    """{"model", "optim"}: this rank's shards as DTensors (an untouched AdamW gets its state allocated)."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    model_sd, optim_sd = get_state_dict(tr.policy, tr.optimizer)
-    note_backend("dcp planning (object collectives)", dist.distributed_c10d._get_object_coll_device())
-    return {"model": model_sd, "optim": optim_sd}
-
-
-def check_every_rank_reads(ckpt, context):
-    """Raise on every rank (none is left waiting in a collective) when any rank lacks a file of `ckpt`,
-    naming the ranks and files."""
-    missing = [str(Path(ckpt) / f) for f in CKPT_FILES if not (Path(ckpt) / f).is_file()]
-    bad = [f"rank {r} cannot read {m[0]}" for r, m in enumerate(all_gather(missing)) if m]
-    if bad:
-        raise CheckpointError(f"{context}: {'; '.join(bad)}. Every rank must see the same out_dir "
-                              "(on several nodes: a filesystem they all mount)")
-
-
-def publish(ckpt_root, tmp, final, keep):
-    """Rank 0: rename the finished temp dir, point `latest` at it, drop all but the `keep` newest."""
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (ckpt_root / "latest.tmp").write_text(final.name)
-    os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
-    for old in (sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []):
-        shutil.rmtree(old, ignore_errors=True)
-
+# checkpoints/step_N/: model/ (Hugging Face safetensors, full float32 weights), dcp/ (the sharded model and
+# AdamW state, any world size), trainer.pt; see distributed.py's checkpoint section.
 
 def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer, keep):
     """Write checkpoints/step_N (above) on every rank together; returns its path."""
-    import torch.distributed.checkpoint as dcp
     ckpt_root = Path(run_dir) / "checkpoints"
     final, tmp = ckpt_root / f"step_{step:06d}", ckpt_root / f".tmp_step_{step:06d}"
     rank, world_size = world()
@@ -467,8 +391,8 @@ def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    dcp.save(training_state(tr), checkpoint_id=tmp / "dcp")  # returns once rank 0 wrote the metadata
-    model_sd = full_model_state(tr.policy)
+    save_sharded(tr.policy, tr.optimizer, tmp / "dcp")
+    model_sd = full_model_state(tr.policy.model)
     state = {"step": step, "world_size": world_size, "scheduler": tr.scheduler.state_dict(),
              "stream": stream.state_dict(), "scheme": tr.scheme.state_dict(), "rng": all_gather(rng_state())}
     if rank == 0:
@@ -484,34 +408,13 @@ def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer,
 def load_checkpoint(ckpt, tr: Trainer, stream: PromptStream):
     """Restore what save_checkpoint wrote into a freshly built trainer, resharding the model and AdamW state
     to this world size; returns the step to continue from."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
     state = torch.load(Path(ckpt) / "trainer.pt", weights_only=False)
-    sd = training_state(tr)
-    dcp.load(sd, checkpoint_id=Path(ckpt) / "dcp")  # fills this rank's shards in place
-    set_state_dict(tr.policy, tr.optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    load_sharded(tr.policy, tr.optimizer, Path(ckpt) / "dcp")
     tr.scheduler.load_state_dict(state["scheduler"])
     stream.load_state_dict(state["stream"])
     tr.scheme.load_state_dict(state["scheme"])
-    restore_rng(state, tr.cfg.seed)
+    restore_rng(state["rng"], tr.cfg.seed, state["step"])
     return state["step"]
-
-
-def latest_checkpoint(run_dir):
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    return Path(run_dir) / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
-
-
-def agree_on_checkpoint(run_dir):
-    """The checkpoint to resume from, the same on every rank: rank 0 reads `latest` and decides, every rank
-    checks that it can read that one; a rank that cannot stops the run on all ranks, named in the error."""
-    mine = latest_checkpoint(run_dir) if world()[0] == 0 else None
-    name = broadcast(mine.name if mine is not None else None)
-    if name is None:
-        return None
-    ckpt = Path(run_dir) / "checkpoints" / name
-    check_every_rank_reads(ckpt, f"--resume: rank 0 chose {ckpt}")
-    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,15 +586,6 @@ def run_info(tr: Trainer, engine):
         return {"device": str(tr.device), "engine_device": str(next(engine.model.parameters()).device)}
     return {"device": str(tr.device), "engine_device": str(llm.collective_rpc(lambda worker: worker.device)[0]),
             "kv_cache_blocks": llm.llm_engine.vllm_config.cache_config.num_gpu_blocks}
-
-
-def write_diagnostics(run_dir, record):
-    """One line per step in out_dir/diagnostics/rank_R.jsonl (cfg.diagnostics; benchmarks/gpu_check.py)."""
-    rank, world_size = world()
-    path = Path(run_dir) / "diagnostics" / f"rank_{rank}.jsonl"
-    path.parent.mkdir(exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps({"rank": rank, "world_size": world_size, **record, "backends": BACKENDS_USED}) + "\n")
 
 
 def train(cfg: TrainConfig, resume=False):

@@ -21,7 +21,8 @@ import train  # noqa: E402
 from config import load_config  # noqa: E402
 from data import PromptStream  # noqa: E402
 from dist_step import fixed_batch  # noqa: E402
-from distributed import BACKENDS_USED, all_reduce, backend_of, init_distributed, shutdown_distributed, world  # noqa: E402
+from distributed import (BACKENDS_USED, CKPT_FILES, CheckpointError, agree_on_checkpoint,  # noqa: E402
+                         all_reduce, backend_of, full_model_state, init_distributed, latest_checkpoint, shutdown_distributed, world)
 
 OVERRIDES = ["prompts_per_step=4", "G=4", "micro_batch_size=3", "optim.lr=1e-2", "optim.warmup_steps=1",
              "optim.weight_decay=0.1", "rollout.max_tokens=8", "rollout.engine=hf", "rollout.template=plain",
@@ -33,7 +34,7 @@ def full_states(tr):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     optim = get_optimizer_state_dict(tr.policy, tr.optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {"model": train.full_model_state(tr.policy), "optim": optim.get("state", {}),
+    return {"model": full_model_state(tr.policy.model), "optim": optim.get("state", {}),
             "param_groups": optim.get("param_groups"), "last_epoch": tr.scheduler.last_epoch}
 
 
@@ -76,7 +77,7 @@ def mode_load(work, model_dir, device, tag):
     cfg = load_config(None, OVERRIDES + [f"out_dir={work / 'unused'}"])
     tr, _ = train.build_trainer(cfg, model_dir, model_dir, device)  # the base model: DCP must bring the weights
     stream = PromptStream([{"problem": "1+2=", "answer": "3"}] * 10, 0, True)
-    step = train.load_checkpoint(train.latest_checkpoint(work / tag), tr, stream)
+    step = train.load_checkpoint(latest_checkpoint(work / tag), tr, stream)
     out = {"step": step, "stream": stream.state_dict(), "lr": tr.optimizer.param_groups[0]["lr"]}
     states = full_states(tr)
     if world()[0] == 0:
@@ -97,16 +98,16 @@ def agreement(work):
     run = work / f"agree_rank{rank}"
     steps = [2, 4, 6] if rank == 0 else [2, 4]
     for s in steps:
-        for f in train.CKPT_FILES:
+        for f in CKPT_FILES:
             (run / "checkpoints" / f"step_{s:06d}" / f).parent.mkdir(parents=True, exist_ok=True)
             (run / "checkpoints" / f"step_{s:06d}" / f).write_text("")
     (run / "checkpoints" / "latest").write_text("step_000004" if rank == 0 else "step_000002")
-    first = train.agree_on_checkpoint(run)
+    first = agree_on_checkpoint(run)
     (run / "checkpoints" / "latest").write_text("step_000006" if rank == 0 else "step_000004")
     try:
-        train.agree_on_checkpoint(run)
+        agree_on_checkpoint(run)
         error = None
-    except train.CheckpointError as e:
+    except CheckpointError as e:
         error = str(e)
     return {"agreed": first.name, "agreed_dir": str(first.parent.parent), "error": error}
 

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from distributed import init_distributed, shutdown_distributed, world
+from distributed import full_model_state, init_distributed, shutdown_distributed, world
 from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +92,8 @@ def test_gpu_check_on_cpu_then_resume_in_one_process(tmp_path):
         lines = [line for line in proc.stdout.splitlines() if line.startswith(f"[rank {r}]")]
         block = "\n".join(lines)
         assert "trainer device cpu | engine device cpu | world size 2" in block, block
-        assert "all_reduce cpu -> gloo" in block and "fsdp all_gather/reduce_scatter, grad-norm all_reduce cpu -> gloo" in block
+        assert "all_reduce cpu -> gloo" in block
+        assert "fsdp all_gather/reduce_scatter, grad-norm all_reduce cpu -> gloo" in block
         delta = next(line for line in lines if "log-prob |engine - trainer|" in line)
         assert float(delta.split(" max ")[1].split()[0]) < 1e-4, delta  # float32 engine and trainer
         assert "vLLM KV-cache blocks " in block and "KV-cache blocks None" not in block
@@ -110,3 +110,40 @@ def test_gpu_check_on_cpu_then_resume_in_one_process(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     rank0 = [json.loads(line) for line in (out / "diagnostics" / "rank_0.jsonl").read_text().splitlines()]
     assert [(r["step"], r["world_size"]) for r in rank0] == [(1, 2), (2, 2), (3, 1)]
+
+
+def test_one_process_trains_bf16_with_fp32_master_weights(tmp_path):
+    """python train.py (a group of one) shards the policy with FSDP2 as torchrun does: bfloat16 compute,
+    float32 parameters and AdamW state. An AdamW step of lr 1e-6 moves the weights by about 1e-6, far below
+    bfloat16's resolution at their size (|w| 2^-8), and is kept."""
+    from config import load_config
+    from policy import make_micro, per_token
+    import train
+    model_dir = build_tiny_model(tmp_path / "model")
+    cfg = load_config(None, ["model.dtype=bfloat16"])
+    device = init_distributed()
+    policy = opt = None
+    try:
+        policy = train.load_policy(model_dir, cfg, device)
+        assert all(p.dtype == torch.float32 and hasattr(p, "full_tensor") for p in policy.parameters())
+        before = {k: v.clone() for k, v in full_model_state(policy.model).items()}
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
+        mb = make_micro([[5, 6, 7]] * 2, [[10, 11, 12], [13, 14]], [[1.0] * 3, [1.0] * 2], [0, 1], 0, device)
+        logp, _ = per_token(policy, mb, grad=True)
+        assert logp.dtype == torch.float32  # the kernel's output; the layers ran in bfloat16
+        (-(logp * mb.mask).sum()).backward()
+        assert all(p.grad.dtype == torch.float32 for p in policy.parameters())
+        opt.step()
+        assert all(s["exp_avg"].dtype == torch.float32 for s in opt.state.values())
+        after = full_model_state(policy.model)
+        w = after["model.layers.0.mlp.up_proj.weight"]
+        delta = (w - before["model.layers.0.mlp.up_proj.weight"]).abs()
+        assert float((delta > 0).double().mean()) > 0.9 and float(delta.max()) < 2e-6
+        # the same update on bfloat16 weights rounds away
+        w_bf16 = before["model.layers.0.mlp.up_proj.weight"].bfloat16()
+        assert float(((w_bf16 - 1e-6 * torch.sign(w_bf16)).bfloat16() != w_bf16).double().mean()) < 0.1
+    finally:
+        import gc
+        del policy, opt
+        gc.collect()
+        shutdown_distributed()

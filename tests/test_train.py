@@ -13,6 +13,7 @@ import torch
 
 import train
 from config import check_config, load_config
+from distributed import latest_checkpoint
 from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
                                                                      "rollout.engine=hf"])
     train.train(cfg)
-    ckpt = train.latest_checkpoint(tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     from rollout import RolloutConfig, make_engine
