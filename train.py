@@ -547,8 +547,8 @@ def training_step(tr: Trainer, engine, stream, step):
     timers = {"rollout": 0.0, "verify": 0.0, "train": 0.0, "sync": 0.0}
     t_step = time.perf_counter()
     rows, groups, scores, rewards, gen_info = collect_batch(cfg, engine, stream, step, timers)
+    mem = {"rollout": memory_gib(tr.device)}  # engine awake; "train" and "sync" below: asleep, then awake again
     engine.sleep()
-    mem = {"rollout": memory_gib(tr.device)}
     batch = make_batch(cfg, groups, rewards)
     diag = diagnose_batch(tr, batch) if cfg.diagnostics else {}
     tr.policy.kernel_timer = KernelTimer(tr.device) if cfg.diagnostics else None

@@ -131,6 +131,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
     (["scheme.nme=grpo"], "unknown config key 'scheme.nme'; did you mean 'name'"),
     (["G=1"], "config key 'G' must be >= 2"),
     (["data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl not found"),
+    (["rollout.tensor_parallel_size=2"], "config key 'rollout.tensor_parallel_size' must be 1"),
 ])
 def test_cli_errors_name_the_problem(args, message, tmp_path):
     proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1", *args])
