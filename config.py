@@ -80,6 +80,9 @@ class TrainConfig:
     save_every: int = 0             # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     tensorboard: bool = False
+    diagnostics: bool = False       # per-rank out_dir/diagnostics/rank_R.jsonl: devices, collective backends,
+                                    # memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
+                                    # LM-head kernel share of the train time (syncs the GPU); gpu_check.py reads it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -176,6 +179,11 @@ def check_config(cfg: TrainConfig):
     if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
         warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
                       "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")
+    if cfg.data.max_prompt_tokens < 1:
+        raise ConfigError(f"config key 'data.max_prompt_tokens' must be >= 1, got {cfg.data.max_prompt_tokens}")
+    if cfg.rollout.tensor_parallel_size != 1:
+        raise ConfigError("config key 'rollout.tensor_parallel_size' must be 1: every rank samples its own prompts "
+                          "with its own engine, and a tensor-parallel engine would need its ranks to share them")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
                           "(pip install tensorboard; metrics.jsonl is written either way)")

@@ -4,6 +4,7 @@ prompt + response, right-padded, or several packed one after another (position i
 transformers then masks attention between them). The [tokens, vocab] logits are never materialised.
 """
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,13 +21,49 @@ class Policy(torch.nn.Module):
     def __init__(self, model, temperature):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.kernel_timer = None  # a KernelTimer while diagnostics measure the LM-head kernel
 
     def forward(self, input_ids, attention_mask, position_ids, rows, cols, targets):
         # no KV cache: with one, transformers would not look for packed sequences in position_ids
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
         h = hidden[rows, cols]  # [n, H]: the states that predict the response tokens
+        if self.kernel_timer is not None:
+            return self.kernel_timer(h, self.model.lm_head.weight, targets, self.temperature)
         return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+
+
+class KernelTimer:
+    """Seconds in the LM-head kernel (loss.token_logprobs), forward and backward. The backward is timed from
+    the first gradient reaching the kernel's outputs to its input's gradient, by tensor hooks. On CUDA every
+    reading synchronises the device (a diagnostic: it slows the step a little)."""
+
+    def __init__(self, device):
+        self.device, self.seconds = torch.device(device), 0.0
+
+    def _now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def __call__(self, h, weight, targets, temperature):
+        t0 = self._now()
+        logp, ent = token_logprobs(h, weight, targets, temperature=temperature)
+        self.seconds += self._now() - t0
+        if logp.requires_grad:
+            start = []
+
+            def begin(grad):
+                if not start:
+                    start.append(self._now())
+
+            def end(grad):
+                self.seconds += self._now() - start[0]
+
+            logp.register_hook(begin)
+            ent.register_hook(begin)
+            h.register_hook(end)
+        return logp, ent
 
 
 @dataclass
@@ -102,10 +139,11 @@ def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device):
 
 
 def per_token(policy, mb, grad):
-    """[B, T] log-probs and entropies of a micro-batch."""
+    """[B, T] log-probs and entropies of a micro-batch; with grad=True both carry the graph (the loss's
+    entropy bonus, loss.entropy_coef, differentiates through the entropy)."""
     with contextlib.nullcontext() if grad else torch.no_grad():
         logp, ent = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mb.rows, mb.cols, mb.targets)
     B, T = mb.mask.shape
     out_logp = torch.zeros(B, T, device=logp.device, dtype=logp.dtype).index_put((mb.b_idx, mb.t_idx), logp)
-    out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent.detach())
+    out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent)
     return out_logp, out_ent

@@ -1,21 +1,20 @@
 """RLVR training: prompts -> rollout (G samples) -> verify (rewards) -> weights (A, W) -> loss -> AdamW
--> weights synced back into the rollout engine. One process, or torchrun with FSDP2 on many GPUs/CPUs.
+-> weights synced back into the rollout engine. FSDP2 at every world size: one process is a group of one
+(distributed.init_distributed), torchrun shards over many GPUs/CPUs.
 
     python train.py --config configs/tiny.yaml                          # CPU, a few minutes
     torchrun --nproc_per_node 8 train.py --config configs/daro.yaml     # 8 GPUs
     python train.py --config configs/tiny.yaml --resume                 # continue the last checkpoint
     python plot.py runs/tiny [runs/other ...] --out plots/              # PNG figures from metrics.jsonl
 
-The file reads top to bottom as one step: distributed helpers, collect a batch (rollout + rewards),
-the policy's per-token log-probs, the update (`train_on_batch` and its parts), checkpoints, metrics,
-and the loop (`train`).
+The file reads top to bottom as one step: collect a batch (rollout + rewards), the update (`train_on_batch`
+and its parts), model and checkpoints, metrics, and the loop (`train`).
 """
 import argparse
 import dataclasses
 import gc
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -35,11 +34,14 @@ import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 import verify
 from config import ConfigError, OptimConfig, TrainConfig, check_config, load_config
 from data import PromptStream, load_benchmark, load_rows
-from distributed import all_gather, all_reduce, init_distributed, interleaved, world
+from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
+                         free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
+                         note_backend, publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world,
+                         write_diagnostics)
 from loss import policy_loss
 from plot import run_summary
-from policy import Policy, make_micro, pack_micro_batches, per_token
-from rollout import make_engine
+from policy import KernelTimer, Policy, make_micro, pack_micro_batches, per_token
+from rollout import encode_prompts, make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
 
@@ -73,18 +75,33 @@ def hash_seed(*parts):
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def prompt_fits(cfg: TrainConfig, engine, problem):
+    """Whether the templated prompt, encoded as the engine will, has 1 to data.max_prompt_tokens tokens and
+    leaves room for a response under the engine's max_model_len."""
+    try:
+        (ids,) = encode_prompts(engine.tokenizer, [problem], cfg.rollout.template, engine.max_model_len)
+    except (ValueError, TypeError):  # empty after templating, no room left, or not a string
+        return False
+    return len(ids) <= cfg.data.max_prompt_tokens
+
+
 def collect_batch(cfg: TrainConfig, engine, stream, step, timers):
     """Generate and score this rank's share of the step's prompts: verifier scores (0/1) and rewards
     (scores plus DAPO's overlong shaping). With dynamic sampling (DAPO), groups whose responses are all
     correct or all wrong are dropped and more prompts are generated, in rounds that all ranks take
     together, until P groups are kept or max_num_gen_batches rounds were spent. gen_info["accuracy"] is
-    correct over all responses sampled this step on all ranks, before that filtering (HA-DW's y_t)."""
+    correct over all responses sampled this step on all ranks, before that filtering (HA-DW's y_t).
+    Prompts longer than data.max_prompt_tokens are skipped before generation by the rank that drew them
+    (no engine ever raises on one rank alone) and counted over all ranks (gen/skipped_prompts)."""
     P, G = cfg.prompts_per_step, cfg.G
     rank, world_size = world()
     rows, groups, scores, rewards = [], [], [], []
-    rounds, gave_up, counts = 0, False, torch.zeros(2, dtype=torch.float64)  # correct, sampled
+    rounds, gave_up, skipped = 0, False, 0
+    counts = torch.zeros(2, dtype=torch.float64)  # correct, sampled
     while True:
-        mine = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
+        drawn = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
+        mine = [r for r in drawn if prompt_fits(cfg, engine, r["problem"])]
+        skipped += len(drawn) - len(mine)
         t0 = time.perf_counter()
         seed = hash_seed(cfg.seed, step, rounds, rank)
         out = engine.generate([r["problem"] for r in mine], G, seed=seed) if mine else []
@@ -116,9 +133,10 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers):
     if cfg.reward.dynamic_sampling:  # trim to P groups in all: the first P of the global order
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
-    correct, sampled = all_reduce(counts).tolist()
+    counts = torch.cat([counts, torch.tensor([float(skipped)], dtype=torch.float64)])
+    correct, sampled, skipped = all_reduce(counts).tolist()
     return rows, groups, scores, rewards, {"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up),
-                                           "accuracy": correct / max(sampled, 1.0)}
+                                           "accuracy": correct / max(sampled, 1.0), "skipped_prompts": int(skipped)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +164,7 @@ class Batch:
     rewards: torch.Tensor          # [P_local, G] rewards, shaping included
     correct: torch.Tensor          # [P_local, G] bool, the verifier's verdicts: mu, DARO's buckets
     accuracy: Optional[float] = None  # correct / sampled over the step, before any filtering (HA-DW's y_t)
+    engine_logprobs: Optional[list[list[float]]] = None  # the engine's log-probs of the responses (diagnostics)
 
 
 def gather_global_batch(rewards, lengths, correct):
@@ -277,7 +296,7 @@ def reduce_stats(totals):
     out = {}
     for k, v in totals.items():
         v = torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(-1).clone()
-        op = {"ratio_max": dist.ReduceOp.MAX, "ratio_min": dist.ReduceOp.MIN}.get(k) if dist.is_initialized() else None
+        op = {"ratio_max": dist.ReduceOp.MAX, "ratio_min": dist.ReduceOp.MIN}.get(k)
         out[k] = all_reduce(v, op)
     return out
 
@@ -289,7 +308,7 @@ def update_metrics(cfg: TrainConfig, totals, grad_norms, lr):
     tok, passes = max(float(totals["tokens"][0]), 1.0), cfg.ppo_epochs * cfg.mini_batches
     m = {"loss": float(totals["loss"][0]) / passes, "pg_loss": float(totals["pg_loss"][0]) / passes,
          "grad_norm": float(np.mean(grad_norms)), "lr": lr,
-         "padding_frac": 1 - float(totals["real_tokens"][0]) / max(float(totals["computed_tokens"][0]), 1.0),
+         "padding_share": 1 - float(totals["real_tokens"][0]) / max(float(totals["computed_tokens"][0]), 1.0),
          "skipped_frac": float(totals["skipped"][0]) / max(float(totals["responses"][0]), 1.0)}
     if float(totals["tokens"][0]) > 0:  # every response may have been skipped
         m.update(ratio_max=float(totals["ratio_max"][0]), ratio_min=float(totals["ratio_min"][0]))
@@ -336,6 +355,29 @@ def train_on_batch(tr: Trainer, batch: Batch):
     return update_metrics(cfg, totals, grad_norms, tr.optimizer.param_groups[0]["lr"])
 
 
+def diagnose_batch(tr: Trainer, batch: Batch):
+    """This rank's engine-vs-trainer log-prob mismatch before the update, by one extra no-grad pass: mean
+    and max |engine - trainer| over the response tokens, float64 differences of float32 values, both at
+    temperature 1 (the engine returns raw-logit log-probs). Every rank runs the same number of passes."""
+    n = len(batch.response_ids)
+    seq_lens = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    (chunks,) = plan_micro_batches(tr.cfg, [list(range(n // tr.cfg.G))], seq_lens, [True] * n)
+    temperature, tr.policy.temperature = tr.policy.temperature, 1.0
+    deltas = []
+    try:
+        for rows in chunks:
+            mb, is_dummy = build_micro(tr, batch, rows)
+            logp = per_token(tr.policy, mb, grad=False)[0].double().cpu()
+            for b, i in enumerate([] if is_dummy else mb.index.tolist()):
+                engine = torch.tensor(batch.engine_logprobs[i], dtype=torch.float64)
+                deltas.append((logp[b, : len(engine)] - engine).abs())
+    finally:
+        tr.policy.temperature = temperature
+    d = torch.cat(deltas) if deltas else torch.zeros(0, dtype=torch.float64)
+    return {"logprob_delta_mean": float(d.mean()) if len(d) else None,
+            "logprob_delta_max": float(d.max()) if len(d) else None, "logprob_tokens": len(d)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Model, optimizer, checkpoints.
 
@@ -355,7 +397,13 @@ def lr_lambda(cfg: OptimConfig, total_steps):
 
 
 def load_policy(path, cfg: TrainConfig, device, trainable=True):
+    """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
+    process) with a mixed-precision policy: compute in model.dtype, gradients reduced in float32, AdamW
+    state in float32, at every world size."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
+    if not dist.is_initialized():
+        raise RuntimeError("load_policy shards the model over the process group: call init_distributed() first")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
     if cfg.model.gradient_checkpointing and trainable:
@@ -365,77 +413,50 @@ def load_policy(path, cfg: TrainConfig, device, trainable=True):
     policy = Policy(model, cfg.rollout.temperature)
     if not trainable:
         policy.requires_grad_(False)
-    if dist.is_initialized():
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        for layer in model.model.layers:
-            fully_shard(layer, mp_policy=mp)
-        fully_shard(policy, mp_policy=mp)
-    elif dtype != torch.float32:
-        policy.to(dtype)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(policy, mp_policy=mp)  # the root: embedding, final norm, LM head
+    note_backend("fsdp all_gather/reduce_scatter, grad-norm all_reduce", device)
     return policy
 
 
-def full_model_state(policy):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(policy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
+# checkpoints/step_N/: model/ (Hugging Face safetensors, full float32 weights), dcp/ (the sharded model and
+# AdamW state, any world size), trainer.pt; see distributed.py's checkpoint section.
 
 def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer, keep):
-    """checkpoints/step_N/{model (HF safetensors), optim.pt, trainer.pt}, written into a temp dir and
-    renamed; `latest` is replaced atomically last, so a crash at any point leaves the previous one.
-    load_checkpoint below restores each of these in turn."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    """Write checkpoints/step_N (above) on every rank together; returns its path."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final, tmp = ckpt_root / f"step_{step:06d}", ckpt_root / f".tmp_step_{step:06d}"
-    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = full_model_state(tr.policy)
-    optim_sd = get_optimizer_state_dict(tr.policy, tr.optimizer, options=full)
-    state = {"step": step, "scheduler": tr.scheduler.state_dict(), "stream": stream.state_dict(),
-             "scheme": tr.scheme.state_dict(), "rng": all_gather(rng_state())}
-    if world()[0] == 0:
+    rank, world_size = world()
+    if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    barrier()
+    save_sharded(tr.policy, tr.optimizer, tmp / "dcp")
+    model_sd = full_model_state(tr.policy.model)
+    state = {"step": step, "world_size": world_size, "scheduler": tr.scheduler.state_dict(),
+             "stream": stream.state_dict(), "scheme": tr.scheme.state_dict(), "rng": all_gather(rng_state())}
+    if rank == 0:
         tr.policy.model.save_pretrained(tmp / "model", state_dict=model_sd, safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
-        torch.save(optim_sd, tmp / "optim.pt")
         torch.save(state, tmp / "trainer.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (ckpt_root / "latest.tmp").write_text(final.name)
-        os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
-        for old in (sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []):
-            shutil.rmtree(old, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
+        publish(ckpt_root, tmp, final, keep)
+    barrier()
+    check_every_rank_reads(final, f"checkpoint {final} was written")
     return final
 
 
 def load_checkpoint(ckpt, tr: Trainer, stream: PromptStream):
-    """Restore what save_checkpoint wrote (the model weights were loaded from ckpt/model already);
-    returns the step to continue from."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    state = torch.load(ckpt / "trainer.pt", weights_only=False)
-    set_optimizer_state_dict(tr.policy, tr.optimizer, torch.load(ckpt / "optim.pt", weights_only=False),
-                             options=StateDictOptions(full_state_dict=True))
+    """Restore what save_checkpoint wrote into a freshly built trainer, resharding the model and AdamW state
+    to this world size; returns the step to continue from."""
+    state = torch.load(Path(ckpt) / "trainer.pt", weights_only=False)
+    load_sharded(tr.policy, tr.optimizer, Path(ckpt) / "dcp")
     tr.scheduler.load_state_dict(state["scheduler"])
     stream.load_state_dict(state["stream"])
     tr.scheme.load_state_dict(state["scheme"])
-    rng = state["rng"][world()[0]]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    restore_rng(state["rng"], tr.cfg.seed, state["step"])
     return state["step"]
-
-
-def latest_checkpoint(run_dir):
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    return Path(run_dir) / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,16 +546,15 @@ class MetricsLog:
 # The loop.
 
 def setup_run(cfg: TrainConfig, resume):
-    """Process group, device, seeds, the base model (built for model.path: tiny), and the checkpoint to
-    resume from. Returns (run_dir, device, base_path, ckpt or None)."""
-    device = init_distributed()
+    """Seeds, the run dir, the base model (built for model.path: tiny), and the checkpoint to resume from,
+    agreed by all ranks. Returns (run_dir, base_path, ckpt or None)."""
     rank, _ = world()
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = agree_on_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and rank == 0:
         print(f"--resume: no checkpoint in {run_dir}/checkpoints, starting fresh", file=sys.stderr)
     base_path = cfg.model.path
@@ -543,11 +563,10 @@ def setup_run(cfg: TrainConfig, resume):
         if rank == 0 and not (Path(base_path) / "config.json").is_file():
             build_tiny_model(base_path, seed=cfg.seed,
                              chars=SYNTHETIC_CHARS if cfg.data.train == "synthetic" else TINY_CHARS)
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
     if rank == 0:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    return run_dir, device, base_path, ckpt
+    return run_dir, base_path, ckpt
 
 
 def build_trainer(cfg: TrainConfig, model_path, base_path, device):
@@ -563,39 +582,74 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     return Trainer(cfg, policy, ref_policy, optimizer, scheduler, scheme, device, pad_id), tokenizer
 
 
+def make_batch(cfg: TrainConfig, groups, rewards, scores, accuracy):
+    samples = [s for g in groups for s in g]
+    return Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
+                 loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length for s in samples],
+                 rewards=rewards, correct=scores > 0.5, accuracy=accuracy,
+                 engine_logprobs=[s.logprobs for s in samples])
+
+
 def training_step(tr: Trainer, engine, stream, step):
-    """Collect, train, sync; returns the step's metrics (before evaluation)."""
+    """Collect, train, sync; returns the step's metrics (before evaluation) and this rank's diagnostics
+    (memory after each phase; with cfg.diagnostics also the log-prob mismatch and the LM-head kernel time)."""
     cfg, rank = tr.cfg, world()[0]
     timers = {"rollout": 0.0, "verify": 0.0, "train": 0.0, "sync": 0.0}
     t_step = time.perf_counter()
     rows, groups, scores, rewards, gen_info = collect_batch(cfg, engine, stream, step, timers)
+    mem = {"rollout": memory_gib(tr.device)}  # engine awake; "train" and "sync" below: asleep, then awake again
     engine.sleep()
-    samples = [s for g in groups for s in g]
-    batch = Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
-                  loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length
-                             for s in samples],
-                  rewards=rewards, correct=scores > 0.5, accuracy=gen_info["accuracy"])
+    batch = make_batch(cfg, groups, rewards, scores, gen_info["accuracy"])
+    diag = diagnose_batch(tr, batch) if cfg.diagnostics else {}
+    tr.policy.kernel_timer = KernelTimer(tr.device) if cfg.diagnostics else None
     t0 = time.perf_counter()
     train_m = train_on_batch(tr, batch)
     timers["train"] = time.perf_counter() - t0
+    mem["train"] = memory_gib(tr.device)
+    if tr.policy.kernel_timer is not None:
+        diag["lm_head_share"] = tr.policy.kernel_timer.seconds / timers["train"]
+        tr.policy.kernel_timer = None
+    free_cached_memory(tr.device)  # the engine re-maps its weights and KV cache next, in memory we give back
     t0 = time.perf_counter()
     engine.sync_weights(tr.policy.model)  # wakes a sleeping engine in the right order
     timers["sync"] = time.perf_counter() - t0
+    mem["sync"] = memory_gib(tr.device)
 
     m = {"step": step + 1, **gather_metrics(batch_metrics(cfg, rows, groups, scores, rewards)), **train_m,
          **{f"gen/{k}": v for k, v in gen_info.items()}, **tr.scheme.metrics()}
     if gen_info["dynamic_sampling_gave_up"] and rank == 0:
         tqdm.write(f"step {step + 1}: dynamic sampling gave up after {gen_info['gen_rounds']} rounds "
                    f"with {m['groups']} of {cfg.prompts_per_step} groups; training on those")
-    n_tokens = float(all_reduce(torch.tensor([float(sum(s.length for s in samples))]))[0])
+    n_tokens = float(all_reduce(torch.tensor([float(sum(len(r) for r in batch.response_ids))]))[0])
     elapsed = time.perf_counter() - t_step
     m.update({f"time/{k}": v for k, v in timers.items()})
     m.update({"time/step": elapsed, "tokens_per_s": n_tokens / elapsed})
-    return m
+    m.update({f"mem/{phase}_{kind}_gib": v for phase, gib in mem.items() if gib for kind, v in gib.items()})
+    return m, {**diag, "padding_share": train_m.get("padding_share"), "mem": mem,
+               **{f"time/{k}": v for k, v in timers.items()}}
+
+
+def run_info(tr: Trainer, engine):
+    """Where this rank trains and samples: its devices, and the engine's KV-cache blocks (vLLM)."""
+    llm = getattr(engine, "llm", None)
+    if llm is None:  # the transformers engine
+        return {"device": str(tr.device), "engine_device": str(next(engine.model.parameters()).device)}
+    return {"device": str(tr.device), "engine_device": str(llm.collective_rpc(lambda worker: worker.device)[0]),
+            "kv_cache_blocks": llm.llm_engine.vllm_config.cache_config.num_gpu_blocks}
 
 
 def train(cfg: TrainConfig, resume=False):
-    run_dir, device, base_path, ckpt = setup_run(cfg, resume)
+    """The run, in a process group that this call sets up (or joins, under torchrun) and takes down."""
+    device = init_distributed()
+    try:
+        return run(cfg, resume, device)
+    finally:
+        gc.collect()  # free FSDP state before its process group: torch 2.13 + gloo can abort at exit
+        shutdown_distributed()
+
+
+def run(cfg: TrainConfig, resume, device):
+    run_dir, base_path, ckpt = setup_run(cfg, resume)
     rank = world()[0]
     model_path = str(ckpt / "model") if ckpt is not None else base_path
     tr, tokenizer = build_trainer(cfg, model_path, base_path, device)
@@ -613,26 +667,24 @@ def train(cfg: TrainConfig, resume=False):
     engine = make_engine(rollout_cfg, model_path, seed=cfg.seed + rank)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="train")
     try:
+        info = run_info(tr, engine) if cfg.diagnostics else {}
         for step in bar:
-            m = training_step(tr, engine, stream, step)
+            m, diag = training_step(tr, engine, stream, step)
             if cfg.eval.every and cfg.eval.benchmarks and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.steps):
                 m.update(run_eval(cfg, engine, val_rows))
             log.write(m)
             bar.set_postfix(reward=f"{m.get('reward_mean', float('nan')):.3f}", len=f"{m.get('len_mean', 0):.1f}")
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
                 save_checkpoint(run_dir, step + 1, tr, stream, tokenizer, cfg.keep_checkpoints)
-        if dist.is_initialized():
-            dist.barrier()  # every rank is past its last collective before vLLM shuts down
+            if cfg.diagnostics:
+                write_diagnostics(run_dir, {"step": step + 1, **info, **diag})
+        barrier()  # every rank is past its last collective before vLLM shuts down
     finally:
         engine.close()
         log.close()
     if rank == 0 and cfg.steps > start:
         print(run_summary(log.path), file=sys.stderr)
         print(f"done: {log.path}; plots: python plot.py {run_dir}", file=sys.stderr)
-    if dist.is_initialized():
-        del tr  # free FSDP state first: torch 2.13 + gloo can abort at exit
-        gc.collect()
-        dist.destroy_process_group()
     return run_dir
 
 
@@ -647,7 +699,10 @@ def main(argv=None):
         check_config(cfg)
     except (ConfigError, yaml.YAMLError) as e:
         sys.exit(f"config error: {e}")
-    train(cfg, resume=args.resume)
+    try:
+        train(cfg, resume=args.resume)
+    except CheckpointError as e:
+        sys.exit(f"checkpoint error: {e}")
 
 
 if __name__ == "__main__":

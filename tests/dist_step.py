@@ -10,7 +10,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from config import load_config  # noqa: E402
-from distributed import init_distributed, world  # noqa: E402
+from distributed import full_model_state, init_distributed, world  # noqa: E402
 from weights import make_scheme  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main(model_dir, out_path, overrides):
     device = init_distributed()  # the trainer's own setup: gloo under torchrun, one process otherwise
     cfg = load_config(None, overrides)
     policy = train.load_policy(model_dir, cfg, device)
-    before = {k: v.clone() for k, v in train.full_model_state(policy).items()}
+    before = {k: v.clone() for k, v in full_model_state(policy.model).items()}
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     scheme = make_scheme(cfg.scheme, G=cfg.G, max_len=cfg.rollout.max_tokens)
@@ -44,7 +44,7 @@ def main(model_dir, out_path, overrides):
                         loss_mask=[[1.0] * len(responses[t]) for t in take], rewards=rewards[mine],
                         correct=rewards[mine] > 0.5)
     metrics = train.train_on_batch(tr, batch)
-    after = train.full_model_state(policy)
+    after = full_model_state(policy.model)
     if rank == 0:
         torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after}}, out_path)
     if dist.is_initialized():

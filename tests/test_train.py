@@ -13,6 +13,7 @@ import torch
 
 import train
 from config import check_config, load_config
+from distributed import latest_checkpoint
 from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
                                                                      "rollout.engine=hf"])
     train.train(cfg)
-    ckpt = train.latest_checkpoint(tmp_path)
+    ckpt = latest_checkpoint(tmp_path)
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(ckpt / "model")
     from rollout import RolloutConfig, make_engine
@@ -167,6 +168,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
     (["scheme.nme=grpo"], "unknown config key 'scheme.nme'; did you mean 'name'"),
     (["G=1"], "config key 'G' must be >= 2"),
     (["data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl not found"),
+    (["rollout.tensor_parallel_size=2"], "config key 'rollout.tensor_parallel_size' must be 1"),
 ])
 def test_cli_errors_name_the_problem(args, message, tmp_path):
     proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1", *args])
@@ -182,8 +184,14 @@ def test_overlong_penalty():
 class ScriptedEngine:
     """generate() returns fixed texts per prompt (the first character is the answer for first_char)."""
 
+    max_model_len = None
+
     def __init__(self, texts):
         self.texts = texts
+
+    @staticmethod
+    def tokenizer(text, add_special_tokens=True):  # one id per character
+        return {"input_ids": [3] * len(text)}
 
     def generate(self, prompts, n, seed=None):
         from rollout import Sample
@@ -222,3 +230,44 @@ def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
     assert one["generated"] == [101] and two["generated"] == [51, 50]
     assert 0 < one["metrics"]["val/synthetic"] < 1
     assert two["metrics"]["val/synthetic"] == pytest.approx(one["metrics"]["val/synthetic"], abs=1e-12)
+
+
+def test_entropy_coef_changes_the_gradient_as_float64_says(tmp_path):
+    """loss.entropy_coef reaches the gradient: the float32 pipeline (policy.per_token through the chunked
+    kernel, then loss.policy_loss) against float64 autograd through the full logits, written out by hand."""
+    from transformers import AutoModelForCausalLM
+    from loss import LossConfig, policy_loss
+    from policy import Policy, make_micro, per_token
+    model_dir = build_tiny_model(tmp_path / "m")
+    T, coef = 0.7, 2.0
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14, 15]]
+    mask = [[1.0, 1.0, 1.0, 1.0], [1.0, 0.0]]
+    A, W = torch.tensor([0.5, -1.0]), torch.tensor([0.1, 0.2])
+
+    def pipeline(c):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        mb = make_micro(prompts, responses, mask, [[0], [1]], 0, torch.device("cpu"))
+        logp, ent = per_token(Policy(model, T), mb, grad=True)
+        loss, _ = policy_loss(logp, logp.detach(), mb.mask, A, W, LossConfig(entropy_coef=c), entropy=ent)
+        loss.backward()
+        return {n: p.grad.double() for n, p in model.named_parameters()}
+
+    def reference(c):  # sum_i sum_t m W (-r A - c H), r = exp(logp - sg(logp)), float64
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64)
+        loss = 0
+        for b in range(2):
+            p, n = len(prompts[b]), len(responses[b])
+            logits = model(torch.tensor([prompts[b] + responses[b]])).logits[0, p - 1: p + n - 1] / T
+            logq = torch.log_softmax(logits, -1)
+            lp = logq.gather(1, torch.tensor(responses[b])[:, None])[:, 0]
+            H = -(logq.exp() * logq).sum(-1)
+            loss = loss + ((-torch.exp(lp - lp.detach()) * A[b] - c * H) * torch.tensor(mask[b]) * W[b]).sum()
+        loss.backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    g0, g1, r0, r1 = pipeline(0.0), pipeline(coef), reference(0.0), reference(coef)
+    effect = max(float((r1[n] - r0[n]).abs().max()) for n in r0)
+    assert effect > 0.05 * max(float(r0[n].abs().max()) for n in r0)  # the entropy term matters here
+    for n in r0:
+        torch.testing.assert_close(g1[n] - g0[n], r1[n] - r0[n], rtol=1e-4, atol=1e-5 * effect)
+        torch.testing.assert_close(g1[n], r1[n], rtol=1e-4, atol=1e-5 * effect)
