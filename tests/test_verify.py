@@ -63,10 +63,12 @@ EQUAL = [
     # leading zeros, decimals and fractions
     ("007", "7"), ("0.50", "0.5"), (".35625", "0.35625"), ("0.35625", ".35625"), ("\\frac{57}{160}", ".35625"),
     ("6.72\\times10^{-5}", ".0000672"), ("+2", "2"), ("2", "+2"), ("-0", "0"), ("5.0", "5"),
-    # decimal gold: the answer rounds to the gold's stated precision
-    ("\\frac13", "0.333"), ("0.3333", "0.333"), ("4.52e33", "4.5e33"), ("4.5\\times10^{33}", "4.5e33"),
-    ("4.5 \\cdot 10^{33}", "4.5e33"), ("45\\times10^{32}", "4.5e33"), ("0.0062", "0.006"), ("1.62", "1.6"),
-    ("\\frac{\\sqrt2}{2}", "0.707"), ("0.10", "0.1"), ("-0.875", "-\\frac{7}{8}"), ("-1/3", "-1./3"),
+    # a gold in scientific notation states its significant figures: the answer rounds to it
+    # (issue 15 moved the plain-decimal pairs 1/3~0.333, 0.3333~0.333, 0.0062~0.006, 1.62~1.6 and
+    # sqrt2/2~0.707 to ROUNDED_ONLY below: a plain decimal gold is exact unless rounding is asked for)
+    ("4.52e33", "4.5e33"), ("4.5\\times10^{33}", "4.5e33"),
+    ("4.5 \\cdot 10^{33}", "4.5e33"), ("45\\times10^{32}", "4.5e33"),
+    ("0.10", "0.1"), ("-0.875", "-\\frac{7}{8}"), ("-1/3", "-1./3"),
     ("-1.5", "-3./2"), ("2.7778\\times 10^{-6}", "2.7778e-6"), ("0.000001", "1e-6"),
     # roots and pi
     ("2\\sqrt{3}", "\\sqrt{12}"), ("\\sqrt{12}", "2\\sqrt3"), ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}"),
@@ -138,6 +140,20 @@ NOT_EQUAL = [
     ("", "7"), ("x", "y"), ("\\frac{1}{0}", "1"), ("e^{t}", "e^{-t}"), ("\\sin t", "\\cos t"),
     ("1.5", "1.50001"), ("\\text{A6}_{11}", "\\text{A5}_{11}"), ("5 \\text{ cm}", "6 \\text{ cm}"), ("1000", "1,001"), ("\\infty", "-\\infty"), ("2\\pi", "\\pi"),
 ]
+
+
+# ---- decimal gold and a problem that asks for rounding: equal only then (decimal policy, rule 2) ---
+ROUNDED_ONLY = [("\\frac13", "0.333"), ("0.3333", "0.333"), ("0.0062", "0.006"), ("1.62", "1.6"),
+                ("\\frac{\\sqrt2}{2}", "0.707")]
+ROUNDING_PROBLEM = "Express your answer as a decimal rounded to the stated precision."
+
+
+@pytest.mark.parametrize("answer,gold", ROUNDED_ONLY)
+def test_rounded_gold_matches_only_when_rounding_is_asked(answer, gold):
+    assert is_equivalent(answer, gold, problem=ROUNDING_PROBLEM)
+    assert score(f"so \\boxed{{{answer}}}.", gold, problem=ROUNDING_PROBLEM) == 1.0
+    assert not is_equivalent(answer, gold)
+    assert score(f"so \\boxed{{{answer}}}.", gold) == 0.0
 
 
 @pytest.mark.parametrize("answer,gold", EQUAL)
