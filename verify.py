@@ -89,7 +89,7 @@ def _brace_content(text, open_pos):
 
 
 def _boxed_at(text, pos):
-    """Answer of the \\boxed / \\fbox command starting at pos, or None."""
+    """(answer, end position) of the \\boxed / \\fbox command starting at pos, or None."""
     pos += len("\\boxed") if text.startswith("\\boxed", pos) else len("\\fbox")
     n = len(text)
     if pos < n and text[pos].isalpha():
@@ -97,44 +97,81 @@ def _boxed_at(text, pos):
     while pos < n and text[pos] == " ":
         pos += 1
     if pos < n and text[pos] == "{":
-        return _brace_content(text, pos)
+        content = _brace_content(text, pos)
+        return None if content is None else (content, pos + len(content) + 2)
     if pos > n - 1 or text[pos - 1] != " ":
         return None
     m = re.compile(r"[^\s$]+").match(text, pos)  # "\boxed 7": TeX takes the next token
-    return m.group(0).rstrip(".") if m else None
+    return (m.group(0).rstrip("."), m.end()) if m else None
 
 
-_PHRASE_RE = re.compile(r"\b(?:final answer|answer)\b(?:\s*is\b|\s*:)\s*", re.IGNORECASE)
+def _last_box_start(text, end):
+    return max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+
+
+_PHRASE_RE = re.compile(r"\b(?:final answer|answer)\b(?:\*\*)?(?:\s*is\b|\s*:)\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_BOX_VAR = r"(?:[\s$]*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*=\s*)"  # "x = " before a box
+_BOX_AND_RE = re.compile(r"[\s$,;]*(?:(?:and|&|\\text\{\s*and\s*\})[\s$,;]*)?" + _BOX_VAR + "?", re.IGNORECASE)
+_BOX_OR_VAR_RE = re.compile(r"[\s$,;]*(?:or|\\text\{\s*or\s*\})" + _BOX_VAR, re.IGNORECASE)  # x = 2 or x = 3
+_BOX_OR_RE = re.compile(r"[\s$,;]*(?:or|\\text\{\s*or\s*\})[\s$,;]*", re.IGNORECASE)
+
+
+def _boxed_answer(response):
+    """The boxed final answer: the last box with the boxes chained to it by "," or "and" or
+    "or x =" (one list answer: "x = 2 or x = 3" are the two roots); None when a bare "or" joins two
+    boxes (a hedge between alternatives); "" when there is no usable box."""
+    end = len(response)
+    for _ in range(3):  # an unclosed or empty last box: try the two before it
+        pos = _last_box_start(response, end)
+        if pos < 0:
+            return None if end < len(response) else ""  # boxes present but none usable: no guessing
+        box = _boxed_at(response, pos)
+        if box is not None and box[0].strip():
+            break
+        end = pos
+    else:
+        return None
+    answers = [box[0].strip()]
+    while len(answers) < MAX_ITEMS:
+        prev = _last_box_start(response, pos)
+        box = _boxed_at(response, prev) if prev >= 0 else None
+        if box is None or box[1] > pos or not box[0].strip():
+            break
+        gap = response[box[1] : pos]
+        if _BOX_OR_RE.fullmatch(gap):
+            return None  # "either \boxed{5} or \boxed{6}": a hedge scores 0
+        if not (_BOX_AND_RE.fullmatch(gap) or _BOX_OR_VAR_RE.fullmatch(gap)):
+            break  # "first \boxed{1}, then \boxed{2}": only the last group counts
+        answers.append(box[0].strip())
+        pos = prev
+    return ", ".join(reversed(answers))
 
 
 def extract_answer(response):
     """The response's final answer as a string, or None when it has none.
 
     Order: the last \\boxed{...} or \\fbox{...} (nested braces; "\\boxed 7" too; when the last box
-    is unclosed the two before it are tried, and when none is usable there is no answer), then the text after the last "the (final) answer is"
-    or "Answer:", up to the end of its sentence, then the last number in the response.
+    is unclosed the two before it are tried, and when none is usable there is no answer). Boxes joined
+    to the last one only by "," or "and" form one answer ("\\boxed{3} and \\boxed{4}" is "3, 4");
+    boxes joined by "or" are a hedge and give no answer. Without boxes: the text after the last
+    "the (final) answer is" or "Answer:" (markdown bold and dollar signs removed) up to the end of its
+    sentence, then the last number in the response.
     """
     if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
         return None
-    end = len(response)
-    for _ in range(3):
-        pos = max(response.rfind("\\boxed", 0, end), response.rfind("\\fbox", 0, end))
-        if pos < 0:
-            break
-        answer = _boxed_at(response, pos)
-        if answer is not None and answer.strip():
-            return answer.strip()
-        end = pos
-    if end < len(response):
-        return None  # boxes present but unclosed, empty or oversized: no guessing from the text
+    boxed = _boxed_answer(response)
+    if boxed != "":
+        return boxed
     last = None
     for last in _PHRASE_RE.finditer(response):
         pass
     if last is not None:
         tail = response[last.end() : last.end() + MAX_ANSWER_CHARS + 1].split("\n", 1)[0]
         tail = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]  # sentence end, not a decimal point
-        tail = tail.replace("$", "").replace("\\(", "").replace("\\)", "").strip().rstrip(".,;")
+        for wrapper in ("\\$", "$", "\\(", "\\)"):  # "\$" first: "$\$3$" is 3
+            tail = tail.replace(wrapper, "")
+        tail = tail.strip().strip("*:").strip().rstrip(".,;").strip("*").strip()  # "**42**"
         if tail:
             return tail
     number = None
@@ -1002,8 +1039,12 @@ def _sympy_zero(t_diff_a, t_diff_b, ratio=False):
     d = a - b
     if d == 0:
         return True
-    d = _sympy.simplify(d)
-    return d == 0 or d.equals(0) is True
+    simple = _sympy.simplify(d)
+    if simple == 0:
+        return True
+    if d.has(_sympy.sin, _sympy.cos, _sympy.tan, _sympy.cot, _sympy.sec, _sympy.csc) and _sympy.fu(d) == 0:
+        return True
+    return simple.equals(0) is True
 
 
 # ---- scalar comparison --------------------------------------------------------------------------
