@@ -62,6 +62,7 @@ MAX_EXACT_BITS = 20_000  # size of an exact rational intermediate
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 DEFAULT_TIMEOUT = 5.0  # seconds per item, in score() and score_batch
 ALARM_REPEAT = 0.05  # seconds between repeated alarms once the time limit has passed
+ALARM_UNWIND = 0.25  # seconds before the timeout at which score() is interrupted (a C-level step may finish first)
 WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of each worker (RLIMIT_AS)
 
 
@@ -1216,7 +1217,8 @@ def _call_with_time_limit(seconds, fn, *args):
     old_handler = signal.signal(signal.SIGALRM, _on_alarm)
     start = time.monotonic()
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, 0)
-    delay = min(seconds, old_delay) if old_delay > 0 else seconds
+    delay = seconds - min(0.25 * seconds, ALARM_UNWIND)  # the alarm leaves time to unwind sympy's stack
+    delay = min(delay, old_delay) if old_delay > 0 else delay
     try:
         _ALARM["active"] = True
         signal.setitimer(signal.ITIMER_REAL, max(delay, 1e-6), ALARM_REPEAT)
