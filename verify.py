@@ -1,33 +1,59 @@
 """verify.py: is a model's final answer to a math problem equal to the reference answer?
 
-    score(response, gold) -> 1.0 / 0.0        extract_answer(response) -> str | None
-    is_equivalent(answer, gold) -> bool       score_batch(responses, golds, workers, timeout)
+    score(response, gold, timeout=5.0, problem=None) -> 1.0 / 0.0
+    extract_answer(response) -> str | None        is_equivalent(answer, gold, problem=None) -> bool
+    score_batch(responses, golds, workers, timeout, problems=None) -> [float]
+
+Extraction: the last \\boxed{...} / \\fbox{...}, else the text after the last "the (final) answer is" /
+"Answer:" (markdown bold and $, \\$ removed: "**Final Answer:** 42", "the answer is $\\$3$."), else the
+last number. Several boxes: the boxes joined to the last one only by ",", "and" or "or x =" form one
+answer ("\\boxed{3} and \\boxed{4}" is "3, 4"; "$x=\\boxed{2}$ or $x=\\boxed{3}$" is "2, 3"); a bare "or"
+between boxes is hedging between alternatives and scores 0 ("either \\boxed{5} or \\boxed{6}"); any other
+text between boxes ("first \\boxed{1}, then \\boxed{2}") leaves only the last group.
 
 How a pair is decided, cheapest first (most pairs stop at step 1 or 3):
-  1. both answers are normalised as strings (LaTeX spacing, \\left/\\right, \\dfrac, \\text{} units,
-     degrees, percent, dollars, thousands separators, "x =" prefixes) and compared;
+  1. both answers are normalised as strings (LaTeX spacing, \\left/\\right, \\dfrac, units, degrees,
+     percent, dollars, thousands separators, Unicode x², \\varnothing, 0.\\overline{3}, "k \\ge 3" as the
+     interval [3, \\infty)) and compared;
   2. both are split into structure: tuples/intervals (ordered, bracket kinds must match), sets and
-     bare comma lists (unordered), unions, matrices, equations, "a \\pm b";
-  3. each scalar is parsed by the small LaTeX parser below into a tree (never eval()); two exact
-     rationals are compared exactly with fractions.Fraction, so plain numbers never reach sympy;
+     bare comma lists (unordered), unions, matrices, equations ("x = 5" and "f(x) = 2x" answer 5, 2x);
+  3. each scalar is parsed by the small LaTeX parser below into a tree (never eval()) and evaluated
+     by one evaluator (_evaluate) in one of three number domains. Exact rationals first: plain
+     numbers, big powers, binomials and factorials (2^{2022} \\cdot 2 - 1 = 2^{2023} - 1, 170!) are
+     compared exactly with fractions.Fraction, under a bound on the size of the result;
   4. otherwise both trees are evaluated in complex floating point at a few fixed points; any clear
-     difference is a "no" (sympy never sees most wrong answers);
-  5. only pairs that agree numerically but differ in form are confirmed symbolically by sympy
-     (simplify(a - b) == 0, then (a - b).equals(0)); sympy is imported only then.
+     difference, or no finite value anywhere, is a "no" (sympy never sees most wrong answers);
+  5. rational functions of the symbols are then compared exactly at three rational points
+     (Schwartz-Zippel; no sympy); the rest (pi, roots, trig, floor) is confirmed by sympy
+     (simplify, Fu's trig rules, equals); sympy is imported only then.
 
-Decimal policy (the gold decides): when the gold is written as a decimal ("0.15", "4.5e33",
-"2.6 \\times 10^{4}"), an answer is right when it rounds, half away from zero, to the gold at the
-gold's stated precision (its decimal places; for scientific notation, its mantissa's), so 4.52e33
-matches 4.5e33 and 1/3 matches 0.333. When the gold is exact (integer, fraction, surd, pi, ...),
-the answer must be exactly equal: 3.14 is not pi and 0.3333 is not 1/3. is_equivalent is therefore
-not symmetric: its second argument is the reference.
+Decimal policy (is_equivalent is not symmetric: the gold is the reference):
+  - a plain decimal gold is exact unless the problem asks for rounding (rounding_asked(problem):
+    "nearest hundredth", "3 significant figures", "round", ...): 0.45, 0.54 and 2.46 do not answer
+    0.5 or 2.5, 4.254 does not answer 4.25, \\pi does not answer 3.14; 4.250 and 17/4 answer 4.25;
+  - a rounded gold (a problem that asks for rounding, or a gold in scientific notation, which states
+    its significant figures) is matched by an answer that rounds to it, half away from zero, at the
+    gold's last place: 0.543 answers Minerva's 0.54, 4.52e33 answers 4.5e33, 0.5 does not answer 0.54;
+  - a long decimal (at least 6 significant digits) answers an exact rational gold when it agrees on
+    every digit it gives, truncated or rounded at its last place: 0.333333333 and 0.333333 answer 1/3,
+    0.666667 answers 2/3, 0.33333 does not; an irrational gold is never matched by a decimal (3.14159265
+    is not \\pi).
+  - percent: "25%" answers 25 and 0.25, but x% = x/100 only when the plain side is not an integer,
+    so 5000% does not answer 50. Units: when both sides give a unit they must agree (5 km is not
+    5 m; meters = m, inches = in); a unit on one side only is ignored.
 
-Safety: sizes are bounded before parsing (MAX_* below): a longer answer, deeper nesting, larger
-exponent or factorial is scored 0 without work. score_batch additionally runs items in worker
-processes with a per-item wall-clock limit enforced by the parent (a stuck worker is killed and
-replaced, its item scored 0). Workers are plain `python verify.py --worker` subprocesses speaking
-over pipes: no fork of the (possibly threaded, vLLM-holding) caller and no import of its __main__,
-so they never import torch.
+Time bound: no call of score() runs past its timeout (default 5 s). In the main thread a SIGALRM
+timer (setitimer) interrupts it ALARM_UNWIND before the timeout and re-fires every ALARM_REPEAT
+until it returns; the exception is a BaseException so no `except Exception` in sympy swallows it,
+and a timer the caller had armed is restored. The only step it waits for is the one import of sympy
+per process (~0.5 s; an import cut in half would break sympy for the rest of the run). Outside the
+main thread, where signals cannot be delivered, score() hands the pair to a worker process killed
+at the timeout. Sizes are bounded before any work (MAX_* below): a longer answer, deeper nesting,
+or a number beyond MAX_EXACT_BITS (towers like 2^{2^{2^{9}}}, (10^6)!) is scored 0 at once.
+score_batch runs items in worker processes with a per-item wall-clock limit enforced by the parent
+(a stuck worker is killed and replaced, its item scored 0). Workers are plain `python verify.py
+--worker` subprocesses speaking over pipes: no fork of the (possibly threaded, vLLM-holding) caller
+and no import of its __main__, so they never import torch.
 """
 
 import atexit
@@ -55,14 +81,14 @@ MAX_ANSWER_CHARS = 1_000  # the longest gold in MATH/Minerva is 210 characters
 MAX_DEPTH = 30  # bracket nesting inside one answer
 MAX_NODES = 500  # parse-tree size
 MAX_ITEMS = 64  # elements of a tuple / set / matrix
-MAX_EXPONENT = 1_000  # |constant exponent|; towers like 2^{2^{2^{9}}} stop here
-MAX_SYMPY_EXPONENT = 100  # tighter bound before handing a tree with symbols to sympy
-MAX_FACTORIAL = 500
-MAX_EXACT_BITS = 20_000  # size of an exact rational intermediate
+MAX_EXPONENT = 1_000  # |e| of a number written in scientific notation, 1e999
+MAX_SYMPY_EXPONENT = 100  # bound on exponents before handing a tree to sympy
+MAX_FACTORIAL = 500  # n! in floating point (it overflows beyond 170 anyway)
+MAX_EXACT_BITS = 20_000  # size of an exact result (6,000 digits): 2^{2023}, 170!, C(2024, 2); not 2^{2^{20}}
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 DEFAULT_TIMEOUT = 5.0  # seconds per item, in score() and score_batch
 ALARM_REPEAT = 0.05  # seconds between repeated alarms once the time limit has passed
-ALARM_UNWIND = 0.25  # seconds before the timeout at which score() is interrupted (a C-level step may finish first)
+ALARM_UNWIND = 0.25  # score() is interrupted this long before its timeout (a C-level step may finish first)
 WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of each worker (RLIMIT_AS)
 
 
@@ -702,7 +728,8 @@ class _Parser:
             arg = self.group()
         else:  # \sin 2x: the argument is the following product
             arg = self.power()
-            while self.peek() and (self.peek().isalnum() or (self.peek() == "\\" and self.command_at() in _GREEK | {"pi"})):
+            while self.peek() and (self.peek().isalnum()
+                                   or (self.peek() == "\\" and self.command_at() in _GREEK | {"pi"})):
                 arg = self.node("mul", arg, self.power())
         if power == ("neg", ("num", Fraction(1))) and name in ("sin", "cos", "tan"):
             return self.node("fn", "arc" + name, arg)

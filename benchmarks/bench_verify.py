@@ -140,7 +140,8 @@ def count_symbolic_pairs(responses, golds):
             before = dict(counts)
             verify.score(r, g)
             reached += counts["_sympy_zero"] > before["_sympy_zero"]
-            identity += counts["_exact_identity"] > before["_exact_identity"] and counts["_sympy_zero"] == before["_sympy_zero"]
+            reached_identity = counts["_exact_identity"] > before["_exact_identity"]
+            identity += reached_identity and counts["_sympy_zero"] == before["_sympy_zero"]
     finally:
         for name, fn in originals.items():
             setattr(verify, name, fn)
