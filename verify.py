@@ -294,7 +294,7 @@ def _normalize(s):
     for old, new in _REPLACE:
         s = s.replace(old, new)
     s = _SPACING_RE.sub("", s)
-    s = s.strip().rstrip(".").strip()
+    s = s.strip().rstrip(".,").strip()
     s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{5} = 4210_5, x_{0} = x_0
     unit = None
@@ -1289,17 +1289,18 @@ def score(response, gold, timeout=DEFAULT_TIMEOUT, problem=None):
     """1.0 when the response's final answer equals the gold answer, else 0.0.
 
     The call never runs past `timeout` seconds (None: no limit): in the main thread a SIGALRM timer
-    interrupts it (scored 0); in any other thread, where signals cannot be delivered, the pair is
-    scored in a worker process that is killed at the timeout. `problem` (its text) only decides
-    whether a decimal gold may be matched by rounding (see the decimal policy above).
+    interrupts it (scored 0); in any other thread, where signals cannot be delivered (or when SIGALRM
+    belongs to a handler installed from C), the pair is scored in a worker process killed at the
+    timeout. `problem` (its text) only decides whether a decimal gold may be matched by rounding
+    (see the decimal policy above).
     """
     if gold is None or not str(gold).strip():
         raise ValueError(f"gold answer is empty: {gold!r}")
     gold = str(gold)
     if timeout is None:
         return _score_unbounded(response, gold, problem)
-    if threading.current_thread() is not threading.main_thread():
-        return _score_in_worker(response, gold, timeout, problem)
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGALRM) is None:
+        return _score_in_worker(response, gold, timeout, problem)  # None: a C handler we could not restore
     try:
         return _call_with_time_limit(timeout, _score_unbounded, response, gold, problem)
     except _Timeout:
