@@ -309,8 +309,8 @@ SLOW = [
     ("\\boxed{2^{i!}+1}", "1+2\\sqrt{2}"),
     ("\\boxed{(i!)!}", "5"),
 ]
-LIMIT = 0.5
-SLACK = 0.1  # scheduling under load (score() is interrupted at 0.75 x LIMIT to leave time to unwind)
+LIMIT = 1.0
+SLACK = 0.15  # scheduling on a shared, loaded machine (score() is interrupted 0.25 s before LIMIT to unwind)
 
 
 @pytest.fixture(scope="module")
