@@ -825,8 +825,10 @@ def _exact_root(v, n):
         raise _Inexact("root")
     roots = []
     for part in (v.numerator, v.denominator):
-        r = round(part ** (1.0 / n)) if part.bit_length() < 1000 else math.isqrt(part) if n == 2 else -1
-        if r < 0 or r ** n != part:
+        if n != 2 and part.bit_length() > 1000:
+            raise _Inexact("root")  # the float guess below would overflow
+        r = math.isqrt(part) if n == 2 else round(part ** (1.0 / n))  # a float guess, checked exactly below
+        if r ** n != part:
             raise _Inexact("root")
         roots.append(r)
     return Fraction(roots[0], roots[1])
@@ -882,10 +884,12 @@ def _exact_pow(a, b):
         if b.denominator > 64:
             raise _Inexact("root")
         a, b = _exact_root(a, b.denominator), Fraction(b.numerator)
-    if a in (0, 1, -1):
-        if a == 0 and b < 0:
+    if a == 0:
+        if b < 0:
             raise _Inexact("division by zero")
-        return a ** int(b) if abs(a) == 1 else a
+        return Fraction(1) if b == 0 else a
+    if abs(a) == 1:
+        return a ** int(b)  # (-1)^(10^999) is cheap
     _check_bits(_bits(a) * abs(b))
     return a ** int(b)
 
@@ -1001,7 +1005,13 @@ def _numerically_equal(a, g, symbols):
 # so exact agreement at 3 points of large numerators and denominators is an identity test that needs no
 # sympy. Floor and ceiling are piecewise constant and are left to sympy.
 _RATIONAL_POINTS = (Fraction(104729, 7919), Fraction(-1299709, 611953), Fraction(15485863, 32452843))
-_EXACT_AT_POINTS = dataclasses.replace(_EXACT, fn=lambda name, v: _exact_fn("sqrt" if name == "sqrt" else "", v))
+def _exact_fn_at_points(name, v):
+    if name in ("floor", "ceil"):
+        raise _Inexact(name)
+    return _exact_fn(name, v)
+
+
+_EXACT_AT_POINTS = dataclasses.replace(_EXACT, fn=_exact_fn_at_points)
 
 
 def _exact_identity(a, g, symbols, ratio=False):
