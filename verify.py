@@ -81,6 +81,7 @@ MAX_ANSWER_CHARS = 1_000  # the longest gold in MATH/Minerva is 210 characters
 MAX_DEPTH = 30  # bracket nesting inside one answer
 MAX_NODES = 500  # parse-tree size
 MAX_ITEMS = 64  # elements of a tuple / set / matrix
+MAX_BOX_GAP = 40  # characters between two boxes that form one answer ("$, and $x = ")
 MAX_EXPONENT = 1_000  # |e| of a number written in scientific notation, 1e999
 MAX_SYMPY_EXPONENT = 100  # bound on exponents before handing a tree to sympy
 MAX_FACTORIAL = 500  # n! in floating point (it overflows beyond 170 anyway)
@@ -166,6 +167,8 @@ def _boxed_answer(response):
         if box is None or box[1] > pos or not box[0].strip():
             break
         gap = response[box[1] : pos]
+        if len(gap) > MAX_BOX_GAP:
+            break  # also keeps the regexes below linear: their overlapping classes backtrack on long gaps
         if _BOX_OR_RE.fullmatch(gap):
             return None  # "either \boxed{5} or \boxed{6}": a hedge scores 0
         if not (_BOX_AND_RE.fullmatch(gap) or _BOX_OR_VAR_RE.fullmatch(gap)):
@@ -180,8 +183,8 @@ def extract_answer(response):
 
     Order: the last \\boxed{...} or \\fbox{...} (nested braces; "\\boxed 7" too; when the last box
     is unclosed the two before it are tried, and when none is usable there is no answer). Boxes joined
-    to the last one only by "," or "and" form one answer ("\\boxed{3} and \\boxed{4}" is "3, 4");
-    boxes joined by "or" are a hedge and give no answer. Without boxes: the text after the last
+    to the last one only by ",", "and" or "or x =" form one answer ("\\boxed{3} and \\boxed{4}" is
+    "3, 4"); boxes joined by a bare "or" are a hedge and give no answer. Without boxes: the text after the last
     "the (final) answer is" or "Answer:" (markdown bold and dollar signs removed) up to the end of its
     sentence, then the last number in the response.
     """

@@ -195,6 +195,12 @@ ADVERSARIAL = [
     "\\boxed{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{\\sqrt{2}}}}}}}}}^{1000000}}",
     "\\boxed{\\begin{pmatrix}" + " & ".join(["1"] * 5000) + "\\end{pmatrix}}",
     "x" * 2_000_000,
+    "\\boxed{1}" + " " * 200_000 + "x\\boxed{2}",  # a long gap between boxes (regex backtracking)
+    "\\boxed{1}" + ", and " * 100_000 + "\\boxed{2}",
+    "\\boxed{1} and " * 50_000 + "\\boxed{2}",
+    "The final answer is **" + "*" * 300_000,
+    "\\boxed{2^{i!}}",
+    "\\boxed{" + "x>" * 400 + "1}",
 ]
 
 
