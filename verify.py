@@ -1092,8 +1092,11 @@ def _sympy_zero(t_diff_a, t_diff_b, ratio=False):
 
 _DECIMAL_RE = re.compile(r"[-+]?(\d*)\.?(\d*)(?:[eE]([-+]?\d+)|\\times10\^\{?([-+]?\d+)\}?)?")
 _PLAIN_DECIMAL_RE = re.compile(r"[-+]?(\d*)\.(\d+)")
-_ROUNDING_ASKED_RE = re.compile(r"\bround|decimal place|significant (?:figure|digit)|\bnearest\b|\bapproximate|"
-                                r"\bestimate|\bto \w+ (?:digits|places)", re.IGNORECASE)
+# "round your answer to", "to the nearest hundredth", "3 significant figures"; not "a round table", "the nearest
+# vertex", "in every round" (checked on the problems of MATH, Minerva and OlympiadBench)
+_ROUNDING_ASKED_RE = re.compile(r"\bround(?:ed|ing)?\s+(?:\w+\s+){0,4}?(?:to|off)\b|\bto the nearest\b|"
+                                r"\bdecimal places?\b|\bsignificant (?:figure|digit)s?\b|\bto \w+ (?:digits|places)\b|"
+                                r"\bapproximate(?:ly)?\b|\bestimate\b", re.IGNORECASE)
 MIN_LONG_DECIMAL_DIGITS = 6
 
 

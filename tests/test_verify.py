@@ -486,7 +486,10 @@ def test_decimal_policy(answer, gold, problem, expected):
     ("Express your answer as a decimal to the nearest hundredth.", True),
     ("Give your answer in degrees to 3 significant figures.", True),
     ("Round your answer to two decimal places.", True), ("Estimate the mass of the Sun.", True),
-    ("How many apples are left?", False), ("Write 3/20 as a decimal.", False), (None, False)])
+    ("How many apples are left?", False), ("Write 3/20 as a decimal.", False), (None, False),
+    ("In how many ways can 7 people sit around a round table?", False),
+    ("Find the distance between the point and the nearest vertex.", False),
+    ("In every round, player A erases two numbers.", False), ("Round 2.47 to the nearest tenth.", True)])
 def test_rounding_asked(problem, asked):
     assert verify.rounding_asked(problem) is asked
 
