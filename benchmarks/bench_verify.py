@@ -3,8 +3,9 @@
 Corpus: the first 1,000 answers of math500.jsonl + math_train.jsonl (--problems). Each gold gets one right
 and one wrong response. A response is the problem's reference solution with its boxes removed (real
 reasoning text of realistic length) followed by a final line in one of the formats models write
-("\\boxed{...}", "**Final Answer:** ...", "The final answer is $...$.", "Answer: ..."). About half of the
-right answers are rewritten into another equivalent form, as models write them: 1,000 -> 1{,}000,
+("\\boxed{...}", "**Final Answer:** ...", "The final answer is $...$.", "Answer: ..."). Right answers are
+rewritten into another equivalent form where a rewrite applies (all symbolic golds, half of the others;
+about 40% of right answers end up rewritten), as models write them: 1,000 -> 1{,}000,
 \\frac{3}{4} -> 3/4, 0.75 or \\frac{6}{8}, "x = 5", 2\\sqrt{3} -> \\sqrt{12}, sums in another order,
 \\left( \\right) and spaces. Wrong answers are verify.perturb_answer of the (rewritten) right answer.
 The script counts the pairs that need symbolic work (the exact identity test at rational points, or sympy)
@@ -42,7 +43,10 @@ def _split_sum(s):
     """Top-level terms of a sum with their signs, or None (no top-level +/-)."""
     terms, depth, start = [], 0, 0
     for i, ch in enumerate(s):
-        depth += ch in "({[" and 1 or ch in ")}]" and -1 or 0
+        if ch in "({[":
+            depth += 1
+        elif ch in ")}]":
+            depth -= 1
         if depth == 0 and ch in "+-" and i > start and s[i - 1] not in "^_{(":
             terms.append(s[start:i])
             start = i
