@@ -1007,7 +1007,31 @@ def _numerically_equal(a, g, symbols):
 # degree <= d agree at a random point with probability <= 2d / (size of the point set) (Schwartz-Zippel),
 # so exact agreement at 3 points of large numerators and denominators is an identity test that needs no
 # sympy. Floor and ceiling are piecewise constant and are left to sympy.
+# In a rational function of pi, e and i (no roots, no functions: 288\pi, \frac{20000}{\pi}, 6-5i) the
+# constants are taken as symbols too. Identical rational functions have equal values, so "equal" is
+# sound; a transcendental pi or e satisfies no polynomial identity, so "different" is sound for them,
+# while i (i^2 = -1) leaves a "different" to sympy.
 _RATIONAL_POINTS = (Fraction(104729, 7919), Fraction(-1299709, 611953), Fraction(15485863, 32452843))
+
+
+def _constants_as_symbols(t):
+    """The tree with pi, e, i turned into symbols "#pi", "#e", "#i" when it is a rational function of
+    its symbols and these constants (integer exponents only), else None."""
+    kind = t[0]
+    if kind == "const":
+        return ("sym", "#" + t[1]) if t[1] != "oo" else None
+    if kind in ("num", "sym"):
+        return t
+    if kind == "pow":
+        exponent = _exact(t[2])
+        base = _constants_as_symbols(t[1])
+        return None if base is None or exponent is None or exponent.denominator != 1 else (kind, base, t[2])
+    if kind not in ("neg", "add", "sub", "mul", "div"):
+        return None  # functions, roots, factorials, binomials
+    children = [_constants_as_symbols(c) for c in t[1:]]
+    return None if None in children else (kind, *children)
+
+
 def _exact_fn_at_points(name, v):
     if name in ("floor", "ceil"):
         raise _Inexact(name)
@@ -1019,7 +1043,13 @@ _EXACT_AT_POINTS = dataclasses.replace(_EXACT, fn=_exact_fn_at_points)
 
 def _exact_identity(a, g, symbols, ratio=False):
     """True / False when a - g (ratio=True: a / g a nonzero constant) is decided exactly at rational
-    points; None when a side is not a rational function of its symbols (pi, sin x, sqrt x, floor)."""
+    points; None when a side is not a rational function of its symbols (sin x, sqrt x, floor)."""
+    with_constants = _constants_as_symbols(a), _constants_as_symbols(g)
+    uses_i = False
+    if None not in with_constants and (_has_constant(a) or _has_constant(g)):
+        a, g = with_constants
+        symbols = _symbols(a, set()) | _symbols(g, set())
+        uses_i = "#i" in symbols
     names = sorted(symbols)
     values = []
     for k, point in enumerate(_RATIONAL_POINTS):
@@ -1032,11 +1062,19 @@ def _exact_identity(a, g, symbols, ratio=False):
         if not symbols:
             break
     if not ratio:
-        return all(x == y for x, y in values)
-    if any(y == 0 for _, y in values):
+        same = all(x == y for x, y in values)
+    elif any(y == 0 for _, y in values):
         return None
-    q = values[0][0] / values[0][1]
-    return q != 0 and all(x == q * y for x, y in values)
+    else:
+        q = values[0][0] / values[0][1]
+        same = q != 0 and all(x == q * y for x, y in values)
+    return None if uses_i and not same else same
+
+
+def _has_constant(t):
+    if t[0] == "const":
+        return True
+    return t[0] not in ("num", "sym") and any(_has_constant(c) for c in t[1:] if isinstance(c, tuple))
 
 
 # ---- sympy (only for equal-looking pairs of different form) --------------------------------------
