@@ -562,3 +562,26 @@ NOTATION = [
 @pytest.mark.parametrize("answer,gold,expected", NOTATION)
 def test_notation(answer, gold, expected):
     assert is_equivalent(answer, gold) is expected
+
+
+# ---- the exact identity test at rational points (no sympy) -----------------------------------------
+IDENTITY = [
+    ("-5i+6", "6-5i", True), ("\\pi \\cdot 288", "288\\pi", True), ("(20000)/(\\pi)", "\\frac{20000}{\\pi}", True),
+    ("(x+1)^2", "x^2+2x+1", True), ("\\frac{x^2-1}{x-1}", "x+1", True), ("ab+5b+2a+10", "(a+5)(b+2)", True),
+    ("2\\pi", "\\pi", False), ("(x+1)^2", "x^2+2x+2", False), ("\\pi r^2", "r^2\\pi", True), ("2\\pi r", "\\pi r", False),
+    ("x^{20}-1", "(x^{10}-1)(x^{10}+1)", True), ("e^2+1", "1+e\\cdot e", True),
+]
+
+
+@pytest.mark.parametrize("answer,gold,expected", IDENTITY)
+def test_rational_functions_of_symbols_and_constants_need_no_sympy(answer, gold, expected, monkeypatch):
+    def no_sympy(*args, **kwargs):
+        raise AssertionError("reached sympy")
+    monkeypatch.setattr(verify, "_sympy_zero", no_sympy)
+    assert is_equivalent(answer, gold) is expected
+
+
+@pytest.mark.parametrize("answer,gold,expected", [
+    ("i^2", "-1", True), ("\\frac{1}{i}", "-i", True), ("(1+i)^2", "2i", True), ("6+5i", "6-5i", False)])
+def test_i_is_not_a_free_symbol(answer, gold, expected):  # i^2 = -1: a "different" is left to sympy
+    assert is_equivalent(answer, gold) is expected
