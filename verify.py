@@ -23,9 +23,10 @@ How a pair is decided, cheapest first (most pairs stop at step 1 or 3):
      compared exactly with fractions.Fraction, under a bound on the size of the result;
   4. otherwise both trees are evaluated in complex floating point at a few fixed points; any clear
      difference, or no finite value anywhere, is a "no" (sympy never sees most wrong answers);
-  5. rational functions of the symbols are then compared exactly at three rational points
-     (Schwartz-Zippel; no sympy); the rest (pi, roots, trig, floor) is confirmed by sympy
-     (simplify, Fu's trig rules, equals); sympy is imported only then.
+  5. rational functions of the symbols, pi, e, i and square roots of rationals (6-5i, 288\\pi,
+     \\sqrt{117} = 3\\sqrt{13}) are then compared exactly at three rational points (Schwartz-Zippel; no
+     sympy); the rest (trig, exp, roots of symbols, floor) is confirmed by sympy (simplify, Fu's trig
+     rules, equals); sympy is imported only then.
 
 Decimal policy (is_equivalent is not symmetric: the gold is the reference):
   - a plain decimal gold is exact unless the problem asks for rounding (rounding_asked(problem):
@@ -1007,17 +1008,39 @@ def _numerically_equal(a, g, symbols):
 # degree <= d agree at a random point with probability <= 2d / (size of the point set) (Schwartz-Zippel),
 # so exact agreement at 3 points of large numerators and denominators is an identity test that needs no
 # sympy. Floor and ceiling are piecewise constant and are left to sympy.
-# In a rational function of pi, e and i (no roots, no functions: 288\pi, \frac{20000}{\pi}, 6-5i) the
-# constants are taken as symbols too. Identical rational functions have equal values, so "equal" is
-# sound; a transcendental pi or e satisfies no polynomial identity, so "different" is sound for them,
-# while i (i^2 = -1) leaves a "different" to sympy.
+# In a rational function of pi, e, i and square roots of rational numbers (no other functions: 288\pi,
+# 6-5i, \sqrt{117}) the constants are taken as symbols too, a root as its reduced form 3 * "#sqrt13".
+# Identical rational functions have equal values, so "equal" is sound; a transcendental pi or e
+# satisfies no polynomial identity, so "different" is sound for them, while i and roots (i^2 = -1,
+# sqrt2 sqrt3 = sqrt6) leave a "different" to sympy.
 _RATIONAL_POINTS = (Fraction(104729, 7919), Fraction(-1299709, 611953), Fraction(15485863, 32452843))
 
 
+def _square_free(n):
+    """(c, m) with n = c^2 m and m free of the squares of primes below 1000 (m = 1 for a perfect square)."""
+    c = 1
+    for d in range(2, 1000):
+        if d * d > n:
+            break
+        while n % (d * d) == 0:
+            n //= d * d
+            c *= d
+    r = math.isqrt(n)
+    return (c * r, 1) if r * r == n else (c, n)
+
+
 def _constants_as_symbols(t):
-    """The tree with pi, e, i turned into symbols "#pi", "#e", "#i" when it is a rational function of
-    its symbols and these constants (integer exponents only), else None."""
+    """The tree with pi, e, i turned into symbols "#pi", "#e", "#i" and \\sqrt{r} (r > 0 rational) into
+    c * "#sqrtm" when it is a rational function of its symbols and these constants (integer exponents
+    only), else None."""
     kind = t[0]
+    if kind == "fn" and t[1] == "sqrt":
+        v = _exact(t[2])
+        if v is None or v <= 0 or _bits(v) > 64:
+            return None
+        c, m = _square_free(v.numerator * v.denominator)  # sqrt(p/q) = sqrt(p q) / q
+        coefficient = ("num", Fraction(c, v.denominator))
+        return coefficient if m == 1 else ("mul", coefficient, ("sym", f"#sqrt{m}"))
     if kind == "const":
         return ("sym", "#" + t[1]) if t[1] != "oo" else None
     if kind in ("num", "sym"):
@@ -1046,10 +1069,10 @@ def _exact_identity(a, g, symbols, ratio=False):
     points; None when a side is not a rational function of its symbols (sin x, sqrt x, floor)."""
     with_constants = _constants_as_symbols(a), _constants_as_symbols(g)
     uses_i = False
-    if None not in with_constants and (_has_constant(a) or _has_constant(g)):
+    if None not in with_constants and with_constants != (a, g):  # some constant or root became a symbol
         a, g = with_constants
         symbols = _symbols(a, set()) | _symbols(g, set())
-        uses_i = "#i" in symbols
+        uses_i = any(name == "#i" or name.startswith("#sqrt") for name in symbols)
     names = sorted(symbols)
     values = []
     for k, point in enumerate(_RATIONAL_POINTS):
@@ -1069,12 +1092,6 @@ def _exact_identity(a, g, symbols, ratio=False):
         q = values[0][0] / values[0][1]
         same = q != 0 and all(x == q * y for x, y in values)
     return None if uses_i and not same else same
-
-
-def _has_constant(t):
-    if t[0] == "const":
-        return True
-    return t[0] not in ("num", "sym") and any(_has_constant(c) for c in t[1:] if isinstance(c, tuple))
 
 
 # ---- sympy (only for equal-looking pairs of different form) --------------------------------------
@@ -1292,13 +1309,19 @@ def _on_alarm(signum, frame):
         raise _Timeout
 
 
+def _interrupt_after(timeout):
+    """When to stop a computation so that its call returns by `timeout` (time to unwind sympy's stack,
+    or to kill a worker process)."""
+    return timeout - min(0.25 * timeout, ALARM_UNWIND)
+
+
 def _call_with_time_limit(seconds, fn, *args):
     """fn(*args) in the main thread, interrupted by SIGALRM after `seconds` (raises _Timeout).
     A timer the caller had armed is restored afterwards with its remaining time."""
     old_handler = signal.signal(signal.SIGALRM, _on_alarm)
     start = time.monotonic()
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, 0)
-    delay = seconds - min(0.25 * seconds, ALARM_UNWIND)  # the alarm leaves time to unwind sympy's stack
+    delay = _interrupt_after(seconds)
     delay = min(delay, old_delay) if old_delay > 0 else delay
     try:
         _ALARM["active"] = True
@@ -1345,8 +1368,8 @@ def score(response, gold, timeout=DEFAULT_TIMEOUT, problem=None):
     The call never runs past `timeout` seconds (None: no limit): in the main thread a SIGALRM timer
     interrupts it (scored 0); in any other thread, where signals cannot be delivered (or when SIGALRM
     belongs to a handler installed from C), the pair is scored in a worker process killed at the
-    timeout. `problem` (its text) only decides whether a decimal gold may be matched by rounding
-    (see the decimal policy above).
+    timeout (the first such call also waits for that process to start, about 0.1 s). `problem` (its
+    text) only decides whether a decimal gold may be matched by rounding (see the decimal policy above).
     """
     if gold is None or not str(gold).strip():
         raise ValueError(f"gold answer is empty: {gold!r}")
@@ -1354,7 +1377,8 @@ def score(response, gold, timeout=DEFAULT_TIMEOUT, problem=None):
     if timeout is None:
         return _score_unbounded(response, gold, problem)
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGALRM) is None:
-        return _score_in_worker(response, gold, timeout, problem)  # None: a C handler we could not restore
+        # None: a C handler we could not restore. The first such call also waits for the worker to start.
+        return _score_in_worker(response, gold, _interrupt_after(timeout), problem)
     try:
         return _call_with_time_limit(timeout, _score_unbounded, response, gold, problem)
     except _Timeout:
