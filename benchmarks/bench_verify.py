@@ -6,7 +6,8 @@ reasoning text of realistic length) followed by a final line in one of the forma
 ("\\boxed{...}", "**Final Answer:** ...", "The final answer is $...$.", "Answer: ..."). Right answers are
 rewritten into another equivalent form where a rewrite applies (all symbolic golds, half of the others;
 about 40% of right answers end up rewritten), as models write them: 1,000 -> 1{,}000,
-\\frac{3}{4} -> 3/4, 0.75 or \\frac{6}{8}, "x = 5", 2\\sqrt{3} -> \\sqrt{12}, sums in another order,
+\\frac{3}{4} -> 3/4, 0.75 or \\frac{6}{8}, "x = 5", 2\\sqrt{3} -> \\sqrt{12}, \\frac{\\sqrt{3}}{3} -> \\frac{3}{3\\sqrt{3}},
+sums in another order, factors in another order, 288\\pi -> \\pi \\cdot 288,
 \\left( \\right) and spaces. Wrong answers are verify.perturb_answer of the (rewritten) right answer.
 The script counts the pairs that need symbolic work (the exact identity test at rational points, or sympy)
 and prints their shares.
@@ -75,6 +76,10 @@ def rewrite(gold, rng):
     m = re.search(r"(?<![\d^{])(\d+)\s*\\sqrt\{?(\d+)\}?", g)
     if m and "\\begin" not in g:  # 2\sqrt{3} -> \sqrt{12} wherever it stands: sympy confirms it
         return g[: m.start()] + f"\\sqrt{{{int(m.group(1)) ** 2 * int(m.group(2))}}}" + g[m.end() :]
+    m = re.fullmatch(r"(-?)\\[dt]?frac\{(\d*)\s*\\sqrt\{(\d+)\}\}\{(\d+)\}", g)
+    if m and rng.random() < 0.5:  # \frac{3\sqrt{3}}{4} -> \frac{9}{4\sqrt{3}}, not rationalised: sympy confirms it
+        k, a, b = int(m.group(2) or 1), int(m.group(3)), int(m.group(4))
+        return f"{m.group(1)}\\frac{{{k * a}}}{{{b}\\sqrt{{{a}}}}}"
     m = re.fullmatch(r"(-?)\\[dt]?frac\{", g[: g.find("{") + 1]) if "frac{" in g else None
     if m:  # \frac{3\sqrt{3}}{4} -> (3\sqrt{3})/(4), \frac{x+1}{2} -> (x+1)/(2)
         top = verify._brace_content(g, m.end() - 1)
