@@ -1319,6 +1319,7 @@ def _call_with_time_limit(seconds, fn, *args):
     """fn(*args) in the main thread, interrupted by SIGALRM after `seconds` (raises _Timeout).
     A timer the caller had armed is restored afterwards with its remaining time."""
     old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.siginterrupt(signal.SIGALRM, False)  # other threads' (gloo, vLLM) system calls restart, no EINTR
     start = time.monotonic()
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, 0)
     delay = _interrupt_after(seconds)
