@@ -1,61 +1,96 @@
 """verify.py: is a model's final answer to a math problem equal to the reference answer?
 
-    score(response, gold) -> 1.0 / 0.0        extract_answer(response) -> str | None
-    is_equivalent(answer, gold) -> bool       score_batch(responses, golds, workers, timeout)
+    score(response, gold, timeout=5.0, problem=None) -> 1.0 / 0.0
+    extract_answer(response) -> str | None        is_equivalent(answer, gold, problem=None) -> bool
+    score_batch(responses, golds, workers, timeout, problems=None) -> [float]
+
+Extraction: the last \\boxed{...} / \\fbox{...}, else the text after the last "the (final) answer is" /
+"Answer:" (markdown bold and $, \\$ removed: "**Final Answer:** 42", "the answer is $\\$3$."), else the
+last number. Several boxes: the boxes joined to the last one only by ",", "and" or "or x =" form one
+answer ("\\boxed{3} and \\boxed{4}" is "3, 4"; "$x=\\boxed{2}$ or $x=\\boxed{3}$" is "2, 3"); a bare "or"
+between boxes is hedging between alternatives and scores 0 ("either \\boxed{5} or \\boxed{6}"); any other
+text between boxes ("first \\boxed{1}, then \\boxed{2}") leaves only the last group.
 
 How a pair is decided, cheapest first (most pairs stop at step 1 or 3):
-  1. both answers are normalised as strings (LaTeX spacing, \\left/\\right, \\dfrac, \\text{} units,
-     degrees, percent, dollars, thousands separators, "x =" prefixes) and compared;
+  1. both answers are normalised as strings (LaTeX spacing, \\left/\\right, \\dfrac, units, degrees,
+     percent, dollars, thousands separators, Unicode x², \\varnothing, 0.\\overline{3}, "k \\ge 3" as the
+     interval [3, \\infty)) and compared;
   2. both are split into structure: tuples/intervals (ordered, bracket kinds must match), sets and
-     bare comma lists (unordered), unions, matrices, equations, "a \\pm b";
-  3. each scalar is parsed by the small LaTeX parser below into a tree (never eval()); two exact
-     rationals are compared exactly with fractions.Fraction, so plain numbers never reach sympy;
+     bare comma lists (unordered), unions, matrices, equations ("x = 5" and "f(x) = 2x" answer 5, 2x);
+  3. each scalar is parsed by the small LaTeX parser below into a tree (never eval()) and evaluated
+     by one evaluator (_evaluate) in one of three number domains. Exact rationals first: plain
+     numbers, big powers, binomials and factorials (2^{2022} \\cdot 2 - 1 = 2^{2023} - 1, 170!) are
+     compared exactly with fractions.Fraction, under a bound on the size of the result;
   4. otherwise both trees are evaluated in complex floating point at a few fixed points; any clear
-     difference is a "no" (sympy never sees most wrong answers);
-  5. only pairs that agree numerically but differ in form are confirmed symbolically by sympy
-     (simplify(a - b) == 0, then (a - b).equals(0)); sympy is imported only then.
+     difference, or no finite value anywhere, is a "no" (sympy never sees most wrong answers);
+  5. rational functions of the symbols, pi, e, i and square roots of rationals (6-5i, 288\\pi,
+     \\sqrt{117} = 3\\sqrt{13}) are then compared exactly at three rational points (Schwartz-Zippel; no
+     sympy); the rest (trig, exp, roots of symbols, floor) is confirmed by sympy (simplify, Fu's trig
+     rules, equals); sympy is imported only then.
 
-Decimal policy (the gold decides): when the gold is written as a decimal ("0.15", "4.5e33",
-"2.6 \\times 10^{4}"), an answer is right when it rounds, half away from zero, to the gold at the
-gold's stated precision (its decimal places; for scientific notation, its mantissa's), so 4.52e33
-matches 4.5e33 and 1/3 matches 0.333. When the gold is exact (integer, fraction, surd, pi, ...),
-the answer must be exactly equal: 3.14 is not pi and 0.3333 is not 1/3. is_equivalent is therefore
-not symmetric: its second argument is the reference.
+Decimal policy (is_equivalent is not symmetric: the gold is the reference):
+  - a plain decimal gold is exact unless the problem asks for rounding (rounding_asked(problem):
+    "nearest hundredth", "3 significant figures", "round", ...): 0.45, 0.54 and 2.46 do not answer
+    0.5 or 2.5, 4.254 does not answer 4.25, \\pi does not answer 3.14; 4.250 and 17/4 answer 4.25;
+  - a rounded gold (a problem that asks for rounding, or a gold in scientific notation, which states
+    its significant figures) is matched by an answer that rounds to it, half away from zero, at the
+    gold's last place: 0.543 answers Minerva's 0.54, 4.52e33 answers 4.5e33, 0.5 does not answer 0.54;
+  - a long decimal (at least 6 significant digits) answers an exact rational gold when it agrees on
+    every digit it gives, truncated or rounded at its last place: 0.333333333 and 0.333333 answer 1/3,
+    0.666667 answers 2/3, 0.33333 does not; an irrational gold is never matched by a decimal (3.14159265
+    is not \\pi).
+  - percent: "25%" answers 25 and 0.25, but x% = x/100 only when the plain side is not an integer,
+    so 5000% does not answer 50. Units: when both sides give a unit they must agree (5 km is not
+    5 m; meters = m, inches = in); a unit on one side only is ignored.
 
-Safety: sizes are bounded before parsing (MAX_* below): a longer answer, deeper nesting, larger
-exponent or factorial is scored 0 without work. score_batch additionally runs items in worker
-processes with a per-item wall-clock limit enforced by the parent (a stuck worker is killed and
-replaced, its item scored 0). Workers are plain `python verify.py --worker` subprocesses speaking
-over pipes: no fork of the (possibly threaded, vLLM-holding) caller and no import of its __main__,
-so they never import torch.
+Time bound: no call of score() runs past its timeout (default 5 s). In the main thread a SIGALRM
+timer (setitimer) interrupts it ALARM_UNWIND before the timeout and re-fires every ALARM_REPEAT
+until it returns; the exception is a BaseException so no `except Exception` in sympy swallows it,
+and a timer the caller had armed is restored. The only step it waits for is the one import of sympy
+per process (~0.5 s; an import cut in half would break sympy for the rest of the run). Outside the
+main thread, where signals cannot be delivered, score() hands the pair to a worker process killed
+at the timeout. Sizes are bounded before any work (MAX_* below): a longer answer, deeper nesting,
+or a number beyond MAX_EXACT_BITS (towers like 2^{2^{2^{9}}}, (10^6)!) is scored 0 at once.
+score_batch runs items in worker processes with a per-item wall-clock limit enforced by the parent
+(a stuck worker is killed and replaced, its item scored 0). Workers are plain `python verify.py
+--worker` subprocesses speaking over pipes: no fork of the (possibly threaded, vLLM-holding) caller
+and no import of its __main__, so they never import torch.
 """
 
 import atexit
 import cmath
+import dataclasses
 import math
+import operator
 import os
 import pickle
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections import deque
 from fractions import Fraction
+from typing import Callable
 
 MAX_RESPONSE_CHARS = 1_000_000  # a longer response is scored 0 (extraction is linear anyway)
 MAX_ANSWER_CHARS = 1_000  # the longest gold in MATH/Minerva is 210 characters
 MAX_DEPTH = 30  # bracket nesting inside one answer
 MAX_NODES = 500  # parse-tree size
 MAX_ITEMS = 64  # elements of a tuple / set / matrix
-MAX_EXPONENT = 1_000  # |constant exponent|; towers like 2^{2^{2^{9}}} stop here
-MAX_SYMPY_EXPONENT = 100  # tighter bound before handing a tree with symbols to sympy
-MAX_FACTORIAL = 500
-MAX_EXACT_BITS = 20_000  # size of an exact rational intermediate
+MAX_BOX_GAP = 40  # characters between two boxes that form one answer ("$, and $x = ")
+MAX_EXPONENT = 1_000  # |e| of a number written in scientific notation, 1e999
+MAX_SYMPY_EXPONENT = 100  # bound on exponents before handing a tree to sympy
+MAX_FACTORIAL = 500  # n! in floating point (it overflows beyond 170 anyway)
+MAX_EXACT_BITS = 20_000  # size of an exact result (6,000 digits): 2^{2023}, 170!, C(2024, 2); not 2^{2^{20}}
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
-DEFAULT_TIMEOUT = 5.0  # seconds per item in score_batch
+DEFAULT_TIMEOUT = 5.0  # seconds per item, in score() and score_batch
+ALARM_REPEAT = 0.05  # seconds between repeated alarms once the time limit has passed
+ALARM_UNWIND = 0.25  # score() is interrupted this long before its timeout (a C-level step may finish first)
 WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of each worker (RLIMIT_AS)
 
 
@@ -83,7 +118,7 @@ def _brace_content(text, open_pos):
 
 
 def _boxed_at(text, pos):
-    """Answer of the \\boxed / \\fbox command starting at pos, or None."""
+    """(answer, end position) of the \\boxed / \\fbox command starting at pos, or None."""
     pos += len("\\boxed") if text.startswith("\\boxed", pos) else len("\\fbox")
     n = len(text)
     if pos < n and text[pos].isalpha():
@@ -91,44 +126,83 @@ def _boxed_at(text, pos):
     while pos < n and text[pos] == " ":
         pos += 1
     if pos < n and text[pos] == "{":
-        return _brace_content(text, pos)
+        content = _brace_content(text, pos)
+        return None if content is None else (content, pos + len(content) + 2)
     if pos > n - 1 or text[pos - 1] != " ":
         return None
     m = re.compile(r"[^\s$]+").match(text, pos)  # "\boxed 7": TeX takes the next token
-    return m.group(0).rstrip(".") if m else None
+    return (m.group(0).rstrip("."), m.end()) if m else None
 
 
-_PHRASE_RE = re.compile(r"\b(?:final answer|answer)\b(?:\s*is\b|\s*:)\s*", re.IGNORECASE)
+def _last_box_start(text, end):
+    return max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+
+
+_PHRASE_RE = re.compile(r"\b(?:final answer|answer)\b(?:\*\*)?(?:\s*is\b|\s*:)\s*", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_BOX_VAR = r"(?:[\s$]*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*=\s*)"  # "x = " before a box
+_BOX_AND_RE = re.compile(r"[\s$,;]*(?:(?:and|&|\\text\{\s*and\s*\})[\s$,;]*)?" + _BOX_VAR + "?", re.IGNORECASE)
+_BOX_OR_VAR_RE = re.compile(r"[\s$,;]*(?:or|\\text\{\s*or\s*\})" + _BOX_VAR, re.IGNORECASE)  # x = 2 or x = 3
+_BOX_OR_RE = re.compile(r"[\s$,;]*(?:or|\\text\{\s*or\s*\})[\s$,;]*", re.IGNORECASE)
+
+
+def _boxed_answer(response):
+    """The boxed final answer: the last box with the boxes chained to it by "," or "and" or
+    "or x =" (one list answer: "x = 2 or x = 3" are the two roots); None when a bare "or" joins two
+    boxes (a hedge between alternatives); "" when there is no usable box."""
+    end = len(response)
+    for _ in range(3):  # an unclosed or empty last box: try the two before it
+        pos = _last_box_start(response, end)
+        if pos < 0:
+            return None if end < len(response) else ""  # boxes present but none usable: no guessing
+        box = _boxed_at(response, pos)
+        if box is not None and box[0].strip():
+            break
+        end = pos
+    else:
+        return None
+    answers = [box[0].strip()]
+    while len(answers) < MAX_ITEMS:
+        prev = _last_box_start(response, pos)
+        box = _boxed_at(response, prev) if prev >= 0 else None
+        if box is None or box[1] > pos or not box[0].strip():
+            break
+        gap = response[box[1] : pos]
+        if len(gap) > MAX_BOX_GAP:
+            break  # also keeps the regexes below linear: their overlapping classes backtrack on long gaps
+        if _BOX_OR_RE.fullmatch(gap):
+            return None  # "either \boxed{5} or \boxed{6}": a hedge scores 0
+        if not (_BOX_AND_RE.fullmatch(gap) or _BOX_OR_VAR_RE.fullmatch(gap)):
+            break  # "first \boxed{1}, then \boxed{2}": only the last group counts
+        answers.append(box[0].strip())
+        pos = prev
+    return ", ".join(reversed(answers))
 
 
 def extract_answer(response):
     """The response's final answer as a string, or None when it has none.
 
     Order: the last \\boxed{...} or \\fbox{...} (nested braces; "\\boxed 7" too; when the last box
-    is unclosed the two before it are tried, and when none is usable there is no answer), then the text after the last "the (final) answer is"
-    or "Answer:", up to the end of its sentence, then the last number in the response.
+    is unclosed the two before it are tried, and when none is usable there is no answer). Boxes joined
+    to the last one only by ",", "and" or "or x =" form one answer ("\\boxed{3} and \\boxed{4}" is
+    "3, 4"); boxes joined by a bare "or" are a hedge and give no answer. Without boxes: the text after the last
+    "the (final) answer is" or "Answer:" (markdown bold and dollar signs removed) up to the end of its
+    sentence, then the last number in the response.
     """
     if not isinstance(response, str) or len(response) > MAX_RESPONSE_CHARS:
         return None
-    end = len(response)
-    for _ in range(3):
-        pos = max(response.rfind("\\boxed", 0, end), response.rfind("\\fbox", 0, end))
-        if pos < 0:
-            break
-        answer = _boxed_at(response, pos)
-        if answer is not None and answer.strip():
-            return answer.strip()
-        end = pos
-    if end < len(response):
-        return None  # boxes present but unclosed, empty or oversized: no guessing from the text
+    boxed = _boxed_answer(response)
+    if boxed != "":
+        return boxed
     last = None
     for last in _PHRASE_RE.finditer(response):
         pass
     if last is not None:
         tail = response[last.end() : last.end() + MAX_ANSWER_CHARS + 1].split("\n", 1)[0]
         tail = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]  # sentence end, not a decimal point
-        tail = tail.replace("$", "").replace("\\(", "").replace("\\)", "").strip().rstrip(".,;")
+        for wrapper in ("\\$", "$", "\\(", "\\)"):  # "\$" first: "$\$3$" is 3
+            tail = tail.replace(wrapper, "")
+        tail = tail.strip().strip("*:").strip().rstrip(".,;").strip("*").strip()  # "**42**"
         if tail:
             return tail
     number = None
@@ -141,7 +215,10 @@ def extract_answer(response):
 # String normalisation
 
 _UNICODE = {"−": "-", "∞": "\\infty", "π": "\\pi", "°": "^\\circ", "×": "\\times", "√": "\\sqrt",
-            "·": "\\cdot", "≤": "\\le", "≥": "\\ge", "∪": "\\cup"}
+            "·": "\\cdot", "≤": "\\le ", "≥": "\\ge ", "∪": "\\cup", "∅": "\\emptyset", "÷": "\\div"}
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+_SUPERSCRIPT_RE = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
+_SUBSCRIPT_RE = re.compile("[₀₁₂₃₄₅₆₇₈₉]+")
 _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
             ("\\mbox{", "\\text{"), ("\\textbf{", "\\text{"), ("\\textrm{", "\\text{"),
             ("\\mathrm{", "\\text{"), ("\\textit{", "\\text{"), ("\\mathbf{", "\\text{"),
@@ -149,7 +226,7 @@ _REPLACE = [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
             ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
             ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("\\degree", ""),
             ("\\%", "%"), ("\\le ", "\\leq "), ("\\ge ", "\\geq "), ("**", "^"), ("np.", ""),
-            ("~", " ")]
+            ("~", " "), ("\\varnothing", "\\emptyset")]
 _SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])")
 _SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])")
 _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}(?:\^\{?[23]\}?)?")
@@ -158,26 +235,82 @@ _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CHOICE_RE = re.compile(r"\(([A-E])\)|([A-E])[.)]?")
 _MIXED_RE = re.compile(r"(-?)(\d+)\s*\\frac(\{\d+\}|\d)(\{\d+\}|\d)")
 _UNIT_WORD_RE = re.compile(r"\s+(?:degrees?|dollars?|cents?|units?|(?:square |sq )?(?:cm|m|km|inches|feet|ft|meters))$")
+_REPEATING_RE = re.compile(r"(\d*)\.(\d*)\\(?:overline|bar)\{?(\d{1,50})\}?")  # 0.1\overline{6} = 1/6
+_INEQUALITY_RE = re.compile(r"<=|>=|<|>|\\(?:leqslant|geqslant|leq|geq|le|ge|lt|gt)(?![a-zA-Z])")
+_UNIT_NAMES = {"meter": "m", "metre": "m", "centimeter": "cm", "millimeter": "mm", "kilometer": "km",
+               "inch": "in", "foot": "ft", "feet": "ft", "yard": "yd", "mile": "mi", "second": "s", "sec": "s",
+               "minute": "min", "hour": "h", "hr": "h", "degree": "deg", "dollar": "$", "cent": "cent",
+               "unit": "", "gram": "g", "kilogram": "kg", "liter": "l", "litre": "l"}
+
+
+def _canonical_unit(raw):
+    """"\\text{ inches}^2" -> "in^2", "\\text{ km}" -> "km", "units" -> None (no unit)."""
+    u = re.sub(r"\\text|[{}\s.]", "", raw).lower()
+    power = ""
+    m = re.search(r"\^(\d)$", u)
+    if m:
+        u, power = u[: m.start()], m.group(0)
+    for prefix, p in (("square", "^2"), ("sq", "^2"), ("cubic", "^3")):
+        if u.startswith(prefix) and len(u) > len(prefix):
+            u, power = u[len(prefix):], p
+    for stem in (u, u[:-1] if u.endswith("s") else None, u[:-2] if u.endswith("es") else None):
+        if stem in _UNIT_NAMES:
+            u = _UNIT_NAMES[stem]
+            break
+    return u + power if u else None
+
+
+def _repeating_decimal(m):
+    whole, fixed, period = m.group(1) or "0", m.group(2), m.group(3)
+    value = Fraction(int(whole + fixed + period) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(period) - 1))
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _inequality_interval(s):
+    """"x\\geq3" -> "[3,\\infty)", "2<x\\le5" -> "(2,5]": one variable bounded by constants, else s."""
+    parts = _INEQUALITY_RE.split(s)
+    ops = [o.lstrip("\\")[:2].replace("lt", "<").replace("gt", ">").replace("le", "<=").replace("ge", ">=")
+           for o in _INEQUALITY_RE.findall(s)]
+    if not ops or not all(p.strip() for p in parts):
+        return s
+    parts = [p.strip() for p in parts]
+    if len(ops) == 1 and not _is_variable(parts[0]) and _is_variable(parts[1]):
+        parts, ops = parts[::-1], [{"<": ">", ">": "<", "<=": ">=", ">=": "<="}[ops[0]]]
+    if len(ops) == 1 and _is_variable(parts[0]):
+        bound = parts[1]
+        return {"<": f"(-\\infty,{bound})", "<=": f"(-\\infty,{bound}]",
+                ">": f"({bound},\\infty)", ">=": f"[{bound},\\infty)"}[ops[0]]
+    if len(ops) == 2 and _is_variable(parts[1]) and ops[0][0] == ops[1][0]:
+        low, high = (parts[0], parts[2]) if ops[0][0] == "<" else (parts[2], parts[0])
+        low_op, high_op = (ops[0], ops[1]) if ops[0][0] == "<" else (ops[1], ops[0])
+        return ("[" if low_op.endswith("=") else "(") + f"{low},{high}" + ("]" if high_op.endswith("=") else ")")
+    return s
 
 
 def _normalize(s):
-    """Canonical string form of one answer (no parsing, only string rewrites)."""
+    """(canonical string form, canonical unit or None) of one answer: string rewrites only."""
     s = s.strip()
+    s = _SUPERSCRIPT_RE.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPTS) + "}", s)  # x² = x^{2}
+    s = _SUBSCRIPT_RE.sub(lambda m: "_{" + "".join(str(ord(c) - 0x2080) for c in m.group(0)) + "}", s)
     for old, new in _UNICODE.items():
         s = s.replace(old, new)
     s = _SIZING_RE.sub("", s)
     for old, new in _REPLACE:
         s = s.replace(old, new)
     s = _SPACING_RE.sub("", s)
-    s = s.strip().rstrip(".").strip()
+    s = s.strip().rstrip(".,").strip()
     s = re.sub(r"\\text\{\s*(?:and|or)\s*\}", ",", s)
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{5} = 4210_5, x_{0} = x_0
+    unit = None
     text_free = _UNIT_TEXT_RE.sub("", s).strip()
     if text_free != s and re.match(r"[-+.\d\\(]", text_free) and re.search(r"[\d}]", text_free):
-        s = text_free  # "5.4 \text{ cents}", "864 \mbox{ inches}^2": drop the units
+        unit = _canonical_unit("".join(_UNIT_TEXT_RE.findall(s)))
+        s = text_free  # "5.4 \text{ cents}", "864 \mbox{ inches}^2": the unit is compared apart
     else:
         s = _TEXT_RE.sub(lambda m: m.group(1), s).strip()  # "\text{east}", "\text{(C)}"
-    s = _UNIT_WORD_RE.sub("", s)
+    m = _UNIT_WORD_RE.search(s)
+    if m:
+        unit, s = unit or _canonical_unit(m.group(0)), s[: m.start()]
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)  # "x \in [-2,7]"
     m = _CHOICE_RE.fullmatch(s)
     if m:
@@ -185,9 +318,13 @@ def _normalize(s):
     m = _MIXED_RE.fullmatch(s)
     if m:
         s = f"{m.group(1)}({m.group(2)}+\\frac{m.group(3)}{m.group(4)})"  # 1\frac{4}{5} = 9/5
+    s = _REPEATING_RE.sub(_repeating_decimal, s)
     s = re.sub(r"\s+", " ", s)
     s = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", s)  # keep only spaces between letters
-    return s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s
+    if s in ("\\{\\}", "\\{ \\}"):
+        s = "\\emptyset"
+    s = _inequality_interval(s)
+    return s.replace(",", "") if _THOUSANDS_RE.fullmatch(s) else s, unit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,13 +423,13 @@ def _items(parts, level):
     return out
 
 
-def _unordered_equal(xs, golds):
+def _unordered_equal(xs, golds, rounding):
     if len(xs) != len(golds):
         return False
     unused = list(golds)
     for x in xs:
         for j, g in enumerate(unused):
-            if _struct_equal(x, g):
+            if _struct_equal(x, g, rounding):
                 del unused[j]
                 break
         else:
@@ -300,8 +437,8 @@ def _unordered_equal(xs, golds):
     return True
 
 
-def _ordered_equal(xs, golds):
-    return len(xs) == len(golds) and all(_struct_equal(x, g) for x, g in zip(xs, golds))
+def _ordered_equal(xs, golds, rounding):
+    return len(xs) == len(golds) and all(_struct_equal(x, g, rounding) for x, g in zip(xs, golds))
 
 
 def _vector(struct):
@@ -314,33 +451,33 @@ def _vector(struct):
     return None
 
 
-def _struct_equal(a, g):
+def _struct_equal(a, g, rounding):
     ka, kg = a[0], g[0]
     if ka == "eq" or kg == "eq":
-        return _equation_equal(a, g)
+        return _equation_equal(a, g, rounding)
     if ka == kg == "scalar":
-        return _scalar_equal(a[1], g[1])
+        return _scalar_equal(a[1], g[1], rounding)
     if ka in ("set", "list") and kg in ("set", "list"):
-        return _unordered_equal(a[1], g[1])
+        return _unordered_equal(a[1], g[1], rounding)
     if ka == kg == "union":
-        return _unordered_equal(a[1], g[1])
+        return _unordered_equal(a[1], g[1], rounding)
     if ka == kg == "seq":
-        return a[1] == g[1] and _ordered_equal(a[2], g[2])
+        return a[1] == g[1] and _ordered_equal(a[2], g[2], rounding)
     # a bare "1, 2" answers the tuple (1, 2) in order; a bare list never answers an interval [a, b]
     if ka == "list" and kg == "seq" and g[1] == "()":
-        return _ordered_equal(a[1], g[2])
+        return _ordered_equal(a[1], g[2], rounding)
     if kg == "list" and ka == "seq" and a[1] == "()":
-        return _ordered_equal(a[2], g[1])
+        return _ordered_equal(a[2], g[1], rounding)
     if ka == kg == "matrix":
         return (len(a[1]) == len(g[1])
-                and all(_ordered_equal(ra, rg) for ra, rg in zip(a[1], g[1])))
+                and all(_ordered_equal(ra, rg, rounding) for ra, rg in zip(a[1], g[1])))
     # a column/row vector answers a tuple and vice versa
     if ka == "matrix" and kg == "seq" and g[1] == "()":
         vec = _vector(a)
-        return vec is not None and _ordered_equal(vec, g[2])
+        return vec is not None and _ordered_equal(vec, g[2], rounding)
     if kg == "matrix" and ka == "seq" and a[1] == "()":
         vec = _vector(g)
-        return vec is not None and _ordered_equal(a[2], vec)
+        return vec is not None and _ordered_equal(a[2], vec, rounding)
     return False
 
 
@@ -357,6 +494,7 @@ _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "e
           "Xi", "Sigma", "Phi", "Psi", "Omega", "hbar", "ell"}
 _NUM_RE = re.compile(r"(\d+\.?\d*|\.\d+)(?:[eE]([-+]?\d+)(?![\d.]))?")
 _CMD_RE = re.compile(r"\\([a-zA-Z]+)")
+_BRACKET_COMMANDS = {"lceil": ("rceil", "ceil"), "lfloor": ("rfloor", "floor")}
 
 
 class _Parser:
@@ -416,7 +554,8 @@ class _Parser:
                 right = self.unary_power()
                 left = self.node("div" if ch == "/" or cmd == "div" else "mul", left, right)
             elif ch and (ch.isalnum() or ch in "({[." or (ch == "\\" and cmd not in (
-                    None, "cdot", "times", "div", "pm", "mp", "cup", "in", "leq", "geq", "le", "ge"))):
+                    None, "cdot", "times", "div", "pm", "mp", "cup", "in", "leq", "geq", "le", "ge", "rceil",
+                    "rfloor"))):
                 left = self.node("mul", left, self.power())  # implicit product: 2x, 3\sqrt{2}
             else:
                 return left
@@ -441,7 +580,7 @@ class _Parser:
         if ch == "-":
             self.i += 1
             return self.node("neg", self.exponent())
-        if ch.isdigit():  # TeX: x^23 is x^2 * 3
+        if ch.isdecimal():  # TeX: x^23 is x^2 * 3
             self.i += 1
             return self.node("num", Fraction(int(ch)))
         return self.postfix()
@@ -472,7 +611,7 @@ class _Parser:
         ch = self.peek()
         if ch == "{":
             return self.group()
-        if ch.isdigit():
+        if ch.isdecimal():
             self.i += 1
             return self.node("num", Fraction(int(ch)))
         if ch.isalpha():
@@ -504,12 +643,10 @@ class _Parser:
         ch = self.peek()
         if not ch:
             self.fail("unexpected end")
-        if ch.isdigit() or (ch == "." and self.s[self.i + 1 : self.i + 2].isdigit()):
+        if ch.isdecimal() or (ch == "." and self.s[self.i + 1 : self.i + 2].isdecimal()):  # not isdigit(): "²"
             m = _NUM_RE.match(self.s, self.i)
             self.i = m.end()
             mantissa = m.group(1)
-            if len(mantissa) > 200:
-                self.fail("number too long")
             value = Fraction(mantissa.rstrip(".") or "0")
             if m.group(2):
                 e = int(m.group(2))
@@ -554,6 +691,17 @@ class _Parser:
                 radicand = self.tex_arg()
                 return self.node("pow", radicand, self.node("div", self.node("num", Fraction(1)), index))
             return self.node("fn", "sqrt", self.tex_arg())
+        if name in _BRACKET_COMMANDS:  # \lceil x \rceil, \lfloor x \rfloor
+            closer, fn = _BRACKET_COMMANDS[name]
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self.fail("nesting too deep")
+            inner = self.expr()
+            if self.peek() != "\\" or self.command_at() != closer:
+                self.fail(f"no \\{closer}")
+            self.i += len(closer) + 1
+            self.depth -= 1
+            return self.node("fn", fn, inner)
         if name == "pi":
             return self.node("const", "pi")
         if name == "infty":
@@ -584,7 +732,8 @@ class _Parser:
             arg = self.group()
         else:  # \sin 2x: the argument is the following product
             arg = self.power()
-            while self.peek() and (self.peek().isalnum() or (self.peek() == "\\" and self.command_at() in _GREEK | {"pi"})):
+            while self.peek() and (self.peek().isalnum()
+                                   or (self.peek() == "\\" and self.command_at() in _GREEK | {"pi"})):
                 arg = self.node("mul", arg, self.power())
         if power == ("neg", ("num", Fraction(1))) and name in ("sin", "cos", "tan"):
             return self.node("fn", "arc" + name, arg)
@@ -600,99 +749,210 @@ def _parse(s):
     return _Parser(s).parse()
 
 
-# ---- exact rationals (no sympy) ------------------------------------------------------------------
+# ---- one evaluator, three number domains ---------------------------------------------------------
+# A parsed tree is evaluated by _evaluate in one of three domains: exact rationals (Fraction: plain
+# numbers, and rational functions at rational points), complex floating point (fast rejection at
+# sample points) and sympy (symbolic confirmation). The operator dispatch is written once; a domain
+# only says what the operations whose meaning differs between domains do.
 
 
-def _check_exponent(e):
-    if abs(e) > MAX_EXPONENT:
-        raise _Reject("exponent too large")
+class _Inexact(Exception):
+    """The tree has no value in the exact domain (pi, sqrt(2), sin x, a symbol without a point)."""
 
 
-def _exact(t):
-    """The tree's value as a Fraction when it is a rational constant, else None."""
+@dataclasses.dataclass(frozen=True)
+class _Domain:
+    num: Callable  # Fraction -> value
+    sym: Callable  # (name, env) -> value
+    const: Callable  # "pi" | "e" | "i" | "oo" -> value
+    fn: Callable  # (name, value) -> value
+    fact: Callable
+    binom: Callable
+    mul: Callable
+    div: Callable
+    pow: Callable
+
+
+def _evaluate(t, domain, env):
     kind = t[0]
     if kind == "num":
-        return t[1]
-    if kind == "neg":
-        v = _exact(t[1])
-        return None if v is None else -v
-    if kind in ("add", "sub", "mul", "div", "pow", "binom"):
-        a, b = _exact(t[1]), _exact(t[2])
-        if a is None or b is None:
-            return None
-        if kind == "add":
-            return a + b
-        if kind == "sub":
-            return a - b
-        if kind == "mul":
-            return a * b
-        if kind == "div":
-            return None if b == 0 else a / b
-        if kind == "binom":
-            if a.denominator != 1 or b.denominator != 1:
-                return None
-            _check_exponent(a)
-            return Fraction(math.comb(int(a), int(b))) if 0 <= b <= a else Fraction(0)
-        _check_exponent(b)
-        if b.denominator != 1 or (a == 0 and b < 0):
-            return None
-        bits = max(a.numerator.bit_length(), a.denominator.bit_length()) * abs(int(b))
-        if bits > MAX_EXACT_BITS:
-            raise _Reject("number too large")
-        return a ** int(b)
-    if kind == "fact":
-        v = _exact(t[1])
-        if v is None or v.denominator != 1 or v < 0:
-            return None
-        if v > MAX_FACTORIAL:
-            raise _Reject("factorial too large")
-        return Fraction(math.factorial(int(v)))
-    return None
-
-
-# ---- complex floating point (fast rejection) -----------------------------------------------------
-
-_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "arcsin": cmath.asin,
-          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
-          "tanh": cmath.tanh, "ln": cmath.log, "log": cmath.log, "exp": cmath.exp,
-          "sqrt": cmath.sqrt, "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z),
-          "cot": lambda z: 1 / cmath.tan(z)}
-_CONSTS = {"pi": math.pi, "e": math.e, "i": 1j, "oo": math.inf}
-
-
-def _numeric(t, env):
-    """Complex value of the tree with symbols taken from env (may raise arithmetic errors)."""
-    kind = t[0]
-    if kind == "num":
-        return complex(t[1])
+        return domain.num(t[1])
     if kind == "sym":
-        return env[t[1]]
+        return domain.sym(t[1], env)
     if kind == "const":
-        return _CONSTS[t[1]]
-    if kind == "neg":
-        return -_numeric(t[1], env)
+        return domain.const(t[1])
     if kind == "fn":
-        return _CMATH[t[1]](_numeric(t[2], env))
+        return domain.fn(t[1], _evaluate(t[2], domain, env))
+    if kind == "neg":
+        return -_evaluate(t[1], domain, env)
     if kind == "fact":
-        v = _numeric(t[1], env)
-        if abs(v.real) > MAX_FACTORIAL:
-            raise _Reject("factorial too large")
-        return complex(math.gamma(v.real + 1)) if v.imag == 0 else complex("nan")
-    a, b = _numeric(t[1], env), _numeric(t[2], env)
+        return domain.fact(_evaluate(t[1], domain, env))
+    a, b = _evaluate(t[1], domain, env), _evaluate(t[2], domain, env)
     if kind == "add":
         return a + b
     if kind == "sub":
         return a - b
     if kind == "mul":
-        return a * b
+        return domain.mul(a, b)
     if kind == "div":
-        return a / b
+        return domain.div(a, b)
     if kind == "binom":
-        return complex(math.comb(int(a.real), int(b.real))) if a.real <= MAX_FACTORIAL else complex("nan")
-    _check_exponent(abs(b))
+        return domain.binom(a, b)
+    return domain.pow(a, b)
+
+
+# ---- exact rationals: sizes are bounded by the size of the result, not of the input ----------------
+
+
+def _bits(v):
+    return max(v.numerator.bit_length(), v.denominator.bit_length())
+
+
+def _check_bits(bits):
+    if bits > MAX_EXACT_BITS:
+        raise _Reject("number too large")
+
+
+def _exact_sym(name, env):
+    if env is None or name not in env:
+        raise _Inexact(name)
+    return env[name]
+
+
+def _exact_const(name):
+    raise _Inexact(name)
+
+
+def _exact_root(v, n):
+    """The exact n-th root of the rational v >= 0, or _Inexact (sqrt(4) = 2, 8^(1/3) = 2)."""
+    if v < 0 or n > 64 or _bits(v) > 4096:
+        raise _Inexact("root")
+    roots = []
+    for part in (v.numerator, v.denominator):
+        if n != 2 and part.bit_length() > 1000:
+            raise _Inexact("root")  # the float guess below would overflow
+        r = math.isqrt(part) if n == 2 else round(part ** (1.0 / n))  # a float guess, checked exactly below
+        if r ** n != part:
+            raise _Inexact("root")
+        roots.append(r)
+    return Fraction(roots[0], roots[1])
+
+
+def _exact_fn(name, v):
+    if name == "floor":
+        return Fraction(math.floor(v))
+    if name == "ceil":
+        return Fraction(math.ceil(v))
+    if name == "sqrt":
+        return _exact_root(v, 2)
+    raise _Inexact(name)
+
+
+def _exact_integer(v):
+    if v.denominator != 1:
+        raise _Inexact("not an integer")
+    return int(v)
+
+
+def _exact_fact(v):
+    n = _exact_integer(v)
+    if n < 0:
+        raise _Inexact("factorial of a negative number")
+    _check_bits(0 if n < 2 else math.lgamma(n + 1) / math.log(2))
+    return Fraction(math.factorial(n))
+
+
+def _exact_binom(a, b):
+    n, k = _exact_integer(a), _exact_integer(b)
+    if n < 0:
+        raise _Inexact("binomial of a negative number")
+    if not 0 <= k <= n:
+        return Fraction(0)
+    _check_bits(min(k, n - k) * n.bit_length())  # C(n, k) < n^min(k, n-k)
+    return Fraction(math.comb(n, k))
+
+
+def _exact_mul(a, b):
+    _check_bits((_bits(a) + _bits(b)) // 2)  # a product may reach twice the bound, no more
+    return a * b
+
+
+def _exact_div(a, b):
+    if b == 0:
+        raise _Inexact("division by zero")  # the complex domain finds no finite value either
+    return a / b
+
+
+def _exact_pow(a, b):
+    if b.denominator != 1:
+        if b.denominator > 64:
+            raise _Inexact("root")
+        a, b = _exact_root(a, b.denominator), Fraction(b.numerator)
+    if a == 0:
+        if b < 0:
+            raise _Inexact("division by zero")
+        return Fraction(1) if b == 0 else a
+    if abs(a) == 1:
+        return a ** int(b)  # (-1)^(10^999) is cheap
+    _check_bits(_bits(a) * abs(b))
+    return a ** int(b)
+
+
+_EXACT = _Domain(num=lambda v: v, sym=_exact_sym, const=_exact_const, fn=_exact_fn, fact=_exact_fact,
+                 binom=_exact_binom, mul=_exact_mul, div=_exact_div, pow=_exact_pow)
+
+
+def _exact(t, env=None):
+    """The tree's value as a Fraction (symbols taken from env), or None when it is not rational."""
+    try:
+        return _evaluate(t, _EXACT, env)
+    except _Inexact:
+        return None
+
+
+# ---- complex floating point (fast rejection) -----------------------------------------------------
+
+
+def _real_only(f):
+    return lambda z: complex(f(z.real)) if z.imag == 0 else complex("nan")
+
+
+_CMATH = {"sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan, "arcsin": cmath.asin,
+          "arccos": cmath.acos, "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh,
+          "tanh": cmath.tanh, "ln": cmath.log, "log": cmath.log, "exp": cmath.exp,
+          "sqrt": cmath.sqrt, "sec": lambda z: 1 / cmath.cos(z), "csc": lambda z: 1 / cmath.sin(z),
+          "cot": lambda z: 1 / cmath.tan(z), "floor": _real_only(math.floor), "ceil": _real_only(math.ceil)}
+_CONSTS = {"pi": math.pi, "e": math.e, "i": 1j, "oo": math.inf}
+
+
+def _complex_fact(v):
+    if v.imag != 0:
+        raise _Reject("factorial of a non-real number")
+    if abs(v.real) > MAX_FACTORIAL:
+        raise _Reject("factorial too large")
+    return complex(math.gamma(v.real + 1))
+
+
+def _complex_binom(a, b):
+    if a.imag or b.imag or a.real != int(a.real) or b.real != int(b.real) or abs(a.real) > 1e6:
+        return complex("nan")
+    return complex(math.comb(int(a.real), int(b.real))) if 0 <= b.real <= a.real else 0j
+
+
+def _complex_pow(a, b):
     if b.imag == 0 and b.real == int(b.real) and a.imag == 0:
         return complex(a.real ** int(b.real))  # keep (-8)^3 real
     return a ** b
+
+
+_COMPLEX = _Domain(num=complex, sym=lambda name, env: env[name], const=_CONSTS.__getitem__,
+                   fn=lambda name, z: _CMATH[name](z), fact=_complex_fact, binom=_complex_binom,
+                   mul=operator.mul, div=operator.truediv, pow=_complex_pow)
+
+
+def _numeric(t, env):
+    """Complex value of the tree with symbols taken from env (may raise arithmetic errors)."""
+    return _evaluate(t, _COMPLEX, env)
 
 
 def _symbols(t, out):
@@ -727,8 +987,10 @@ def _sample_envs(symbols, count=3):
             for k in range(count)]
 
 
-def _numerically_different(a, g, symbols):
-    """True when some sample point shows a clear difference; False when none does."""
+def _numerically_equal(a, g, symbols):
+    """True when a and g agree at every sample point where both are finite, and there is at least
+    one such point (an answer like 2^{i!} that is nowhere finite is never handed to sympy)."""
+    finite = False
     for env in _sample_envs(symbols):
         try:
             x, y = _numeric(a, env), _numeric(g, env)
@@ -737,53 +999,135 @@ def _numerically_different(a, g, symbols):
         if not (cmath.isfinite(x) and cmath.isfinite(y)):
             continue
         if abs(x - y) > 1e-8 * max(abs(x), abs(y)) + 1e-12:
-            return True
-    return False
+            return False
+        finite = True
+    return finite
+
+
+# Rational functions are compared exactly at rational points: two different rational functions of
+# degree <= d agree at a random point with probability <= 2d / (size of the point set) (Schwartz-Zippel),
+# so exact agreement at 3 points of large numerators and denominators is an identity test that needs no
+# sympy. Floor and ceiling are piecewise constant and are left to sympy.
+# In a rational function of pi, e, i and square roots of rational numbers (no other functions: 288\pi,
+# 6-5i, \sqrt{117}) the constants are taken as symbols too, a root as its reduced form 3 * "#sqrt13".
+# Identical rational functions have equal values, so "equal" is sound; a transcendental pi or e
+# satisfies no polynomial identity, so "different" is sound for them, while i and roots (i^2 = -1,
+# sqrt2 sqrt3 = sqrt6) leave a "different" to sympy.
+_RATIONAL_POINTS = (Fraction(104729, 7919), Fraction(-1299709, 611953), Fraction(15485863, 32452843))
+
+
+def _square_free(n):
+    """(c, m) with n = c^2 m and m free of the squares of primes below 1000 (m = 1 for a perfect square)."""
+    c = 1
+    for d in range(2, 1000):
+        if d * d > n:
+            break
+        while n % (d * d) == 0:
+            n //= d * d
+            c *= d
+    r = math.isqrt(n)
+    return (c * r, 1) if r * r == n else (c, n)
+
+
+def _constants_as_symbols(t):
+    """The tree with pi, e, i turned into symbols "#pi", "#e", "#i" and \\sqrt{r} (r > 0 rational) into
+    c * "#sqrtm" when it is a rational function of its symbols and these constants (integer exponents
+    only), else None."""
+    kind = t[0]
+    if kind == "fn" and t[1] == "sqrt":
+        v = _exact(t[2])
+        if v is None or v <= 0 or _bits(v) > 64:
+            return None
+        c, m = _square_free(v.numerator * v.denominator)  # sqrt(p/q) = sqrt(p q) / q
+        coefficient = ("num", Fraction(c, v.denominator))
+        return coefficient if m == 1 else ("mul", coefficient, ("sym", f"#sqrt{m}"))
+    if kind == "const":
+        return ("sym", "#" + t[1]) if t[1] != "oo" else None
+    if kind in ("num", "sym"):
+        return t
+    if kind == "pow":
+        exponent = _exact(t[2])
+        base = _constants_as_symbols(t[1])
+        return None if base is None or exponent is None or exponent.denominator != 1 else (kind, base, t[2])
+    if kind not in ("neg", "add", "sub", "mul", "div"):
+        return None  # functions, roots, factorials, binomials
+    children = [_constants_as_symbols(c) for c in t[1:]]
+    return None if None in children else (kind, *children)
+
+
+def _exact_fn_at_points(name, v):
+    if name in ("floor", "ceil"):
+        raise _Inexact(name)
+    return _exact_fn(name, v)
+
+
+_EXACT_AT_POINTS = dataclasses.replace(_EXACT, fn=_exact_fn_at_points)
+
+
+def _exact_identity(a, g, symbols, ratio=False):
+    """True / False when a - g (ratio=True: a / g a nonzero constant) is decided exactly at rational
+    points; None when a side is not a rational function of its symbols (sin x, sqrt x, floor)."""
+    with_constants = _constants_as_symbols(a), _constants_as_symbols(g)
+    uses_i = False
+    if None not in with_constants and with_constants != (a, g):  # some constant or root became a symbol
+        a, g = with_constants
+        symbols = _symbols(a, set()) | _symbols(g, set())
+        uses_i = any(name == "#i" or name.startswith("#sqrt") for name in symbols)
+    names = sorted(symbols)
+    values = []
+    for k, point in enumerate(_RATIONAL_POINTS):
+        env = {name: point + Fraction(j, 3 + k) for j, name in enumerate(names)}
+        try:
+            x, y = _evaluate(a, _EXACT_AT_POINTS, env), _evaluate(g, _EXACT_AT_POINTS, env)
+        except (_Inexact, _Reject):
+            return None
+        values.append((x, y))
+        if not symbols:
+            break
+    if not ratio:
+        same = all(x == y for x, y in values)
+    elif any(y == 0 for _, y in values):
+        return None
+    else:
+        q = values[0][0] / values[0][1]
+        same = q != 0 and all(x == q * y for x, y in values)
+    return None if uses_i and not same else same
 
 
 # ---- sympy (only for equal-looking pairs of different form) --------------------------------------
 
-_sympy = None
+_sympy = None  # the module, imported on first use
+_SYMPY = None  # its _Domain
+
+
+def _load_sympy():
+    """Import sympy (once, ~0.5 s); the time limit of score() waits until the import is complete."""
+    global _sympy, _SYMPY
+    if _sympy is not None:
+        return
+    _ALARM["importing"] = True  # an alarm now would leave sympy half-imported for the rest of the run
+    try:
+        import sympy as sp
+    finally:
+        _ALARM["importing"] = False
+    names = {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan", "ceil": "ceiling"}
+    consts = {"pi": sp.pi, "e": sp.E, "i": sp.I, "oo": sp.oo}
+    _SYMPY = _Domain(num=lambda v: sp.Rational(v.numerator, v.denominator), sym=lambda name, env: sp.Symbol(name),
+                     const=consts.__getitem__, fn=lambda name, x: getattr(sp, names.get(name, name))(x),
+                     fact=sp.factorial, binom=sp.binomial, mul=operator.mul, div=operator.truediv,
+                     pow=operator.pow)
+    _sympy = sp
 
 
 def _to_sympy(t):
-    sp = _sympy
-    kind = t[0]
-    if kind == "num":
-        return sp.Rational(t[1].numerator, t[1].denominator)
-    if kind == "sym":
-        return sp.Symbol(t[1])
-    if kind == "const":
-        return {"pi": sp.pi, "e": sp.E, "i": sp.I, "oo": sp.oo}[t[1]]
-    if kind == "neg":
-        return -_to_sympy(t[1])
-    if kind == "fact":
-        return sp.factorial(_to_sympy(t[1]))
-    if kind == "fn":
-        name = {"ln": "log", "arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(t[1], t[1])
-        return getattr(sp, name)(_to_sympy(t[2]))
-    a, b = _to_sympy(t[1]), _to_sympy(t[2])
-    if kind == "add":
-        return a + b
-    if kind == "sub":
-        return a - b
-    if kind == "mul":
-        return a * b
-    if kind == "div":
-        return a / b
-    if kind == "binom":
-        return sp.binomial(a, b)
-    return a ** b
+    return _evaluate(t, _SYMPY, None)
 
 
 def _sympy_zero(t_diff_a, t_diff_b, ratio=False):
     """Does sympy show a - b == 0 (or, with ratio=True, a / b a nonzero constant)?"""
-    global _sympy
     if max(_max_exponent(t_diff_a), _max_exponent(t_diff_b)) > MAX_SYMPY_EXPONENT:
         return False
-    if _sympy is None:
-        import sympy
-        _sympy = sympy
+    _load_sympy()
     a, b = _to_sympy(t_diff_a), _to_sympy(t_diff_b)
     if ratio:
         q = _sympy.simplify(a / b)
@@ -791,41 +1135,90 @@ def _sympy_zero(t_diff_a, t_diff_b, ratio=False):
     d = a - b
     if d == 0:
         return True
-    d = _sympy.simplify(d)
-    return d == 0 or d.equals(0) is True
+    simple = _sympy.simplify(d)
+    if simple == 0:
+        return True
+    if d.has(_sympy.sin, _sympy.cos, _sympy.tan, _sympy.cot, _sympy.sec, _sympy.csc) and _sympy.fu(d) == 0:
+        return True
+    return simple.equals(0) is True
 
 
 # ---- scalar comparison --------------------------------------------------------------------------
 
 _DECIMAL_RE = re.compile(r"[-+]?(\d*)\.?(\d*)(?:[eE]([-+]?\d+)|\\times10\^\{?([-+]?\d+)\}?)?")
+_PLAIN_DECIMAL_RE = re.compile(r"[-+]?(\d*)\.(\d+)")
+# "round your answer to", "to the nearest hundredth", "3 significant figures"; not "a round table", "the nearest
+# vertex", "in every round" (checked on the problems of MATH, Minerva and OlympiadBench)
+_ROUNDING_ASKED_RE = re.compile(r"\bround(?:ed|ing)?\s+(?:\w+\s+){0,4}?(?:to|off)\b|\bto the nearest\b|"
+                                r"\bdecimal places?\b|\bsignificant (?:figure|digit)s?\b|\bto \w+ (?:digits|places)\b|"
+                                r"\bapproximate(?:ly)?\b|\bestimate\b", re.IGNORECASE)
+MIN_LONG_DECIMAL_DIGITS = 6
+
+
+def rounding_asked(problem):
+    """Does the problem text ask for a rounded answer ("to the nearest hundredth", "3 significant figures")?"""
+    return bool(problem) and _ROUNDING_ASKED_RE.search(problem) is not None
 
 
 def _gold_quantum(gold):
-    """Rounding unit of a gold written as a decimal ("0.15" -> 1/100, "4.5e33" -> 1e32), else None."""
+    """(rounding unit, scientific?) of a gold written as a decimal ("0.15" -> 1/100, "4.5e33" -> 1e32), else None."""
     m = _DECIMAL_RE.fullmatch(gold)
     if not m or not (m.group(1) or m.group(2)):
         return None
     exponent = m.group(3) or m.group(4)
     if "." not in gold and exponent is None:
         return None  # an integer gold is exact
-    return Fraction(10) ** (int(exponent or 0) - len(m.group(2)))
+    return Fraction(10) ** (int(exponent or 0) - len(m.group(2))), exponent is not None
 
 
 def _rounds_to(value, gold_value, quantum):
+    """Does value, rounded half away from zero to a multiple of quantum, equal gold_value?"""
     steps = abs(value) / quantum
     rounded = math.floor(steps + Fraction(1, 2)) * quantum
     return (rounded if value >= 0 else -rounded) == gold_value
 
 
-def _scalar_equal(a, g):
+def _long_decimal_matches(a, value, gold_value):
+    """Rule 3: a decimal answer of >= 6 significant digits matches a rational gold that it agrees with
+    on every digit it gives (the gold truncated or rounded at the answer's last place)."""
+    m = _PLAIN_DECIMAL_RE.fullmatch(a)
+    if not m or len((m.group(1) + m.group(2)).lstrip("0")) < MIN_LONG_DECIMAL_DIGITS:
+        return False
+    quantum = Fraction(1, 10 ** len(m.group(2)))
+    return value == math.trunc(gold_value / quantum) * quantum or _rounds_to(gold_value, value, quantum)
+
+
+def _percent_equal(a, g, rounding):
+    """One side carries a percent sign: "25%" answers 25 (the gold left the sign out) and 0.25, but
+    "5000%" does not answer 50: the reading x% = x/100 needs a plain side that is not an integer."""
+    a_plain, g_plain = a.rstrip("%").strip(), g.rstrip("%").strip()
+    if _scalar_equal(a_plain, g_plain, rounding):
+        return True
+    plain = g_plain if a.endswith("%") else a_plain
+    value = _exact(_parse(plain))
+    if value is None or value.denominator == 1:
+        return False
+    if a.endswith("%"):
+        return _scalar_equal(f"({a_plain})/100", g_plain, rounding)
+    return _scalar_equal(a_plain, f"({g_plain})/100", rounding)
+
+
+def _real_value(t):
+    """The real number a constant tree stands for, as a Fraction (through a float), or None."""
+    try:
+        x = _numeric(t, {})
+    except (ArithmeticError, ValueError, KeyError):
+        return None
+    if not cmath.isfinite(x) or abs(x.imag) > 1e-12 * max(1.0, abs(x)):
+        return None
+    return Fraction(x.real)
+
+
+def _scalar_equal(a, g, rounding=False):
     if a == g:
         return True
-    if a.endswith("%") != g.endswith("%"):  # 50% answers 50 and 0.5
-        pct_side, other = (a, g) if a.endswith("%") else (g, a)
-        plain = pct_side[:-1].strip()
-        as_fraction = f"({plain})/100"
-        return (_scalar_equal(plain, other) if pct_side is a else _scalar_equal(a, plain)) or (
-            _scalar_equal(as_fraction, other) if pct_side is a else _scalar_equal(a, as_fraction))
+    if a.endswith("%") != g.endswith("%"):
+        return _percent_equal(a, g, rounding)
     a, g = a.rstrip("%"), g.rstrip("%")
     if a == g:
         return True
@@ -833,33 +1226,33 @@ def _scalar_equal(a, g):
         return a.lower() == g.lower()  # words: "East" answers \text{east}
     ta, tg = _parse(a), _parse(g)
     va, vg = _exact(ta), _exact(tg)
-    quantum = _gold_quantum(g)
+    decimal_gold = _gold_quantum(g)
+    may_round = decimal_gold is not None and (rounding or decimal_gold[1])
     if va is not None and vg is not None:
-        return va == vg or (quantum is not None and _rounds_to(va, vg, quantum))
+        if va == vg:
+            return True
+        if may_round:
+            return _rounds_to(va, vg, decimal_gold[0])
+        return decimal_gold is None and _long_decimal_matches(a, va, vg)
     symbols = _symbols(ta, set()) | _symbols(tg, set())
-    if quantum is not None and vg is not None:  # decimal gold, irrational answer like \sqrt{2}/2
-        if symbols:
-            return False
-        try:
-            x = _numeric(ta, {})
-        except (ArithmeticError, ValueError):
-            return False
-        if not cmath.isfinite(x) or abs(x.imag) > 1e-12 * max(1.0, abs(x)):
-            return False
-        return _rounds_to(Fraction(x.real), vg, quantum)
-    if _numerically_different(ta, tg, symbols):
+    if decimal_gold is not None:  # a decimal gold and an irrational answer (\pi for 3.14) only match by rounding
+        x = None if symbols or not may_round else _real_value(ta)
+        return x is not None and _rounds_to(x, vg, decimal_gold[0])
+    if not _numerically_equal(ta, tg, symbols):
         return False
-    return _sympy_zero(ta, tg)
+    same = _exact_identity(ta, tg, symbols)
+    return same if same is not None else _sympy_zero(ta, tg)
 
 
 def _is_variable(s):
-    return re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?", s) is not None
+    """A variable ("x", "\\theta", "a_1") or a function of variables ("f(x)", "g(x,y)")."""
+    return re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([a-zA-Z](?:,[a-zA-Z])*\))?", s) is not None
 
 
-def _equation_equal(a, g):
+def _equation_equal(a, g, rounding):
     if a[0] == "eq" and g[0] == "eq":
         if a[1] == g[1] and _is_variable(g[1]):
-            return _struct_equal(_structure(a[2]), _structure(g[2]))
+            return _struct_equal(_structure(a[2]), _structure(g[2]), rounding)
         # general equations: (l1 - r1) is a nonzero constant multiple of (l2 - r2)
         da = _parse(f"{a[1]}-({a[2]})")
         dg = _parse(f"{g[1]}-({g[2]})")
@@ -873,37 +1266,123 @@ def _equation_equal(a, g):
                 continue
         if not ratios or any(abs(r - ratios[0]) > 1e-8 * abs(ratios[0]) for r in ratios):
             return False
-        return _sympy_zero(da, dg, ratio=True)
-    if a[0] == "eq":  # "x = 5" answers 5
-        return _is_variable(a[1]) and _struct_equal(_structure(a[2]), g)
-    return _is_variable(g[1]) and _struct_equal(a, _structure(g[2]))
+        same = _exact_identity(da, dg, symbols, ratio=True)
+        return same if same is not None else _sympy_zero(da, dg, ratio=True)
+    if a[0] == "eq":  # "x = 5" answers 5, "f(x) = 2x" answers 2x
+        return _is_variable(a[1]) and _struct_equal(_structure(a[2]), g, rounding)
+    return _is_variable(g[1]) and _struct_equal(a, _structure(g[2]), rounding)
 
 
-def is_equivalent(answer, gold):
-    """Is the bare answer equal to the bare gold answer? (gold sets the decimal precision)."""
+def is_equivalent(answer, gold, problem=None):
+    """Is the bare answer equal to the bare gold answer? Not symmetric: the gold is the reference
+    (its form sets the decimal policy); `problem` only says whether rounding was asked for."""
     if not isinstance(answer, str) or not isinstance(gold, str):
         return False
     if len(answer) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return False
-    a, g = _normalize(answer), _normalize(gold)
+    (a, a_unit), (g, g_unit) = _normalize(answer), _normalize(gold)
+    if a_unit and g_unit and a_unit != g_unit:
+        return False  # 5 km is not 5 m; a unit on one side only is ignored
     if a == g:
         return bool(a)
     try:
-        return _struct_equal(_structure(a), _structure(g))
+        return _struct_equal(_structure(a), _structure(g), rounding_asked(problem))
     except (_Reject, RecursionError, ArithmeticError, ValueError):
         return False
 
 
-def score(response, gold):
-    """1.0 when the response's final answer equals the gold answer, else 0.0."""
-    if gold is None or not str(gold).strip():
-        raise ValueError(f"gold answer is empty: {gold!r}")
+# ---- the time limit of score() ----------------------------------------------------------------------
+
+
+class _Timeout(BaseException):
+    """Raised by the SIGALRM handler inside score(). A BaseException, like KeyboardInterrupt, so that
+    no `except Exception` inside sympy can swallow it."""
+
+
+_ALARM = {"active": False, "importing": False}
+
+
+def _on_alarm(signum, frame):
+    # The timer re-fires every ALARM_REPEAT s until score() disarms it, so an alarm that arrives
+    # during the sympy import (deferred) or is swallowed somewhere is followed by another one.
+    if _ALARM["active"] and not _ALARM["importing"]:
+        raise _Timeout
+
+
+def _interrupt_after(timeout):
+    """When to stop a computation so that its call returns by `timeout` (time to unwind sympy's stack,
+    or to kill a worker process)."""
+    return timeout - min(0.25 * timeout, ALARM_UNWIND)
+
+
+def _call_with_time_limit(seconds, fn, *args):
+    """fn(*args) in the main thread, interrupted by SIGALRM after `seconds` (raises _Timeout).
+    A timer the caller had armed is restored afterwards with its remaining time."""
+    old_handler = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.siginterrupt(signal.SIGALRM, False)  # other threads' (gloo, vLLM) system calls restart, no EINTR
+    start = time.monotonic()
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    delay = _interrupt_after(seconds)
+    delay = min(delay, old_delay) if old_delay > 0 else delay
+    try:
+        _ALARM["active"] = True
+        signal.setitimer(signal.ITIMER_REAL, max(delay, 1e-6), ALARM_REPEAT)
+        return fn(*args)
+    finally:
+        while True:  # the alarm may fire at any bytecode, in this finally block too
+            try:
+                _ALARM["active"] = False
+                break
+            except _Timeout:
+                continue
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_delay > 0:  # the caller's own timer, minus the time spent here (it fires late, never early)
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-6), old_interval)
+
+
+_THREAD_POOL = None  # one worker process that scores for callers outside the main thread
+_THREAD_POOL_LOCK = threading.Lock()
+
+
+def _score_in_worker(response, gold, timeout, problem):
+    global _THREAD_POOL
+    with _THREAD_POOL_LOCK:
+        if _THREAD_POOL is None:
+            _THREAD_POOL = VerifierPool(1)
+        return _THREAD_POOL.score([response], [gold], timeout, [problem])[0]
+
+
+def _score_unbounded(response, gold, problem):
     answer = extract_answer(response)
     if answer is None:
         return 0.0
     try:
-        return 1.0 if is_equivalent(answer, str(gold)) else 0.0
+        return 1.0 if is_equivalent(answer, gold, problem) else 0.0
     except Exception:  # hostile output must never crash a training step
+        return 0.0
+
+
+def score(response, gold, timeout=DEFAULT_TIMEOUT, problem=None):
+    """1.0 when the response's final answer equals the gold answer, else 0.0.
+
+    The call never runs past `timeout` seconds (None: no limit): in the main thread a SIGALRM timer
+    interrupts it (scored 0); in any other thread, where signals cannot be delivered (or when SIGALRM
+    belongs to a handler installed from C), the pair is scored in a worker process killed at the
+    timeout (the first such call also waits for that process to start, about 0.1 s). `problem` (its
+    text) only decides whether a decimal gold may be matched by rounding (see the decimal policy above).
+    """
+    if gold is None or not str(gold).strip():
+        raise ValueError(f"gold answer is empty: {gold!r}")
+    gold = str(gold)
+    if timeout is None:
+        return _score_unbounded(response, gold, problem)
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGALRM) is None:
+        # None: a C handler we could not restore. The first such call also waits for the worker to start.
+        return _score_in_worker(response, gold, _interrupt_after(timeout), problem)
+    try:
+        return _call_with_time_limit(timeout, _score_unbounded, response, gold, problem)
+    except _Timeout:
         return 0.0
 
 
@@ -944,7 +1423,7 @@ class _Worker:
         payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
         self.proc.stdin.flush()
-        self.pending = deque(idx for idx, _, _ in items)
+        self.pending = deque(item[0] for item in items)
         self.deadline = time.monotonic() + timeout
 
     def kill(self):
@@ -982,8 +1461,9 @@ class VerifierPool:
         self.workers.append(fresh)
         return fresh
 
-    def score(self, responses, golds, timeout=DEFAULT_TIMEOUT):
+    def score(self, responses, golds, timeout=DEFAULT_TIMEOUT, problems=None):
         n = len(responses)
+        problems = [None] * n if problems is None else problems
         results = [None] * n
         chunk = max(1, min(64, n // (4 * self.size) or 1))
         queue = deque(list(range(s, min(n, s + chunk))) for s in range(0, n, chunk))
@@ -994,7 +1474,7 @@ class VerifierPool:
                 if w.ready and not w.pending and queue and w.fd not in busy:
                     idxs = queue.popleft()
                     try:
-                        w.send([(i, responses[i], golds[i]) for i in idxs], timeout)
+                        w.send([(i, responses[i], golds[i], problems[i]) for i in idxs], timeout)
                     except (BrokenPipeError, OSError):
                         queue.appendleft(idxs)
                         self._replace(w)
@@ -1072,22 +1552,24 @@ _POOL = None
 
 
 def _close_pool():
-    global _POOL
-    if _POOL is not None:
-        _POOL.close()
-        _POOL = None
+    global _POOL, _THREAD_POOL
+    for pool in (_POOL, _THREAD_POOL):
+        if pool is not None:
+            pool.close()
+    _POOL = _THREAD_POOL = None
 
 
 atexit.register(_close_pool)
 
 
-def score_batch(responses, golds, workers=DEFAULT_WORKERS, timeout=DEFAULT_TIMEOUT):
+def score_batch(responses, golds, workers=DEFAULT_WORKERS, timeout=DEFAULT_TIMEOUT, problems=None):
     """Scores of many (response, gold) pairs, in order.
 
-    workers=0 scores in this process (size bounds only, no wall-clock limit: for debugging).
+    workers=0 scores in this process, each item under score()'s own time limit.
     workers>=1 uses a module-level pool of that many worker processes, created on first use and
     reused by later calls (closed at interpreter exit); each item gets `timeout` seconds.
-    An empty or None gold is a data error: ValueError naming the item.
+    An empty or None gold is a data error: ValueError naming the item. problems (texts, optional)
+    let a problem that asks for rounding match a decimal gold by rounding.
     """
     global _POOL
     responses, golds = list(responses), list(golds)
@@ -1099,13 +1581,16 @@ def score_batch(responses, golds, workers=DEFAULT_WORKERS, timeout=DEFAULT_TIMEO
         if not isinstance(response, str):
             raise TypeError(f"response of item {i} is {type(response).__name__}, not str")
     golds = [str(g) for g in golds]
+    problems = [None] * len(golds) if problems is None else list(problems)
+    if len(problems) != len(golds):
+        raise ValueError(f"{len(problems)} problems but {len(golds)} golds")
     if workers == 0:
-        return [score(r, g) for r, g in zip(responses, golds)]
+        return [score(r, g, timeout, p) for r, g, p in zip(responses, golds, problems)]
     if _POOL is None or _POOL.size != workers or _POOL.owner_pid != os.getpid():
         if _POOL is not None:
             _POOL.close()
         _POOL = VerifierPool(workers)
-    return _POOL.score(responses, golds, timeout)
+    return _POOL.score(responses, golds, timeout, problems)
 
 
 def _worker_main():
@@ -1123,9 +1608,9 @@ def _worker_main():
         if len(header) < _HEADER.size:
             return  # parent closed the pipe or died
         items = pickle.loads(inp.read(_HEADER.unpack(header)[0]))
-        for idx, response, gold in items:
+        for idx, response, gold, problem in items:
             try:
-                value = score(response, gold)
+                value = score(response, gold, timeout=None, problem=problem)  # the parent enforces the limit
             except MemoryError:
                 value = 0.0
             out.write(_RECORD.pack(idx, value))
