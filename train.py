@@ -66,7 +66,9 @@ def score_samples(cfg: TrainConfig, rows, groups):
     if cfg.reward.kind == "first_char":
         scores = first_char_scores(texts, golds)
     else:
-        scores = verify.score_batch(texts, golds, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
+        problems = [r["problem"] for r in rows for _ in range(cfg.G)]  # says whether rounding was asked
+        scores = verify.score_batch(texts, golds, workers=cfg.reward.workers, timeout=cfg.reward.timeout,
+                                    problems=problems)
     return torch.tensor(scores, dtype=torch.float32).view(len(rows), cfg.G)
 
 
