@@ -1,0 +1,163 @@
+"""Seconds per RL step: train.py against TRL's GRPOTrainer at the same setting, side by side in one run.
+
+    python benchmarks/bench_trl.py [--setting tiny|smol] [--steps 12] [--rounds 2] [--trl-python PY]
+
+Same model, prompts, G, max new tokens, float32, no KL, GRPO loss, every response trained. Settings:
+  tiny   the tiny model of configs/tiny.yaml, 32 prompts x 8 samples, 4 new tokens, the synthetic sum task
+  smol   SmolLM2-135M-Instruct (python smol.py), 8 GSM8K-style word problems x 8 samples, up to 96 new tokens,
+         chat template, rewards from verify.py
+train.py runs as users run it (vLLM engine, and the transformers engine), once with its default of leaving
+zero-advantage responses out of the training pass and once training every response (skip off), so that a
+batch of all-equal rewards does not pass for a faster trainer. TRL's step includes its generation (transformers
+`generate`). Runs alternate between the trainers for --rounds rounds, so that load spreads over all of them;
+the figure is the median step time after the first two steps of each run, and the load average is printed.
+
+TRL is not a dependency: install it beside this project's torch, e.g.
+    python -m venv --system-site-packages /tmp/trl && /tmp/trl/bin/pip install trl==1.16.0
+and pass --trl-python /tmp/trl/bin/python (without it, TRL is skipped with a message).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4},
+    "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6},
+}
+
+
+def prepare(setting, work):
+    """The model directory and the training rows (JSON Lines) both trainers read."""
+    sys.path.insert(0, str(ROOT))
+    if setting == "tiny":
+        from tiny import SYNTHETIC_CHARS, build_tiny_model, synthetic_rows
+        model = build_tiny_model(work / "model", chars=SYNTHETIC_CHARS)
+        rows = synthetic_rows(4096, 0)
+    else:
+        from smol import ensure_smollm2
+        from tiny import word_problem_rows
+        model = ensure_smollm2(ROOT / "models" / "smollm2-135m-instruct")
+        rows = word_problem_rows(4096, 0)
+    path = work / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(model), str(path)
+
+
+def run_train_py(setting, model, rows, steps, engine, skip, work):
+    s = SETTINGS[setting]
+    out = Path(tempfile.mkdtemp(dir=work))
+    args = [f"out_dir={out}", f"model.path={model}", f"data.train={rows}", "model.dtype=float32",
+            f"steps={steps}", f"prompts_per_step={s['prompts']}", f"G={s['G']}", f"rollout.max_tokens={s['max_tokens']}",
+            f"rollout.engine={engine}", f"optim.lr={s['lr']}", "optim.warmup_steps=1", "eval.every=0",
+            f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
+            f"micro_batch_size={s['prompts'] * s['G']}", "micro_batch_tokens=0", "mini_batches=1", "ppo_epochs=1",
+            "rollout.dtype=float32", "model.gradient_checkpointing=false", "optim.weight_decay=0.0"]
+    if setting == "tiny":
+        args += ["rollout.template=plain", "reward.kind=first_char", "reward.workers=0"]
+    else:
+        args += ["rollout.template=chat", "reward.kind=math", "reward.workers=0"]
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "grpo.yaml"), *args],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["time/step"] for r in recs if "time/step" in r]
+
+
+def trl_worker(setting, model, rows, steps, out):
+    """Runs under the TRL interpreter: GRPOTrainer with this project's settings; writes step seconds."""
+    import datasets
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    sys.path.insert(0, str(ROOT))
+    import verify
+
+    s = SETTINGS[setting]
+    data = [json.loads(line) for line in open(rows)]
+    tok = AutoTokenizer.from_pretrained(model)
+    if setting == "tiny":
+        prompts = [r["problem"] for r in data]
+
+        def reward(prompts, completions, answer, **kw):
+            return [float(c.startswith(a)) for c, a in zip(completions, answer)]
+    else:
+        from rollout import INSTRUCTION
+        prompts = [[{"role": "user", "content": f"{r['problem']}\n{INSTRUCTION}"}] for r in data]
+
+        def reward(prompts, completions, answer, **kw):
+            return [verify.score(c[0]["content"], a) for c, a in zip(completions, answer)]
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer": [r["answer"] for r in data]})
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    args = GRPOConfig(output_dir=str(Path(out).parent / "trl_out"), per_device_train_batch_size=s["prompts"] * s["G"],
+                      num_generations=s["G"], max_completion_length=s["max_tokens"], learning_rate=s["lr"],
+                      max_steps=steps, beta=0.0, loss_type="grpo", use_cpu=True, bf16=False,
+                      gradient_checkpointing=False, logging_steps=10**9, save_strategy="no", report_to=[],
+                      temperature=1.0, top_p=1.0, seed=0, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tok,
+                          callbacks=[Timer()])
+    trainer.train()
+    Path(out).write_text(json.dumps(times))
+
+
+def run_trl(python, setting, model, rows, steps, work):
+    out = Path(tempfile.mkdtemp(dir=work)) / "times.json"
+    subprocess.run([python, __file__, "--trl-worker", "--setting", setting, "--model", model, "--rows", rows,
+                    "--steps", str(steps), "--out", str(out)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--setting", choices=list(SETTINGS), default="tiny")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trl-python", default=None)
+    ap.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.trl_worker:
+        return trl_worker(args.setting, args.model, args.rows, args.steps, args.out)
+    if args.trl_python is None:
+        print("TRL skipped: pass --trl-python (an interpreter with trl installed; see the module docstring)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model, rows = prepare(args.setting, work)
+        runners = {"train.py vllm, skip on": lambda: run_train_py(args.setting, model, rows, args.steps, "vllm", True, work),
+                   "train.py vllm, skip off": lambda: run_train_py(args.setting, model, rows, args.steps, "vllm", False, work),
+                   "train.py hf, skip off": lambda: run_train_py(args.setting, model, rows, args.steps, "hf", False, work)}
+        if args.trl_python:
+            runners["TRL GRPOTrainer"] = lambda: run_trl(args.trl_python, args.setting, model, rows, args.steps, work)
+        times, loads = {name: [] for name in runners}, []
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                times[name] += run()[2:]
+                loads.append(os.getloadavg()[0])
+    s = SETTINGS[args.setting]
+    print(f"setting {args.setting}: {s['prompts']} prompts x {s['G']} samples, up to {s['max_tokens']} new tokens, "
+          f"float32; {args.rounds} alternating rounds of {args.steps} steps; load average "
+          f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
+    base = statistics.median(times["TRL GRPOTrainer"]) if times.get("TRL GRPOTrainer") else None
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = f"{med / base:.2f}x TRL" if base else ""
+        print(f"  {name:26} {med:8.3f} s/step (median of {len(ts)})  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
