@@ -54,7 +54,8 @@ def run_train_py(setting, model, rows, steps, engine, skip, work):
     s = SETTINGS[setting]
     out = Path(tempfile.mkdtemp(dir=work))
     args = [f"out_dir={out}", f"model.path={model}", f"data.train={rows}", "model.dtype=float32",
-            f"steps={steps}", f"prompts_per_step={s['prompts']}", f"G={s['G']}", f"rollout.max_tokens={s['max_tokens']}",
+            f"steps={steps}", f"prompts_per_step={s['prompts']}", f"G={s['G']}",
+            f"rollout.max_tokens={s['max_tokens']}",
             f"rollout.engine={engine}", f"optim.lr={s['lr']}", "optim.warmup_steps=1", "eval.every=0",
             f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
             f"micro_batch_size={s['prompts'] * s['G']}", "micro_batch_tokens=0", "mini_batches=1", "ppo_epochs=1",
@@ -138,9 +139,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, rows = prepare(args.setting, work)
-        runners = {"train.py vllm, skip on": lambda: run_train_py(args.setting, model, rows, args.steps, "vllm", True, work),
-                   "train.py vllm, skip off": lambda: run_train_py(args.setting, model, rows, args.steps, "vllm", False, work),
-                   "train.py hf, skip off": lambda: run_train_py(args.setting, model, rows, args.steps, "hf", False, work)}
+        ours = lambda engine, skip: lambda: run_train_py(args.setting, model, rows, args.steps, engine, skip, work)
+        runners = {"train.py vllm, skip on": ours("vllm", True), "train.py vllm, skip off": ours("vllm", False),
+                   "train.py hf, skip on": ours("hf", True), "train.py hf, skip off": ours("hf", False)}
         if args.trl_python:
             runners["TRL GRPOTrainer"] = lambda: run_trl(args.trl_python, args.setting, model, rows, args.steps, work)
         times, loads = {name: [] for name in runners}, []
