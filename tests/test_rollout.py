@@ -16,7 +16,8 @@ import torch
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-from rollout import RolloutConfig, Sample, format_prompt, iter_full_parameters, make_engine, request_seed  # noqa: E402
+from rollout import (RolloutConfig, Sample, format_prompt, iter_full_parameters, make_engine,  # noqa: E402
+                     resolve_dtype, sampling_seed, vllm_engine_args)
 from tiny import build_tiny_model  # noqa: E402
 
 EOS = 1
@@ -148,7 +149,9 @@ def test_vllm_samples_fields_eos_and_truncation(vllm_engine):
     flat = [s for samples in results for s in samples]
     # A random model emits EOS with p ~ 1/112 per token: both endings occur among 24 samples.
     assert any(s.truncated for s in flat) and any(s.token_ids[-1] == EOS for s in flat)
-    assert len({tuple(s.token_ids) for s in flat}) == len(flat)  # the G samples differ
+    # The G samples differ (two responses of only EOS can coincide: p ~ 1/112 each)
+    long = [tuple(s.token_ids) for s in flat if s.length > 3]
+    assert len(long) > 12 and len(set(long)) == len(long)
 
 
 def test_hf_same_schema(hf_engine):
@@ -156,7 +159,8 @@ def test_hf_same_schema(hf_engine):
     check_samples(results, PROMPTS, 8, 128)
     flat = [s for samples in results for s in samples]
     assert any(s.truncated for s in flat) and any(s.token_ids[-1] == EOS for s in flat)
-    assert len({tuple(s.token_ids) for s in flat}) == len(flat)
+    long = [tuple(s.token_ids) for s in flat if s.length > 3]
+    assert len(long) > 12 and len(set(long)) == len(long)
 
 
 @pytest.mark.parametrize("engine_name", ["vllm", "hf"])
@@ -221,11 +225,80 @@ def test_fixed_seed_reproduces(engine_name, request, model_dir):
             assert tokens(first.generate(PROMPTS, 2, max_tokens=8)) == tokens(second.generate(PROMPTS, 2, max_tokens=8))
 
 
-def test_request_seed():
-    assert request_seed(0, 3, 5) == request_seed(0, 3, 5)
-    seeds = {request_seed(0, call, i) for call in range(20) for i in range(50)}
+def test_sampling_seed():
+    assert sampling_seed(0, 3, 5) == sampling_seed(0, 3, 5)
+    seeds = {sampling_seed(0, call, i) for call in range(20) for i in range(50)}
     assert len(seeds) == 1000 and all(0 <= s < 2 ** 31 for s in seeds)
-    assert request_seed(0, None, 5) != request_seed(0, 0, 5)
+    assert sampling_seed(0, None, 5) != sampling_seed(0, 0, 5)
+    assert sampling_seed(0, 3) == sampling_seed(0, 3, 0)
+
+
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_generate_leaves_the_trainers_rng_alone(engine_name, request):
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    torch.manual_seed(42)
+    expected = torch.rand(3)  # what the trainer draws next when nothing else touches the generator
+    torch.manual_seed(42)
+    engine.generate(PROMPTS, 4, max_tokens=8)
+    engine.generate(PROMPTS, 4, max_tokens=8, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resolve_dtype_table():
+    # (requested, checkpoint, on_gpu, cpu_bf16) -> engine dtype, written out case by case
+    cases = {
+        ("auto", "float32", False, False): "float32",
+        ("auto", "float32", False, True): "float32",
+        ("auto", "bfloat16", False, False): "float32",  # emulated bf16 on this CPU: float32 is faster
+        ("auto", "bfloat16", False, True): "bfloat16",
+        ("auto", "float16", False, True): "float32",
+        ("auto", "bfloat16", True, False): "bfloat16",  # GPU: the checkpoint's dtype
+        ("auto", "float32", True, False): "float32",
+        ("auto", "float16", True, False): "float16",
+        ("bfloat16", "float32", False, False): "bfloat16",  # explicit choices are kept
+        ("float32", "bfloat16", True, True): "float32",
+    }
+    for args, want in cases.items():
+        assert resolve_dtype(*args) == want, args
+    with pytest.raises(ValueError, match="unknown dtype 'fp32'"):
+        resolve_dtype("fp32", "float32", False, False)
+    with pytest.raises(ValueError, match="checkpoint dtype 'int8'"):
+        resolve_dtype("auto", "int8", False, False)
+
+
+def test_hf_engine_auto_dtype_follows_the_checkpoint_and_the_cpu(tmp_path, monkeypatch):
+    import rollout
+    from transformers import AutoModelForCausalLM
+    build_tiny_model(tmp_path, seed=0)
+    AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).save_pretrained(tmp_path)  # a bf16 checkpoint
+    cfg = dataclasses.replace(config("hf"), dtype="auto")
+    for native in (False, True):
+        monkeypatch.setattr(rollout, "cpu_has_native_bf16", lambda: native)
+        engine = make_engine(cfg, str(tmp_path))
+        want = torch.bfloat16 if native else torch.float32
+        assert engine.dtype == str(want).removeprefix("torch.")
+        assert {p.dtype for p in engine.model.parameters()} == {want}
+
+
+def test_vllm_engine_args():
+    cfg = RolloutConfig(max_model_len=512)
+    cpu = vllm_engine_args(cfg, "m", 3, on_gpu=False, dtype="float32", distributed=False)
+    assert cpu == dict(model="m", dtype="float32", seed=3, max_model_len=512, enforce_eager=True,
+                       enable_prefix_caching=True)
+    # torchrun: every rank's engine through the external launcher (device from LOCAL_RANK), TP 1
+    gpu = vllm_engine_args(cfg, "m", 3, on_gpu=True, dtype="bfloat16", distributed=True)
+    assert gpu == dict(model="m", dtype="bfloat16", seed=3, max_model_len=512, enforce_eager=False,
+                       enable_prefix_caching=True, gpu_memory_utilization=0.5, enable_sleep_mode=True,
+                       distributed_executor_backend="external_launcher", tensor_parallel_size=1)
+    assert vllm_engine_args(cfg, "m", 3, on_gpu=False, dtype="float32", distributed=True)[
+        "distributed_executor_backend"] == "external_launcher"
+    assert "distributed_executor_backend" not in vllm_engine_args(cfg, "m", 3, on_gpu=True, dtype="float32",
+                                                                  distributed=False)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 is not supported"):
+        vllm_engine_args(dataclasses.replace(cfg, tensor_parallel_size=2), "m", 3, on_gpu=True, dtype="float32",
+                         distributed=True)
 
 
 def perturbed_copy(model, scale, seed):
@@ -258,14 +331,20 @@ def test_sync_weights_makes_engine_logprobs_match_trainer(engine_name, request, 
 
 
 FSDP_SCRIPT = textwrap.dedent("""
-    import gc, sys, torch, torch.distributed as dist
+    import copy, gc, os, sys, torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoModelForCausalLM
     sys.path.insert(0, sys.argv[2])
-    from rollout import iter_full_parameters
+    from rollout import RolloutConfig, iter_full_parameters, make_engine
     dist.init_process_group("gloo")
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
-    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    rank = dist.get_rank()
+    reference = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)  # same perturbation on both ranks: the weights differ from the disk's
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    expected = {k: v.clone() for k, v in reference.state_dict().items()}
+    model = copy.deepcopy(reference)
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
@@ -273,12 +352,29 @@ FSDP_SCRIPT = textwrap.dedent("""
     names = []
     for name, tensor in iter_full_parameters(model):
         assert not hasattr(tensor, "full_tensor"), name
-        assert torch.equal(tensor.cpu(), reference[name]), name
+        assert torch.equal(tensor.cpu(), expected[name]), name
         names.append(name)
-    assert sorted(names) == sorted(reference), (sorted(set(reference) - set(names)), names)
+    assert sorted(names) == sorted(expected), (sorted(set(expected) - set(names)), names)
+    if sys.argv[3] == "vllm":  # each rank's own engine through vLLM's external launcher
+        cfg = RolloutConfig(engine="vllm", template="plain", dtype="float32", max_tokens=16, max_model_len=128)
+        engine = make_engine(cfg, sys.argv[1], seed=rank)
+        parallel = engine.llm.llm_engine.vllm_config.parallel_config
+        assert parallel.distributed_executor_backend == "external_launcher", parallel.distributed_executor_backend
+        engine.sync_weights(model)  # every rank gathers the shards, each loads them into its engine
+        prompts = ["1+1=", "2*3="] if rank == 0 else ["x", "What is 9-4?"]
+        worst = 0.0
+        for samples in engine.generate(prompts, 4):
+            for s in samples:
+                ids = torch.tensor([s.prompt_ids + s.token_ids])
+                with torch.no_grad():
+                    logp = torch.log_softmax(reference(ids).logits[0, len(s.prompt_ids) - 1:-1].double(), -1)
+                mine = logp.gather(-1, torch.tensor(s.token_ids)[:, None])[:, 0]
+                worst = max(worst, (mine - torch.tensor(s.logprobs, dtype=torch.float64)).abs().max().item())
+        assert worst < 1e-4, worst
+        engine.close()
     done = torch.tensor([1.0])
-    dist.all_reduce(done)
-    if dist.get_rank() == 0:
+    dist.all_reduce(done)  # the trainer's gloo group still works after the engines
+    if rank == 0:
         print(f"ok {len(names)} on {int(done)} ranks", flush=True)
     del model  # FSDP state freed before its process group (torch 2.13 gloo can abort at exit otherwise)
     gc.collect()
@@ -286,14 +382,16 @@ FSDP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_iter_full_parameters_gathers_fsdp2_shards(model_dir, tmp_path):
-    """Two gloo ranks, FSDP2-sharded tiny model: every parameter arrives whole, tied lm_head included."""
+def test_fsdp2_gather_and_external_launcher_engines(model_dir, tmp_path):
+    """Two gloo ranks, FSDP2-sharded tiny model: every parameter arrives whole, tied lm_head included.
+    With vLLM: each rank builds its engine with the external launcher, syncs the sharded weights into it,
+    samples its own prompts with log-probs equal to the unsharded model's, and all_reduce still works."""
     script = tmp_path / "fsdp_gather.py"
     script.write_text(FSDP_SCRIPT)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(script), model_dir, root]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+           str(script), model_dir, root, "vllm" if has_vllm() else "none"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ok 27 on 2 ranks" in done.stdout
 
