@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class DataConfig:
-    # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
+    # "synthetic" (the tiny sum-mod-10 task), "boxed" (tiny.boxed_rows), a JSON Lines path, or hf:owner/name/file.jsonl
     train: str = "synthetic"
     problem_key: str = "problem"
     answer_key: str = "answer"
@@ -99,10 +99,14 @@ def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer
 
 
 def load_rows(cfg: DataConfig, seed):
-    """Training rows: the synthetic task (tiny.py), or a JSON Lines / hub file read by load_benchmark."""
+    """Training rows: the synthetic task or the boxed task (tiny.py), or a JSON Lines / hub file read by
+    load_benchmark."""
     if cfg.train == "synthetic":
         from tiny import synthetic_rows
         return synthetic_rows(100_000, seed)
+    if cfg.train == "boxed":
+        from tiny import boxed_rows
+        return boxed_rows(100_000, seed)
     return load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
 
 

@@ -154,7 +154,8 @@ def plot_main(argv):
     for ax, key in zip(axes, ["entropy", "len_mean", "reward_mean"]):
         group_line(ax, key)
         ax.set(xlabel="step", title=key)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     save(fig, "dynamics.png")
     for p in written:
         print(f"wrote {p}")
