@@ -118,7 +118,7 @@ class WarmStart:
     layers: int = 2
     heads: int = 2
     head_dim: int = 64          # vLLM's CPU attention needs head_dim >= 32
-    steps: int = 300            # SFT optimiser steps: few on purpose, so the model stays imperfect
+    steps: int = 400            # SFT optimiser steps: few on purpose, so the model stays imperfect
     batch: int = 64             # demonstrations per step
     lr: float = 3e-3
     warmup: int = 20

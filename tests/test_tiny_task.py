@@ -69,8 +69,7 @@ def test_warm_start_is_imperfect_on_purpose(warm):
               for lv in range(2, 7)}
     print(f"warm start: greedy accuracy {acc:.3f}; by level "
           f"{ {lv: round(sum(v) / len(v), 2) for lv, v in by_level.items()} }; mean length {length}")
-    # intended 20-40%; 200 rows give a standard error of ~0.03, hence the margin
-    assert 0.15 <= acc <= 0.45
+    assert 0.20 <= acc <= 0.40  # the intended range (measured here: 0.265)
     assert sum(by_level[2]) / len(by_level[2]) > sum(by_level[6]) / len(by_level[6]) + 0.3  # difficulty spreads
     assert all(length[lv + 1] > length[lv] for lv in range(2, 6))  # length follows difficulty
     assert sum("\\boxed{" in s.text for s in samples) >= 0.8 * len(samples)  # the format is mostly learnt
