@@ -130,6 +130,33 @@ def aggregate(per_seed):
     return out
 
 
+def paired_differences(summaries, seeds_of, baseline):
+    """Per scheme, the mean and 95% t-interval of (scheme - baseline) over the seeds both ran. Runs of one
+    seed share training prompts and sampling seeds, so the paired difference has less noise than the
+    difference of two means."""
+    out = {}
+    base = dict(zip(seeds_of[baseline], summaries[baseline]))
+    for label, per_seed in summaries.items():
+        if label == baseline:
+            continue
+        out[label] = {}
+        for key in ("final_reward", "val_acc"):
+            diffs = [s[key] - base[seed][key] for seed, s in zip(seeds_of[label], per_seed)
+                     if seed in base and s[key] is not None and base[seed][key] is not None]
+            m, h = mean_ci(diffs)
+            out[label][key] = {"mean": m, "ci95": h, "n": len(diffs), "values": diffs}
+    return out
+
+
+def format_paired(paired, baseline):
+    lines = [f"| scheme - {baseline} (paired by seed) | final train reward | val accuracy |", "|---|---|---|"]
+    for label, d in paired.items():
+        cells = [f"{d[k]['mean']:+.3f} ± {d[k]['ci95']:.3f} (n={d[k]['n']})" if d[k]["n"] else "-"
+                 for k in ("final_reward", "val_acc")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(table, threshold, n_seeds):
     def cell(a, decimals, key):
         if a["n"] == 0:
@@ -139,12 +166,13 @@ def format_table(table, threshold, n_seeds):
             text += f" ({a['n']}/{len(a['values'])} reached)"
         return text
 
-    head = ["scheme"] + [title.format(thr=threshold) for _, title, _ in METRICS]
+    head = ["scheme", "seeds"] + [title.format(thr=threshold) for _, title, _ in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, agg in table.items():
-        lines.append("| " + " | ".join([label] + [cell(agg[k], d, k) for k, _, d in METRICS]) + " |")
-    lines.append(f"\nmean ± half-width of the 95% t-interval over {n_seeds} seeds (t_0.975 with n-1 degrees of "
-                 "freedom); final values: mean over the last logged steps' window; val accuracy: last evaluation.")
+        n = len(agg["final_reward"]["values"])
+        lines.append("| " + " | ".join([label, str(n)] + [cell(agg[k], d, k) for k, _, d in METRICS]) + " |")
+    lines.append(f"\nmean ± half-width of the 95% t-interval over the seeds run ({n_seeds} asked; t_0.975 with n-1 "
+                 "degrees of freedom); final values: mean over the last --window steps; val accuracy: last evaluation.")
     return "\n".join(lines)
 
 
@@ -174,7 +202,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
         ax.set(xlabel="step", title=f"{title}: mean and 95% band over seeds")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / (key.replace("/", "_") + ".png")
+        path = out_dir / (("val_" + Path(key[4:]).stem if key.startswith("val/") else key) + ".png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -225,7 +253,7 @@ def main(argv=None):
     prepare(base, args.set)
 
     n_runs, i, t_sweep = len(schemes) * len(args.seeds), 0, time.time()
-    summaries, curves = {}, {}
+    summaries, curves, seeds_of = {}, {}, {}
     # seed-major order: a sweep stopped early still has every scheme, with fewer seeds
     for seed, (label, overrides) in [(seed, item) for seed in args.seeds for item in schemes.items()]:
         i += 1
@@ -251,17 +279,23 @@ def main(argv=None):
         records = read_metrics(run_dir / "metrics.jsonl")
         s = summarize_run(records, args.threshold, args.window)
         summaries.setdefault(label, []).append(s)
+        seeds_of.setdefault(label, []).append(seed)
         curves.setdefault(label, []).append(records)
         print(f"{prefix} {status}; reward {fmt(s['final_reward'])}, val {fmt(s['val_acc'])}, "
               f"len ok/bad {fmt(s['len_correct'], 1)}/{fmt(s['len_incorrect'], 1)} "
               f"(sweep {time.time() - t_sweep:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
 
     table = {label: aggregate(summaries[label]) for label in schemes if label in summaries}
+    baseline = next(iter(table), None)
+    paired = paired_differences(summaries, seeds_of, baseline) if baseline else {}
     text = format_table(table, args.threshold, len(args.seeds))
+    if paired:
+        text += "\n\n" + format_paired(paired, baseline)
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(json.dumps({"config": args.config, "schemes": schemes, "seeds": args.seeds,
                                                 "set": args.set, "threshold": args.threshold,
-                                                "window": args.window, "table": table}, indent=1) + "\n")
+                                                "window": args.window, "table": table,
+                                                f"paired_vs_{baseline}": paired}, indent=1) + "\n")
     figures = draw_figures(curves, out / "figures", args.threshold, args.smooth)
     figures.append(draw_summary(table, out / "figures" / "summary.png", args.threshold))
     print(text)

@@ -130,5 +130,17 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert sorted(set(steps)) == list(range(1, 9))
     table = json.loads((out / "table.json").read_text())["table"]
     assert list(table) == ["grpo", "daro"] and table["daro"]["val_acc"]["n"] == 1
-    assert "| grpo |" in (out / "table.md").read_text()
+    assert "| grpo | 1 |" in (out / "table.md").read_text()
     assert {"reward_mean.png", "val_synthetic.png", "summary.png"} <= {p.name for p in (out / "figures").iterdir()}
+
+
+def test_paired_differences():
+    from sweep import paired_differences
+    summaries = {"a": [{"final_reward": 0.2, "val_acc": 0.3}, {"final_reward": 0.4, "val_acc": 0.5}],
+                 "b": [{"final_reward": 0.25, "val_acc": 0.3}, {"final_reward": 0.5, "val_acc": None},
+                       {"final_reward": 0.9, "val_acc": 0.9}]}
+    d = paired_differences(summaries, {"a": [0, 1], "b": [0, 1, 2]}, "a")["b"]
+    # seeds 0 and 1 in common: reward differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
+    assert d["final_reward"]["mean"] == pytest.approx(0.075) and d["final_reward"]["n"] == 2
+    assert d["final_reward"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
+    assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
