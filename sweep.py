@@ -199,7 +199,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
             continue
         if key == "reward_mean":
             ax.axhline(threshold, color="gray", ls=":", lw=1, label=f"threshold {threshold}")
-        ax.set(xlabel="step", title=f"{title}: mean and 95% band over seeds")
+        ax.set(xlabel="step", title=f"{title}\nmean and 95% band over seeds", ylabel=key)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / (("val_" + Path(key[4:]).stem if key.startswith("val/") else key) + ".png")
