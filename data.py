@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class DataConfig:
-    # "synthetic" (the tiny sum-mod-10 task), a JSON Lines path, or hf:owner/name/file.jsonl
+    # a task of tiny.py (synthetic | boxed | word_problems), a JSON Lines path, or hf:owner/name/file.jsonl
     train: str = "synthetic"
     problem_key: str = "problem"
     answer_key: str = "answer"
@@ -99,14 +99,12 @@ def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer
 
 
 def load_rows(cfg: DataConfig, seed):
-    """Training rows: the synthetic task or the word problems (tiny.py), or a JSON Lines / hub file read by
-    load_benchmark."""
-    if cfg.train == "synthetic":
-        from tiny import synthetic_rows
-        return synthetic_rows(100_000, seed)
-    if cfg.train == "word_problems":  # short arithmetic stories (tiny.py), for SmolLM2 on a CPU
-        from tiny import word_problem_rows
-        return word_problem_rows(100_000, seed)
+    """Training rows: a task of tiny.py ("synthetic": one-token sums; "boxed": worked sums in \\boxed{};
+    "word_problems": short arithmetic stories, for SmolLM2), or a JSON Lines / hub file (load_benchmark)."""
+    import tiny
+    tasks = {"synthetic": tiny.synthetic_rows, "boxed": tiny.boxed_rows, "word_problems": tiny.word_problem_rows}
+    if cfg.train in tasks:
+        return tasks[cfg.train](100_000, seed)
     return load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
 
 

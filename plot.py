@@ -1,6 +1,7 @@
 """Figures and the one-line summary of training runs, from their metrics.jsonl (one JSON record per step).
 
     python plot.py runs/grpo runs/daro --out plots/   # several runs on one figure
+    python plot.py runs/sweep/grpo/seed* runs/sweep/daro/seed* --bands   # seeds as a mean and a 95% band
 
 Figures: reward and validation accuracy; DARO's weight per difficulty (DARO Fig. 1); loss scale per
 difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and incorrect responses
@@ -8,10 +9,44 @@ difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and inc
 """
 import argparse
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+
+# Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (scipy is not a dependency);
+# beyond 30 the normal quantile 1.960 is within 2% of them.
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+
+
+def mean_ci(values):
+    """(mean, half-width of the 95% interval) of independent seeds' values: t_{0.975, n-1} * s / sqrt(n),
+    s the unbiased std (float64). One value has no interval: half-width nan. None values are left out."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+    t = T975[len(xs) - 2] if len(xs) - 1 <= len(T975) else 1.960
+    return m, t * s / math.sqrt(len(xs))
+
+
+def run_label(path):
+    """A run's name on figures: its directory, with the parent's for sweep runs (runs/sweep/grpo/seed0)."""
+    d = Path(path).parent
+    return f"{d.parent.name}/{d.name}" if re.fullmatch(r"seed\d+", d.name) else d.name
+
+
+def seed_group(label):
+    """The scheme a seed's run belongs to: 'grpo/seed0' -> 'grpo', 'grpo_seed1' -> 'grpo', else itself."""
+    return re.sub(r"[/_-]seed\d+$", "", label)
 
 
 def read_metrics(path):
@@ -36,6 +71,8 @@ def plot_main(argv):
     ap.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     ap.add_argument("--out", default=None, help="output directory (default: the first run's plots/)")
     ap.add_argument("--smooth", type=int, default=10, help="moving-average window in steps")
+    ap.add_argument("--bands", action="store_true",
+                    help="runs that differ only by seed (.../seedN, *_seedN) become one mean curve with a 95%% band")
     args = ap.parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")
@@ -46,21 +83,24 @@ def plot_main(argv):
         path = Path(r) / "metrics.jsonl" if Path(r).is_dir() else Path(r)
         if not path.is_file():
             sys.exit(f"plot: no metrics file at {path}")
-        runs[path.parent.name] = read_metrics(path)
+        runs[run_label(path)] = read_metrics(path)
     first = Path(args.runs[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "plots"
     out.mkdir(parents=True, exist_ok=True)
 
     def line(ax, records, key, label, smooth=True, **kw):
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        if not pts:
-            return
-        x, y = map(np.asarray, zip(*pts))
-        w = min(args.smooth, len(y)) if smooth else 1
-        if w > 1:
-            y = np.convolve(y, np.ones(w) / w, mode="valid")
-            x = x[w - 1:]
-        ax.plot(x, y, label=label, **kw)
+        x, y = curve(records, key, args.smooth if smooth else 1)
+        if len(x):
+            ax.plot(x, y, label=label, **kw)
+
+    # the figures that compare runs: with --bands, one line per group of seeds (see draw_band)
+    groups = {}
+    for name, recs in runs.items():
+        groups.setdefault(seed_group(name) if args.bands else name, []).append(recs)
+
+    def group_line(ax, key, suffix="", smooth=True, **kw):
+        for name, members in groups.items():
+            draw_band(ax, members, key, f"{name}{suffix}", args.smooth if smooth else 1, **kw)
 
     def keys(prefix):
         return sorted({k for recs in runs.values() for r in recs for k in r if k.startswith(prefix)},
@@ -76,10 +116,9 @@ def plot_main(argv):
 
     # reward and validation accuracy
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, recs in runs.items():
-        line(ax, recs, "reward_mean", f"{name} reward")
-        for k in keys("val/"):
-            line(ax, recs, k, f"{name} {k}", smooth=False, marker="o", ls="--")
+    group_line(ax, "reward_mean", " reward")
+    for k in keys("val/"):
+        group_line(ax, k, f" {k}", smooth=False, marker="o", ls="--")
     ax.set(xlabel="step", ylabel="reward / accuracy", title="reward and validation accuracy")
     ax.legend(fontsize=7)
     save(fig, "reward.png")
@@ -104,9 +143,8 @@ def plot_main(argv):
 
     # lengths of correct vs incorrect responses (Figure 3)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, recs in runs.items():
-        line(ax, recs, "len_correct", f"{name} correct")
-        line(ax, recs, "len_incorrect", f"{name} incorrect", ls="--")
+    group_line(ax, "len_correct", " correct")
+    group_line(ax, "len_incorrect", " incorrect", ls="--")
     ax.set(xlabel="step", ylabel="tokens", title="response length: correct vs incorrect")
     ax.legend(fontsize=7)
     save(fig, "lengths.png")
@@ -114,14 +152,44 @@ def plot_main(argv):
     # entropy, length and reward (Figure 4)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key in zip(axes, ["entropy", "len_mean", "reward_mean"]):
-        for name, recs in runs.items():
-            line(ax, recs, key, name)
+        group_line(ax, key)
         ax.set(xlabel="step", title=key)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     save(fig, "dynamics.png")
     for p in written:
         print(f"wrote {p}")
     return written
+
+
+def curve(records, key, smooth=1):
+    """(steps, values) of one metric, as a trailing moving average of `smooth` logged values."""
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    x, y = map(np.asarray, zip(*pts))
+    w = min(smooth, len(y))
+    if w > 1:
+        y = np.convolve(y, np.ones(w) / w, mode="valid")
+        x = x[w - 1:]
+    return x, y
+
+
+def draw_band(ax, members, key, label, smooth=1, **kw):
+    """One run: its curve. Several (seeds): the mean curve and a shaded 95% t-interval over them, at
+    the steps every seed logged. Returns the line drawn, or None."""
+    curves = [c for c in (curve(recs, key, smooth) for recs in members) if len(c[0])]
+    if not curves:
+        return None
+    if len(curves) == 1:
+        return ax.plot(*curves[0], label=label, **kw)[0]
+    steps = sorted(set.intersection(*(set(x.tolist()) for x, _ in curves)))
+    at = [dict(zip(x.tolist(), y.tolist())) for x, y in curves]
+    stats = [mean_ci([a[s] for a in at]) for s in steps]
+    mean, half = np.array([m for m, _ in stats]), np.array([h for _, h in stats])
+    (ln,) = ax.plot(steps, mean, label=f"{label} (n={len(curves)})", **kw)
+    ax.fill_between(steps, mean - half, mean + half, color=ln.get_color(), alpha=0.2, lw=0)
+    return ln
 
 
 if __name__ == "__main__":

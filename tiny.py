@@ -6,8 +6,15 @@ tests and the benchmarks. Also the short word problems of configs/smol.yaml (dat
 a task a small pretrained model (SmolLM2-135M-Instruct) partly solves. Nothing here imports the rest of
 the project.
 """
+import dataclasses
+import hashlib
+import json
+import os
 import random
+import shutil
 import string
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TINY_CHARS = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")  # any math text
@@ -108,3 +115,139 @@ def build_tiny_model(out_dir, *, chars=TINY_CHARS, seed=0, hidden=128, layers=2,
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(out_dir)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# The boxed task: running sums written out before a \boxed{} answer, scored by verify.py, started
+# from a warm-started model (a short supervised pass), so that RL begins in the regime where pass
+# rates spread over 0..G and response length depends on difficulty.
+
+BOXED_CHARS = "0123456789+=,\\boxed{}"  # the task's alphabet (set of characters: duplicates are dropped)
+BOXED_MIN_TERMS, BOXED_MAX_TERMS = 2, 6
+
+
+def boxed_solution(digits):
+    """The worked answer: one running sum per operand after the first, then the box.
+    [3, 5, 8] -> "3+5=8,8+8=16,\\boxed{16}". Length grows by ~7 tokens per operand."""
+    steps, total = [], digits[0]
+    for d in digits[1:]:
+        steps.append(f"{total}+{d}={total + d},")
+        total += d
+    return "".join(steps) + f"\\boxed{{{total}}}"
+
+
+def boxed_rows(n, seed, min_terms=BOXED_MIN_TERMS, max_terms=BOXED_MAX_TERMS):
+    """Rows of the boxed task: "a+b+...=" with min_terms..max_terms single-digit operands (the level);
+    the answer is the plain sum, written by the model as running sums and \\boxed{sum}."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        digits = [rng.randint(0, 9) for _ in range(rng.randint(min_terms, max_terms))]
+        rows.append({"id": f"boxed-{seed}-{i}", "problem": "+".join(map(str, digits)) + "=",
+                     "answer": str(sum(digits)), "level": len(digits)})
+    return rows
+
+
+# Seeds of the three disjoint row streams: RL training rows come from the run's seed (data.load_rows),
+# demonstrations and held-out rows from these fixed ones.
+BOXED_DEMO_SEED, BOXED_VAL_SEED = 7_000_001, 7_000_003
+
+
+@dataclass
+class WarmStart:
+    """Settings of the warm-started model; the cache directory is keyed by all of them."""
+    seed: int = 0
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 2
+    head_dim: int = 64          # vLLM's CPU attention needs head_dim >= 32
+    steps: int = 400            # SFT optimiser steps: few on purpose, so the model stays imperfect
+    batch: int = 64             # demonstrations per step
+    lr: float = 3e-3
+    warmup: int = 20
+    demos: int = 20_000         # distinct demonstrations generated (one epoch is never reached)
+    val_rows: int = 200         # held-out rows written to val.jsonl beside the model
+    max_positions: int = 128
+
+    def key(self):
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + BOXED_CHARS + f"{BOXED_MIN_TERMS}-{BOXED_MAX_TERMS}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def warm_start_model(out_dir, ws: WarmStart = WarmStart(), log=print):
+    """Build (or reuse) the warm-started model of the boxed task in `out_dir`: a random-init tiny
+    Qwen2, then `ws.steps` steps of supervised fine-tuning on generated demonstrations
+    (problem -> running sums + \\boxed{answer} + EOS; loss on response tokens only, mean per token
+    over the batch, float32). Also writes `val.jsonl` (held-out rows for eval.benchmarks) and
+    `warm_start.json` (the settings). An existing directory with the same settings is reused; one
+    with other settings is rebuilt. Returns the directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    stamp = out_dir / "warm_start.json"
+    settings = {**dataclasses.asdict(ws), "key": ws.key()}
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings and (out_dir / "val.jsonl").is_file():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")  # built aside, renamed when complete
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_model(tmp, chars="".join(dict.fromkeys(BOXED_CHARS)), seed=ws.seed, hidden=ws.hidden,
+                     layers=ws.layers, heads=ws.heads, head_dim=ws.head_dim, max_positions=ws.max_positions)
+    tok = AutoTokenizer.from_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    demos = []
+    for r in boxed_rows(ws.demos, BOXED_DEMO_SEED + ws.seed):
+        p = tok(r["problem"])["input_ids"]
+        s = tok(boxed_solution([int(c) for c in r["problem"][:-1].split("+")]))["input_ids"] + [tok.eos_token_id]
+        demos.append((p, s))
+    torch.manual_seed(ws.seed)
+    gen = torch.Generator().manual_seed(ws.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matmuls: on the busy 2-core machine 1 thread generated 13-20x faster than 2
+    opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / ws.warmup))
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(ws.steps):
+        idx = torch.randint(len(demos), (ws.batch,), generator=gen).tolist()
+        width = max(len(demos[i][0]) + len(demos[i][1]) for i in idx)
+        ids = torch.full((ws.batch, width), tok.pad_token_id)
+        labels = torch.full((ws.batch, width), -100)
+        mask = torch.zeros(ws.batch, width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            p, s = demos[i]
+            ids[row, :len(p) + len(s)] = torch.tensor(p + s)
+            labels[row, len(p):len(p) + len(s)] = torch.tensor(s)  # right padding: positions start at 0
+            mask[row, :len(p) + len(s)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss  # mean over response tokens
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if log and (step + 1) % 50 == 0:
+            log(f"warm start: step {step + 1}/{ws.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+    torch.set_num_threads(threads)
+    model.save_pretrained(tmp)
+    with open(tmp / "val.jsonl", "w") as f:
+        for r in boxed_rows(ws.val_rows, BOXED_VAL_SEED + ws.seed):
+            f.write(json.dumps(r) + "\n")
+    stamp_tmp = tmp / "warm_start.json"
+    stamp_tmp.write_text(json.dumps(settings, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="Build the boxed task's warm-started model (cached by settings).")
+    ap.add_argument("command", choices=["warmstart"])
+    ap.add_argument("--out", default="runs/cache/boxed", help="directory (configs/boxed*.yaml read runs/cache/boxed)")
+    for f in dataclasses.fields(WarmStart):
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
+                        default=f.default)
+    args = ap.parse_args()
+    ws = WarmStart(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WarmStart)})
+    print(warm_start_model(args.out, ws))

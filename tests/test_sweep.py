@@ -1,0 +1,146 @@
+"""sweep.py: the 95% t-interval, a run's summary numbers, scheme parsing, a killed sweep resuming;
+plot.py's seed bands."""
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
+from sweep import parse_schemes, summarize_run
+
+
+def t_quantile_975(df):
+    """Reference: solve CDF(t) = 0.975 for Student's t by bisection on the pdf integrated with Simpson's
+    rule (float64), a second way to the table."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    pdf = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    def cdf(t, n=20000):
+        h = t / n
+        s = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+        return 0.5 + s * h / 3
+
+    lo, hi = 0.0, 20.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
+def test_t_table_matches_the_distribution(df):
+    assert T975[df - 1] == pytest.approx(t_quantile_975(df), abs=2e-3)
+
+
+def test_mean_ci():
+    m, h = mean_ci([1.0, 2.0, 3.0])  # s = 1 by hand
+    assert m == 2.0 and h == pytest.approx(4.303 / math.sqrt(3))
+    m, h = mean_ci([0.5, None, 0.7])  # None (a seed without the value) is left out: n = 2, s = 0.1414
+    assert m == pytest.approx(0.6) and h == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert mean_ci([0.4])[0] == 0.4 and math.isnan(mean_ci([0.4])[1])
+    assert all(math.isnan(x) for x in mean_ci([]))
+
+
+def test_summarize_run():
+    records = [{"step": s, "reward_mean": s / 10, "len_correct": 10.0 + s, "len_incorrect": None if s == 10 else 20.0}
+               for s in range(1, 11)]
+    records.insert(4, {"step": 4, "val/a": 0.1})
+    records += [{"step": 10, "val/a": 0.3, "val/b": 0.5}]
+    s = summarize_run(records, threshold=0.5, window=3)
+    # trailing 3-step means: step 5 -> 0.4, step 6 -> 0.5 (first to reach 0.5)
+    assert s["steps_to_threshold"] == 6
+    assert s["final_reward"] == pytest.approx(0.9)  # (0.8 + 0.9 + 1.0) / 3
+    assert s["len_correct"] == pytest.approx(19.0) and s["len_incorrect"] == 20.0  # None left out
+    assert s["val_acc"] == pytest.approx(0.4)  # the last evaluation, mean over its benchmarks
+    assert summarize_run(records, threshold=2.0, window=3)["steps_to_threshold"] is None
+
+
+def test_parse_schemes():
+    assert parse_schemes([["grpo"], ["hadw", "scheme.hadw.enabled=true"], ["x", "configs/daro.yaml"]]) == \
+        {"grpo": ["scheme.name=grpo"], "hadw": ["scheme.hadw.enabled=true"], "x": ["configs/daro.yaml"]}
+    for bad, message in [([["nosuch"]], "not one of"), ([["grpo"], ["grpo"]], "twice"),
+                         ([["a", "lr"]], "neither"), ([["a=b"]], "label")]:
+        with pytest.raises(SystemExit, match=message):
+            parse_schemes(bad)
+
+
+def test_seed_bands(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    seeds = [[{"step": s, "reward_mean": 0.1 * s + 0.01 * k} for s in range(1, 6)] for k in range(3)]
+    fig, ax = plt.subplots()
+    line = draw_band(ax, seeds, "reward_mean", "grpo")
+    # at each step the values are x, x + 0.01, x + 0.02: mean x + 0.01, s = 0.01, half-width 4.303 * 0.01 / sqrt(3)
+    assert np.allclose(line.get_ydata(), [0.1 * s + 0.01 for s in range(1, 6)])
+    ys = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert ys.max() == pytest.approx(0.51 + 4.303 * 0.01 / math.sqrt(3))
+    plt.close(fig)
+    assert run_label(tmp_path / "grpo" / "seed3" / "metrics.jsonl") == "grpo/seed3"
+    assert seed_group("grpo/seed3") == "grpo" and seed_group("daro_seed10") == "daro" and seed_group("x") == "x"
+    dirs = []
+    for scheme in ("grpo", "daro"):
+        for k, recs in enumerate(seeds):
+            d = tmp_path / scheme / f"seed{k}"
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            dirs.append(str(d))
+    written = plot_main(dirs + ["--bands", "--out", str(tmp_path / "plots")])
+    assert "reward.png" in {p.name for p in written}
+
+
+def test_killed_sweep_resumes_where_it_stopped(tmp_path):
+    """Two tiny runs: kill the sweep (SIGKILL) once the second run has a checkpoint; the next sweep skips
+    the first run, resumes the second from its checkpoint, and writes the table and figures."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "sweep.py"), str(ROOT / "configs" / "tiny.yaml"), "--out", str(out),
+           "--seeds", "0", "--scheme", "grpo", "--scheme", "daro", "--window", "2", "--threshold", "0.1",
+           "--set", "steps=8", "prompts_per_step=4", "rollout.engine=hf", "save_every=1", "eval.limit=20"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[2/2] daro seed 0: running"):
+                break
+        ckpt = out / "daro" / "seed0" / "checkpoints" / "latest"
+        deadline = time.time() + 300
+        while not ckpt.is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        assert ckpt.is_file(), "".join(lines)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any(line.startswith("[1/2] grpo seed 0: done in") for line in lines), "".join(lines)
+    time.sleep(1)  # the run dies with the sweep (PR_SET_PDEATHSIG)
+    assert not (out / "daro" / "seed0" / "done.json").is_file()
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "[1/2] grpo seed 0: done before, skipped" in again.stdout
+    assert "[2/2] daro seed 0: resuming" in again.stdout
+    steps = [json.loads(line)["step"] for line in (out / "daro" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == list(range(1, 9))
+    table = json.loads((out / "table.json").read_text())["table"]
+    assert list(table) == ["grpo", "daro"] and table["daro"]["val_acc"]["n"] == 1
+    assert "| grpo | 1 |" in (out / "table.md").read_text()
+    assert {"reward_mean.png", "val_synthetic.png", "summary.png"} <= {p.name for p in (out / "figures").iterdir()}
+
+
+def test_paired_differences():
+    from sweep import paired_differences
+    summaries = {"a": [{"final_reward": 0.2, "val_acc": 0.3}, {"final_reward": 0.4, "val_acc": 0.5}],
+                 "b": [{"final_reward": 0.25, "val_acc": 0.3}, {"final_reward": 0.5, "val_acc": None},
+                       {"final_reward": 0.9, "val_acc": 0.9}]}
+    d = paired_differences(summaries, {"a": [0, 1], "b": [0, 1, 2]}, "a")["b"]
+    # seeds 0 and 1 in common: reward differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
+    assert d["final_reward"]["mean"] == pytest.approx(0.075) and d["final_reward"]["n"] == 2
+    assert d["final_reward"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
+    assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
