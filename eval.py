@@ -117,7 +117,11 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
             bar.update(len(chunk) * bn)
         responses = [s.text for group in samples for s in group]
         golds = [row["answer"] for row in rows for _ in range(bn)]
-        flat_scores = score_fn(responses, golds) if score_fn else verify.score_batch(responses, golds, workers=workers)
+        if score_fn:
+            flat_scores = score_fn(responses, golds)
+        else:  # the problem text lets a "round to the nearest tenth" problem match by rounding
+            problems = [row["problem"] for row in rows for _ in range(bn)]
+            flat_scores = verify.score_batch(responses, golds, workers=workers, problems=problems)
         scores = [flat_scores[i * bn:(i + 1) * bn] for i in range(len(rows))]
         lengths = [[s.length for s in group] for group in samples]
         results["benchmarks"][name] = benchmark_metrics(rows, scores, lengths, greedy=greedy)

@@ -195,6 +195,24 @@ def test_evaluate_greedy_with_a_callers_engine(tiny_model):
     json.dumps(results)
 
 
+def test_evaluate_passes_the_problem_text_to_the_verifier():
+    """A problem that asks for rounding accepts a more precise answer; the same answer to a problem that
+    does not ask is wrong (verify.py's decimal policy needs the problem text, so eval.py must pass it)."""
+    import rollout
+
+    class OneAnswer:  # an engine that always answers 3.1416
+        def generate(self, prompts, n, **kw):
+            return [[rollout.Sample(prompt_ids=[1], token_ids=[2], text="so \\boxed{3.1416}", length=1,
+                                   truncated=False, logprobs=[0.0])] * n
+                    for _ in prompts]
+
+    rows = [{"id": "r", "problem": "What is pi? Round your answer to the nearest hundredth.", "answer": "3.14"},
+            {"id": "e", "problem": "What is pi to two decimals?", "answer": "3.14"}]
+    results, records = ev.evaluate(OneAnswer(), {"b": rows}, workers=0, progress=False)
+    assert [r["score"] for r in records] == [1.0, 0.0]
+    assert results["benchmarks"]["b"]["avg@n"] == 0.5
+
+
 def test_hub_benchmark_downloads_one_file(tmp_path, monkeypatch):
     import huggingface_hub
     local = tmp_path / "test.jsonl"  # the HuggingFaceH4/MATH-500 layout: no id field
