@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from distributed import note_backend
 from loss import token_logprobs
 
 
@@ -31,6 +32,32 @@ class Policy(torch.nn.Module):
         if self.kernel_timer is not None:
             return self.kernel_timer(h, self.model.lm_head.weight, targets, self.temperature)
         return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+
+
+def load_policy(path, model_cfg, temperature, device, trainable=True):
+    """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
+    process) with a mixed-precision policy: compute in model_cfg.dtype, gradients reduced in float32, AdamW
+    state in float32, at every world size."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoModelForCausalLM
+    if not dist.is_initialized():
+        raise RuntimeError("load_policy shards the model over the process group: call init_distributed() first")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[model_cfg.dtype]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+    if model_cfg.gradient_checkpointing and trainable:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    model.to(device)
+    policy = Policy(model, temperature)
+    if not trainable:
+        policy.requires_grad_(False)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(policy, mp_policy=mp)  # the root: embedding, final norm, LM head
+    note_backend("fsdp all_gather/reduce_scatter, grad-norm all_reduce", device)
+    return policy
 
 
 class KernelTimer:

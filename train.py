@@ -13,7 +13,6 @@ and its parts), model and checkpoints, metrics, and the loop (`train`).
 import argparse
 import dataclasses
 import gc
-import json
 import math
 import random
 import shutil
@@ -36,11 +35,11 @@ from config import ConfigError, OptimConfig, TrainConfig, check_config, load_con
 from data import PromptStream, load_benchmark, load_rows
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
-                         note_backend, publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world,
-                         write_diagnostics)
+                         publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world, write_diagnostics)
 from loss import policy_loss
+from metrics import MetricsLog, batch_metrics, gather_metrics
 from plot import run_summary
-from policy import KernelTimer, Policy, make_micro, pack_micro_batches, per_token
+from policy import KernelTimer, Policy, load_policy, make_micro, pack_micro_batches, per_token
 from rollout import encode_prompts, make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
@@ -381,7 +380,7 @@ def diagnose_batch(tr: Trainer, batch: Batch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Model, optimizer, checkpoints.
+# The learning-rate schedule and checkpoints.
 
 def lr_lambda(cfg: OptimConfig, total_steps):
     if cfg.schedule not in ("constant", "cosine", "linear"):
@@ -396,31 +395,6 @@ def lr_lambda(cfg: OptimConfig, total_steps):
         decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
     return f
-
-
-def load_policy(path, cfg: TrainConfig, device, trainable=True):
-    """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
-    process) with a mixed-precision policy: compute in model.dtype, gradients reduced in float32, AdamW
-    state in float32, at every world size."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForCausalLM
-    if not dist.is_initialized():
-        raise RuntimeError("load_policy shards the model over the process group: call init_distributed() first")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
-    if cfg.model.gradient_checkpointing and trainable:
-        model.gradient_checkpointing_enable()
-    model.config.use_cache = False
-    model.to(device)
-    policy = Policy(model, cfg.rollout.temperature)
-    if not trainable:
-        policy.requires_grad_(False)
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(policy, mp_policy=mp)  # the root: embedding, final norm, LM head
-    note_backend("fsdp all_gather/reduce_scatter, grad-norm all_reduce", device)
-    return policy
 
 
 # checkpoints/step_N/: model/ (Hugging Face safetensors, full float32 weights), dcp/ (the sharded model and
@@ -462,38 +436,7 @@ def load_checkpoint(ckpt, tr: Trainer, stream: PromptStream):
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics: a JSON Lines file (one record per step) that plot.py draws.
-
-def batch_metrics(cfg, rows, groups, scores, rewards):
-    if not rows:
-        return {"groups": 0}
-    lengths = torch.tensor([[s.length for s in g] for g in groups], dtype=torch.float32)
-    truncated = torch.tensor([[s.truncated for s in g] for g in groups], dtype=torch.float32)
-    correct = scores > 0.5
-    k = correct.sum(1)
-    m = {"groups": len(rows), "reward_mean": float(rewards.mean()), "score_mean": float(scores.mean()),
-         "zero_var_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
-         "len_mean": float(lengths.mean()), "truncated_frac": float(truncated.mean()),
-         "len_correct": float(lengths[correct].mean()) if correct.any() else None,
-         "len_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None}
-    for j in range(cfg.G + 1):
-        m[f"mu_frac/{j}"] = float((k == j).float().mean())
-    for lv in sorted({r["level"] for r in rows if isinstance(r.get("level"), (int, str))}, key=str):
-        sel = torch.tensor([r.get("level") == lv for r in rows])
-        m[f"score_by_level/{lv}"] = float(scores[sel].mean())
-    return m
-
-
-def gather_metrics(local):
-    """Average per-rank batch metrics weighted by each rank's number of groups."""
-    parts = all_gather(local)
-    out = {"groups": sum(p["groups"] for p in parts)}
-    for key in sorted({k for p in parts for k in p if k != "groups"}):
-        vals = [(p[key], p["groups"]) for p in parts if p.get(key) is not None and p["groups"] > 0]
-        if vals:
-            out[key] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
-    return out
-
+# Validation during training, sharded over ranks.
 
 def run_eval(cfg: TrainConfig, engine, val_rows):
     """Validation accuracy (avg@n) through eval.py, each rank sampling its share of the problems (rows
@@ -513,35 +456,6 @@ def run_eval(cfg: TrainConfig, engine, val_rows):
         for name, score in part:
             scores[name].append(score)
     return {f"val/{name}": sum(s) / len(s) for name, s in scores.items() if s}
-
-
-class MetricsLog:
-    """metrics.jsonl (and TensorBoard when asked), written by rank 0. A resumed run keeps only the
-    records of the steps its checkpoint holds, so the file never holds a step twice."""
-
-    def __init__(self, run_dir, start_step, tensorboard):
-        self.path, self.writer = Path(run_dir) / "metrics.jsonl", None
-        if world()[0] != 0:
-            return
-        old = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()] \
-            if start_step and self.path.is_file() else []
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in old if r["step"] <= start_step))
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(Path(run_dir) / "tensorboard")
-
-    def write(self, m):
-        if world()[0] != 0:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(m) + "\n")
-        for k, v in m.items() if self.writer else ():
-            if isinstance(v, (int, float)):
-                self.writer.add_scalar(k, v, m["step"])
-
-    def close(self):
-        if self.writer:
-            self.writer.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,8 +489,9 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = load_policy(model_path, cfg, device)
-    ref_policy = load_policy(base_path, cfg, device, trainable=False) if cfg.loss.kl_beta else None
+    policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device)
+    ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False) \
+        if cfg.loss.kl_beta else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.steps))
@@ -617,7 +532,7 @@ def training_step(tr: Trainer, engine, stream, step):
     timers["sync"] = time.perf_counter() - t0
     mem["sync"] = memory_gib(tr.device)
 
-    m = {"step": step + 1, **gather_metrics(batch_metrics(cfg, rows, groups, scores, rewards)), **train_m,
+    m = {"step": step + 1, **gather_metrics(batch_metrics(cfg.G, rows, groups, scores, rewards)), **train_m,
          **{f"gen/{k}": v for k, v in gen_info.items()}, **tr.scheme.metrics()}
     if gen_info["dynamic_sampling_gave_up"] and rank == 0:
         tqdm.write(f"step {step + 1}: dynamic sampling gave up after {gen_info['gen_rounds']} rounds "

@@ -192,7 +192,7 @@ def main():
         return
     print(f"\n{args.prompts} prompts x {args.n} samples x up to {args.tokens} tokens, float32, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"| model | engine | seconds | samples/s | tokens/s | sync_weights ms |\n|---|---|---|---|---|---|")
+    print("| model | engine | seconds | samples/s | tokens/s | sync_weights ms |\n|---|---|---|---|---|---|")
     for name, kind, sec, sps, tps, sync in rows:
         print(f"| {name} | {kind} | {sec:.2f} | {sps:.1f} | {tps:.1f} | {sync * 1000:.1f} |")
 

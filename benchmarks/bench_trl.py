@@ -1,6 +1,6 @@
 """Seconds per RL step: train.py against TRL's GRPOTrainer at the same setting, side by side in one run.
 
-    python benchmarks/bench_trl.py [--setting tiny|smol] [--steps 12] [--rounds 2] [--trl-python PY]
+    python benchmarks/bench_trl.py [--setting tiny|smol] [--steps 12] [--rounds 2] [--trl-python PY] [--only NAMES]
 
 Same model, prompts, G, max new tokens, float32, no KL, GRPO loss, every response trained. Settings:
   tiny   the tiny model of configs/tiny.yaml, 32 prompts x 8 samples, 4 new tokens, the synthetic sum task
@@ -28,9 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4},
-    "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6},
+    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0},
+    # packed micro-batches as the GPU configs run (responses end anywhere in 1..96 tokens)
+    "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6, "micro_batch_tokens": 4096},
 }
+
+
+RUNNERS = {"vllm-skip": "train.py vllm, skip on", "vllm": "train.py vllm, skip off", "hf-skip": "train.py hf, skip on",
+           "hf": "train.py hf, skip off", "trl": "TRL GRPOTrainer"}
 
 
 def prepare(setting, work):
@@ -58,7 +63,7 @@ def run_train_py(setting, model, rows, steps, engine, skip, work):
             f"rollout.max_tokens={s['max_tokens']}",
             f"rollout.engine={engine}", f"optim.lr={s['lr']}", "optim.warmup_steps=1", "eval.every=0",
             f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
-            f"micro_batch_size={s['prompts'] * s['G']}", "micro_batch_tokens=0", "mini_batches=1", "ppo_epochs=1",
+            f"micro_batch_size={s['prompts'] * s['G']}", f"micro_batch_tokens={s['micro_batch_tokens']}", "mini_batches=1", "ppo_epochs=1",
             "rollout.dtype=float32", "model.gradient_checkpointing=false", "optim.weight_decay=0.0"]
     if setting == "tiny":
         args += ["rollout.template=plain", "reward.kind=first_char", "reward.workers=0"]
@@ -127,6 +132,8 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--trl-python", default=None)
+    ap.add_argument("--only", default=None, help=f"comma-separated runners to keep, of {','.join(RUNNERS)}; "
+                    "default: all")
     ap.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--rows", help=argparse.SUPPRESS)
@@ -134,6 +141,9 @@ def main():
     args = ap.parse_args()
     if args.trl_worker:
         return trl_worker(args.setting, args.model, args.rows, args.steps, args.out)
+    unknown = [k for k in (args.only or "").split(",") if k and k.strip() not in RUNNERS]
+    if unknown:
+        ap.error(f"--only: unknown runners {unknown}; choose from {', '.join(RUNNERS)}")
     if args.trl_python is None:
         print("TRL skipped: pass --trl-python (an interpreter with trl installed; see the module docstring)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +154,9 @@ def main():
                    "train.py hf, skip on": ours("hf", True), "train.py hf, skip off": ours("hf", False)}
         if args.trl_python:
             runners["TRL GRPOTrainer"] = lambda: run_trl(args.trl_python, args.setting, model, rows, args.steps, work)
+        if args.only:
+            keep = {RUNNERS[k.strip()] for k in args.only.split(",")}
+            runners = {name: run for name, run in runners.items() if name in keep}
         times, loads = {name: [] for name in runners}, []
         for _ in range(args.rounds):
             for name, run in runners.items():

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from config import load_config  # noqa: E402
 from distributed import full_model_state, init_distributed, world  # noqa: E402
+from policy import load_policy  # noqa: E402
 from weights import make_scheme  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def fixed_batch(P, G, seed=0):
 def main(model_dir, out_path, overrides):
     device = init_distributed()  # the trainer's own setup: gloo under torchrun, one process otherwise
     cfg = load_config(None, overrides)
-    policy = train.load_policy(model_dir, cfg, device)
+    policy = load_policy(model_dir, cfg.model, cfg.rollout.temperature, device)
     before = {k: v.clone() for k, v in full_model_state(policy.model).items()}
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

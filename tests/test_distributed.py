@@ -117,14 +117,13 @@ def test_one_process_trains_bf16_with_fp32_master_weights(tmp_path):
     float32 parameters and AdamW state. An AdamW step of lr 1e-6 moves the weights by about 1e-6, far below
     bfloat16's resolution at their size (|w| 2^-8), and is kept."""
     from config import load_config
-    from policy import make_micro, per_token
-    import train
+    from policy import load_policy, make_micro, per_token
     model_dir = build_tiny_model(tmp_path / "model")
     cfg = load_config(None, ["model.dtype=bfloat16"])
     device = init_distributed()
     policy = opt = None
     try:
-        policy = train.load_policy(model_dir, cfg, device)
+        policy = load_policy(model_dir, cfg.model, cfg.rollout.temperature, device)
         assert all(p.dtype == torch.float32 and hasattr(p, "full_tensor") for p in policy.parameters())
         before = {k: v.clone() for k, v in full_model_state(policy.model).items()}
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)

@@ -1,0 +1,70 @@
+"""metrics.py: what a training step logs. Statistics of the sampled responses (rewards, lengths, pass-rate
+histogram, accuracy per level), averaged over ranks, and metrics.jsonl, one JSON record per step, which
+plot.py draws (and TensorBoard, when asked)."""
+import json
+from pathlib import Path
+
+import torch
+
+from distributed import all_gather, world
+
+
+def batch_metrics(G, rows, groups, scores, rewards):
+    """This rank's statistics of its groups: scores [P, G] are verdicts (0/1), rewards [P, G] add shaping."""
+    if not rows:
+        return {"groups": 0}
+    lengths = torch.tensor([[s.length for s in g] for g in groups], dtype=torch.float32)
+    truncated = torch.tensor([[s.truncated for s in g] for g in groups], dtype=torch.float32)
+    correct = scores > 0.5
+    k = correct.sum(1)
+    m = {"groups": len(rows), "reward_mean": float(rewards.mean()), "score_mean": float(scores.mean()),
+         "zero_var_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
+         "len_mean": float(lengths.mean()), "truncated_frac": float(truncated.mean()),
+         "len_correct": float(lengths[correct].mean()) if correct.any() else None,
+         "len_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None}
+    for j in range(G + 1):
+        m[f"mu_frac/{j}"] = float((k == j).float().mean())
+    for lv in sorted({r["level"] for r in rows if isinstance(r.get("level"), (int, str))}, key=str):
+        sel = torch.tensor([r.get("level") == lv for r in rows])
+        m[f"score_by_level/{lv}"] = float(scores[sel].mean())
+    return m
+
+
+def gather_metrics(local):
+    """Average per-rank batch metrics weighted by each rank's number of groups."""
+    parts = all_gather(local)
+    out = {"groups": sum(p["groups"] for p in parts)}
+    for key in sorted({k for p in parts for k in p if k != "groups"}):
+        vals = [(p[key], p["groups"]) for p in parts if p.get(key) is not None and p["groups"] > 0]
+        if vals:
+            out[key] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl (and TensorBoard when asked), written by rank 0. A resumed run keeps only the
+    records of the steps its checkpoint holds, so the file never holds a step twice."""
+
+    def __init__(self, run_dir, start_step, tensorboard):
+        self.path, self.writer = Path(run_dir) / "metrics.jsonl", None
+        if world()[0] != 0:
+            return
+        old = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()] \
+            if start_step and self.path.is_file() else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in old if r["step"] <= start_step))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(Path(run_dir) / "tensorboard")
+
+    def write(self, m):
+        if world()[0] != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        for k, v in m.items() if self.writer else ():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(k, v, m["step"])
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
