@@ -252,4 +252,6 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     with _ieee_fp32_matmuls():
         logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
                                                     ignore_index)
-    return logp.view(shape), entropy.view(shape)
+    if logp.shape != shape:  # flat inputs stay un-viewed: FSDP2 warns when its root module returns a view
+        logp, entropy = logp.view(shape), entropy.view(shape)
+    return logp, entropy
