@@ -28,9 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0},
+    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0, "trl_micro": 256},
     # packed micro-batches as the GPU configs run (responses end anywhere in 1..96 tokens)
-    "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6, "micro_batch_tokens": 4096},
+    # TRL trains in micro-batches of 16 with 4 accumulation steps (64 at once ran out of 23 GB: full logits)
+    "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6, "micro_batch_tokens": 4096, "trl_micro": 16},
 }
 
 
@@ -107,7 +108,10 @@ def trl_worker(setting, model, rows, steps, out):
         def on_step_end(self, *a, **kw):
             times.append(time.perf_counter() - self.t0)
 
-    args = GRPOConfig(output_dir=str(Path(out).parent / "trl_out"), per_device_train_batch_size=s["prompts"] * s["G"],
+    # one generation of prompts x G per optimiser step, trained in micro-batches of trl_micro
+    accumulation = s["prompts"] * s["G"] // s["trl_micro"]
+    args = GRPOConfig(output_dir=str(Path(out).parent / "trl_out"), per_device_train_batch_size=s["trl_micro"],
+                      gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,
                       num_generations=s["G"], max_completion_length=s["max_tokens"], learning_rate=s["lr"],
                       max_steps=steps, beta=0.0, loss_type="grpo", use_cpu=True, bf16=False,
                       gradient_checkpointing=False, logging_steps=10**9, save_strategy="no", report_to=[],
@@ -160,7 +164,10 @@ def main():
         times, loads = {name: [] for name in runners}, []
         for _ in range(args.rounds):
             for name, run in runners.items():
-                times[name] += run()[2:]
+                try:
+                    times[name] += run()[2:]
+                except subprocess.CalledProcessError as e:  # e.g. killed for memory: report, go on
+                    print(f"{name} failed: {e}", flush=True)
                 loads.append(os.getloadavg()[0])
     s = SETTINGS[args.setting]
     print(f"setting {args.setting}: {s['prompts']} prompts x {s['G']} samples, up to {s['max_tokens']} new tokens, "
@@ -168,6 +175,8 @@ def main():
           f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
     base = statistics.median(times["TRL GRPOTrainer"]) if times.get("TRL GRPOTrainer") else None
     for name, ts in times.items():
+        if not ts:
+            continue
         med = statistics.median(ts)
         ratio = f"{med / base:.2f}x TRL" if base else ""
         print(f"  {name:26} {med:8.3f} s/step (median of {len(ts)})  {ratio}")
