@@ -170,7 +170,8 @@ class WarmStart:
     max_positions: int = 128
 
     def key(self):
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + BOXED_CHARS + f"{BOXED_MIN_TERMS}-{BOXED_MAX_TERMS}"
+        text = (json.dumps(dataclasses.asdict(self), sort_keys=True) + BOXED_CHARS
+                + f"{BOXED_MIN_TERMS}-{BOXED_MAX_TERMS}")
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

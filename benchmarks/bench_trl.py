@@ -64,7 +64,8 @@ def run_train_py(setting, model, rows, steps, engine, skip, work):
             f"rollout.max_tokens={s['max_tokens']}",
             f"rollout.engine={engine}", f"optim.lr={s['lr']}", "optim.warmup_steps=1", "eval.every=0",
             f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
-            f"micro_batch_size={s['prompts'] * s['G']}", f"micro_batch_tokens={s['micro_batch_tokens']}", "mini_batches=1", "ppo_epochs=1",
+            f"micro_batch_size={s['prompts'] * s['G']}", f"micro_batch_tokens={s['micro_batch_tokens']}",
+            "mini_batches=1", "ppo_epochs=1",
             "rollout.dtype=float32", "model.gradient_checkpointing=false", "optim.weight_decay=0.0"]
     if setting == "tiny":
         args += ["rollout.template=plain", "reward.kind=first_char", "reward.workers=0"]

@@ -6,7 +6,8 @@ reasoning text of realistic length) followed by a final line in one of the forma
 ("\\boxed{...}", "**Final Answer:** ...", "The final answer is $...$.", "Answer: ..."). Right answers are
 rewritten into another equivalent form where a rewrite applies (all symbolic golds, half of the others;
 about 40% of right answers end up rewritten), as models write them: 1,000 -> 1{,}000,
-\\frac{3}{4} -> 3/4, 0.75 or \\frac{6}{8}, "x = 5", 2\\sqrt{3} -> \\sqrt{12}, \\frac{\\sqrt{3}}{3} -> \\frac{3}{3\\sqrt{3}},
+\\frac{3}{4} -> 3/4, 0.75 or \\frac{6}{8}, "x = 5", 2\\sqrt{3} -> \\sqrt{12},
+\\frac{\\sqrt{3}}{3} -> \\frac{3}{3\\sqrt{3}},
 sums in another order, factors in another order, 288\\pi -> \\pi \\cdot 288,
 \\left( \\right) and spaces. Wrong answers are verify.perturb_answer of the (rewritten) right answer.
 The script counts the pairs that need symbolic work (the exact identity test at rational points, or sympy)

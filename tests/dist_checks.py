@@ -22,7 +22,8 @@ from config import load_config  # noqa: E402
 from data import PromptStream  # noqa: E402
 from dist_step import fixed_batch  # noqa: E402
 from distributed import (BACKENDS_USED, CKPT_FILES, CheckpointError, agree_on_checkpoint,  # noqa: E402
-                         all_reduce, backend_of, full_model_state, init_distributed, latest_checkpoint, shutdown_distributed, world)
+                         all_reduce, backend_of, full_model_state, init_distributed, latest_checkpoint,
+                         shutdown_distributed, world)
 
 OVERRIDES = ["prompts_per_step=4", "G=4", "micro_batch_size=3", "optim.lr=1e-2", "optim.warmup_steps=1",
              "optim.weight_decay=0.1", "rollout.max_tokens=8", "rollout.engine=hf", "rollout.template=plain",
