@@ -14,6 +14,8 @@ side by side: rollout.py's (one torch seed per call, prefix cache emptied first)
 only with chunked prefill off (a second engine, after the first one is closed).
 
     python benchmarks/bench_rollout.py --models smollm2 --prompts 8 --n 8 --tokens 64 --repeats 2
+
+--compiled adds vLLM's compiled mode (rollout.enforce_eager=false) on the same prompts, in the same run.
 """
 import argparse
 import dataclasses
@@ -107,9 +109,11 @@ def bench_smollm2(args):
               f"  {load()}", flush=True)
 
     if "vllm" in args.engines.split(","):
+        t0 = time.perf_counter()
         engine = make_engine(cfg, model_dir, seed=0)
         encode = lambda prompts: rollout.encode_prompts(engine.tokenizer, prompts, "chat", engine.max_model_len)
         engine.generate(slices[0][:2], 2, max_tokens=4, seed=0)  # warm-up
+        start = time.perf_counter() - t0
         seeded, unseeded = [], []
         for r, prompts in enumerate(slices[1:]):
             for scheme in (("seeded", "unseeded") if r % 2 == 0 else ("unseeded", "seeded")):  # alternate order
@@ -120,7 +124,7 @@ def bench_smollm2(args):
                 else:  # no seed anywhere; the cache is emptied too, so both start from the same state
                     engine.llm.reset_prefix_cache()
                     unseeded.append(raw_generate(engine.llm, encode(prompts), vllm_params(args.n, args.tokens)))
-        record("vllm, rollout.py seeding (torch seed per call)", seeded)
+        record(f"vllm, rollout.py seeding (torch seed per call; start-up {start:.0f} s)", seeded)
         record("vllm, unseeded (same engine, interleaved)", unseeded)
         engine.close()
 
@@ -136,16 +140,24 @@ def bench_smollm2(args):
         record("vllm, old per-request seeds (chunked prefill off)", old)
         rollout._vllm_shutdown(llm, owns_process_group=True)
 
-    if "hf" in args.engines.split(","):
-        engine = make_engine(dataclasses.replace(cfg, engine="hf"), model_dir, seed=0)
-        engine.generate(slices[0][:2], 2, max_tokens=4, seed=0)
-        runs = []
+    def engine_runs(engine_cfg):
+        """(tokens, seconds) of rollout.py's generate on each slice, and the engine's start-up seconds."""
+        t0 = time.perf_counter()
+        engine = make_engine(engine_cfg, model_dir, seed=0)
+        engine.generate(slices[0][:2], 2, max_tokens=4, seed=0)  # warm-up (and, compiled, the compilation)
+        start, runs = time.perf_counter() - t0, []
         for r, prompts in enumerate(slices[1:]):
             t0 = time.perf_counter()
             out = engine.generate(prompts, args.n, seed=r)
             runs.append((sum(s.length for g in out for s in g), time.perf_counter() - t0))
-        record("transformers generate (hf engine)", runs)
         engine.close()
+        return runs, start
+
+    if args.compiled:  # vLLM's compiled mode (torch.compile of its model) against the eager default above
+        runs, start = engine_runs(dataclasses.replace(cfg, enforce_eager=False))
+        record(f"vllm compiled (rollout.enforce_eager=false; start-up {start:.0f} s)", runs)
+    if "hf" in args.engines.split(","):
+        record("transformers generate (hf engine)", engine_runs(dataclasses.replace(cfg, engine="hf"))[0])
 
     print(f"\nSmolLM2-135M-Instruct float32, chat-template GSM8K prompts: {args.prompts} prompts x {args.n} samples x "
           f"up to {args.tokens} tokens, temperature 1, {args.repeats} repeats (median), {os.cpu_count()} CPUs")
@@ -161,6 +173,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--models", default="tiny,0.5b", help="tiny, 0.5b (random init) and/or smollm2 (real)")
     ap.add_argument("--engines", default="vllm,hf")
+    ap.add_argument("--compiled", action="store_true", help="smollm2: also vLLM's compiled mode (enforce_eager=false)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("RLVR_DATA_DIR", str(ROOT.parent / "shared" / "data")),
                     help="folder with gsm8k_test.jsonl (smollm2)")

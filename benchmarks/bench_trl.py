@@ -10,7 +10,8 @@ train.py runs as users run it (vLLM engine, and the transformers engine), once w
 zero-advantage responses out of the training pass and once training every response (skip off), so that a
 batch of all-equal rewards does not pass for a faster trainer. TRL's step includes its generation (transformers
 `generate`). Runs alternate between the trainers for --rounds rounds, so that load spreads over all of them;
-the figure is the median step time after the first two steps of each run, and the load average is printed.
+the figure is the median step time after the first two steps of each run (for train.py also the median of
+its rollout phase, the engine's generate calls), and the load average is printed.
 
 TRL is not a dependency: install it beside this project's torch, e.g.
     python -m venv --system-site-packages /tmp/trl && /tmp/trl/bin/pip install trl==1.16.0
@@ -74,7 +75,7 @@ def run_train_py(setting, model, rows, steps, engine, skip, work):
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "grpo.yaml"), *args],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["time/step"] for r in recs if "time/step" in r]
+    return [(r["time/step"], r["time/rollout"]) for r in recs if "time/step" in r]
 
 
 def trl_worker(setting, model, rows, steps, out):
@@ -120,7 +121,7 @@ def trl_worker(setting, model, rows, steps, out):
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tok,
                           callbacks=[Timer()])
     trainer.train()
-    Path(out).write_text(json.dumps(times))
+    Path(out).write_text(json.dumps([(t, None) for t in times]))  # TRL's generation is not timed apart
 
 
 def run_trl(python, setting, model, rows, steps, work):
@@ -174,13 +175,16 @@ def main():
     print(f"setting {args.setting}: {s['prompts']} prompts x {s['G']} samples, up to {s['max_tokens']} new tokens, "
           f"float32; {args.rounds} alternating rounds of {args.steps} steps; load average "
           f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
-    base = statistics.median(times["TRL GRPOTrainer"]) if times.get("TRL GRPOTrainer") else None
+    trl = [step for step, _ in times.get("TRL GRPOTrainer", [])]
+    base = statistics.median(trl) if trl else None
     for name, ts in times.items():
         if not ts:
             continue
-        med = statistics.median(ts)
+        med = statistics.median(step for step, _ in ts)
         ratio = f"{med / base:.2f}x TRL" if base else ""
-        print(f"  {name:26} {med:8.3f} s/step (median of {len(ts)})  {ratio}")
+        rollout = [r for _, r in ts if r is not None]  # train.py's rollout phase: the engine's generate calls
+        rollout = f"rollout {statistics.median(rollout):.3f} s" if rollout else ""
+        print(f"  {name:26} {med:8.3f} s/step (median of {len(ts)})  {ratio:10} {rollout}")
 
 
 if __name__ == "__main__":
