@@ -71,9 +71,12 @@ class TrainConfig:
     G: int = 8                      # samples per prompt
     ppo_epochs: int = 1
     mini_batches: int = 1           # optimizer steps per epoch (each a slice of whole prompt groups)
-    micro_batch_size: int = 64      # rows (one response each, unless packed) per forward/backward, at most
+    micro_batch_size: int = 64      # rows (one response each, unless packed or shared) per forward/backward, at most
     micro_batch_tokens: int = 0     # > 0: pack length-sorted responses into micro-batches of at most this many
                                     # padded tokens (rows x longest prompt + response); 0: runs of micro_batch_size
+    share_prompt: bool = False      # a prompt's forward/backward once for its G responses: a row is the prompt,
+                                    # then its responses, under an [S, S] attention mask per row (exact; memory
+                                    # S^2 per row, so for short responses such as CPU runs, not 3k-token ones)
     grad_sync: str = "step"         # FSDP: reduce-scatter gradients once per optimiser "step" (holds unsharded
                                     # gradients between micro-batches) or after every "micro_batch"
     skip_zero_advantage: bool = True  # leave A_i = 0 responses out of the training pass (no KL / entropy term)

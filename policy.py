@@ -1,9 +1,11 @@
 """The trainable policy's per-token log-probs: a causal LM whose final hidden states at response positions
 go through the chunked log-prob kernel (loss.token_logprobs), in micro-batches of rows. A row holds one
 prompt + response, right-padded, or several packed one after another (position ids restart at each, and
-transformers then masks attention between them). The [tokens, vocab] logits are never materialised.
+transformers then masks attention between them), or, with prompts shared, a prompt followed by its responses
+attending through `block_attention`. The [tokens, vocab] logits are never materialised.
 """
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -23,15 +25,63 @@ class Policy(torch.nn.Module):
         super().__init__()
         self.model, self.temperature = model, temperature
         self.kernel_timer = None  # a KernelTimer while diagnostics measure the LM-head kernel
+        if model.config._attn_implementation == "sdpa":  # the same, plus shared-prompt blocks when given
+            register_block_attention()
+            model.set_attn_implementation("sdpa_blocks")
 
-    def forward(self, input_ids, attention_mask, position_ids, rows, cols, targets):
-        # no KV cache: with one, transformers would not look for packed sequences in position_ids
-        hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  use_cache=False).last_hidden_state
+    def forward(self, input_ids, attention_mask, position_ids, rows, cols, targets, blocks=None):
+        if blocks is not None and self.model.config._attn_implementation != "sdpa_blocks":
+            raise ValueError(f"share_prompt needs the model's attention to be sdpa, found "
+                             f"{self.model.config._attn_implementation!r}")
+        # no KV cache: with one, transformers would not look for packed sequences in position_ids.
+        # A 4D mask (the blocks') goes through transformers as is; `blocks` reaches every attention call.
+        kw = {"attention_mask": attention_mask} if blocks is None else {"attention_mask": blocks.mask,
+                                                                         "blocks": blocks}
+        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                  **kw).last_hidden_state
         h = hidden[rows, cols]  # [n, H]: the states that predict the response tokens
         if self.kernel_timer is not None:
             return self.kernel_timer(h, self.model.lm_head.weight, targets, self.temperature)
         return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+
+
+@dataclass
+class PromptBlocks:
+    """share_prompt's attention: a block per prompt (its tokens, causal) and one per response (its prompt's
+    tokens, then its own, causal), gathered from the micro-batch's R x S token grid."""
+    q_index: torch.Tensor  # [N, Q] flat index (row * S + column) of each block's query tokens, padded with 0
+    q_valid: torch.Tensor  # [N, Q] bool: a real query (each real token is the query of exactly one block)
+    k_index: torch.Tensor  # [N, K] flat index of its keys, padded with 0
+    mask: torch.Tensor     # [N, 1, Q, K] bool: key visible from query (a padded query sees one key: no NaN)
+
+
+def block_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, blocks=None, **kwargs):
+    """transformers' sdpa attention, or with `blocks` (share_prompt) attention block by block: a response's
+    queries against its prompt's keys and its own, as if each response sat in a row of its own after its
+    prompt. The cost is N x Q x K scores instead of (prompt + G responses)^2 per row with a dense mask.
+    query [R, H, S, D], key/value [R, Hkv, S, D]; returns [R, S, H, D] (transformers' layout)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if blocks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    R, H, S, D = query.shape
+    flat = lambda x: x.transpose(1, 2).reshape(R * S, x.shape[1], D)  # noqa: E731  [R * S, heads, D]
+    q = flat(query)[blocks.q_index].transpose(1, 2)  # [N, H, Q, D]
+    k, v = (flat(x)[blocks.k_index].transpose(1, 2).repeat_interleave(H // key.shape[1], dim=1)
+            for x in (key, value))  # [N, H, K, D]; query head h reads key head h // (H / Hkv), as transformers does
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=blocks.mask, dropout_p=dropout,
+                                                           scale=scaling)
+    out = out.transpose(1, 2)[blocks.q_valid]  # [real tokens, H, D]
+    grid = out.new_zeros(R * S, H, D).index_put((blocks.q_index[blocks.q_valid],), out)
+    return grid.view(R, S, H, D), None
+
+
+def register_block_attention():
+    """Make "sdpa_blocks" (block_attention, with sdpa's masks) an attention implementation of transformers."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+    AttentionInterface.register("sdpa_blocks", block_attention)
+    AttentionMaskInterface.register("sdpa_blocks", sdpa_mask)
 
 
 def load_policy(path, model_cfg, temperature, device, trainable=True):
@@ -97,7 +147,7 @@ class KernelTimer:
 class Micro:
     """One micro-batch of B responses in R rows, ready for Policy.forward."""
     input_ids: torch.Tensor       # [R, S] prompt + response sequences, right-padded
-    attention_mask: Optional[torch.Tensor]  # [R, S] with one sequence per row; None when packed
+    attention_mask: Optional[torch.Tensor]  # [R, S] with one sequence per row; None when packed or shared
     position_ids: Optional[torch.Tensor]    # [R, S] restarting at each packed sequence; None: one per row
     rows: torch.Tensor            # [n] the row of each response token (n = response tokens in all)
     cols: torch.Tensor            # [n] the column of the hidden state that predicts it
@@ -106,6 +156,8 @@ class Micro:
     t_idx: torch.Tensor           # [n] its position in the response
     mask: torch.Tensor            # [B, T] loss mask
     index: torch.Tensor           # [B] the responses' indices in the rank's batch
+    blocks: Optional[PromptBlocks] = None  # share_prompt: the attention blocks
+
 
 
 def pack_micro_batches(index, seq_lens, max_rows, max_tokens=0):
@@ -131,45 +183,94 @@ def pack_micro_batches(index, seq_lens, max_rows, max_tokens=0):
     return [rows[a: a + per_chunk] for a in range(0, len(rows), per_chunk)]
 
 
-def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device):
+def reuses_prompt(row, prompt_ids, share):
+    """Per response of a row, whether it reuses the prompt just before it instead of carrying its own copy:
+    with `share`, when the previous response in the row has the same prompt (a group's responses sit
+    together in a row)."""
+    return [share and k > 0 and prompt_ids[i] == prompt_ids[row[k - 1]] for k, i in enumerate(row)]
+
+
+def row_tokens(row, prompt_ids, response_ids, share=False):
+    """The tokens make_micro lays out for one row (before its padding)."""
+    return sum(len(response_ids[i]) + (0 if reuse else len(prompt_ids[i]))
+               for i, reuse in zip(row, reuses_prompt(row, prompt_ids, share)))
+
+
+def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device, share_prompt=False):
     """The micro-batch of `rows` (lists of response indices): each row's [prompt + response] sequences
-    one after another, right-padded; and where each response token's predictor sits (the column before)."""
+    one after another, right-padded; and where each response token's predictor sits (the column before).
+
+    share_prompt: a response whose prompt equals the previous one's in its row follows it without a copy of
+    the prompt, [prompt, response_1, response_2, ...], each response at the positions it would have after
+    its prompt, and attention goes block by block (PromptBlocks, block_attention): the log-probs and
+    gradients of one row per response (tested), with the prompt's forward and backward done once."""
     index = [i for row in rows for i in row]
-    p_len = torch.tensor([len(prompt_ids[i]) for i in index])
     r_len = torch.tensor([len(response_ids[i]) for i in index])
-    width = max(sum(len(prompt_ids[i]) + len(response_ids[i]) for i in row) for row in rows)
+    width = max(row_tokens(row, prompt_ids, response_ids, share_prompt) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros_like(input_ids)
-    starts, row_of = [], []
+    prompt_last, response_start, row_of, spans, shared = [], [], [], [], False
     for r, row in enumerate(rows):
         col = 0
-        for i in row:
-            n = len(prompt_ids[i]) + len(response_ids[i])
-            input_ids[r, col: col + n] = torch.tensor(prompt_ids[i] + response_ids[i])
-            position_ids[r, col: col + n] = torch.arange(n)
-            starts.append(col)
+        for i, reuse in zip(row, reuses_prompt(row, prompt_ids, share_prompt)):
+            p, o = prompt_ids[i], response_ids[i]
+            if not reuse:
+                input_ids[r, col: col + len(p)] = torch.tensor(p)
+                position_ids[r, col: col + len(p)] = torch.arange(len(p))
+                prompt = torch.arange(len(p)) + r * width + col  # its tokens' flat indices
+                spans.append((prompt, prompt))
+                last, col = col + len(p) - 1, col + len(p)
+            shared |= reuse
+            input_ids[r, col: col + len(o)] = torch.tensor(o)
+            position_ids[r, col: col + len(o)] = len(p) + torch.arange(len(o))
+            own = torch.arange(len(o)) + r * width + col
+            spans.append((own, torch.cat([prompt, own])))
+            prompt_last.append(last)
+            response_start.append(col)
             row_of.append(r)
-            col += n
+            col += len(o)
         position_ids[r, col:] = torch.arange(width - col)  # the padding: a sequence of its own
     packed = len(index) > len(rows)
     b_idx = torch.repeat_interleave(torch.arange(len(index)), r_len)
     t_idx = torch.arange(len(b_idx)) - torch.repeat_interleave(r_len.cumsum(0) - r_len, r_len)
-    cols = (torch.tensor(starts) + p_len - 1)[b_idx] + t_idx
+    # token t of a response is predicted by the state before it: the prompt's last token for t = 0
+    cols = torch.where(t_idx == 0, torch.tensor(prompt_last)[b_idx], torch.tensor(response_start)[b_idx] + t_idx - 1)
     targets = torch.tensor([t for i in index for t in response_ids[i]], dtype=torch.long)
     mask = torch.zeros(len(index), max(1, int(r_len.max())))
     mask[b_idx, t_idx] = torch.tensor([m for i in index for m in loss_mask[i]], dtype=torch.float32)
-    attention_mask = None if packed else (torch.arange(input_ids.shape[1]) < (p_len + r_len)[:, None]).long()
-    to = lambda x: None if x is None else x.to(device)
-    return Micro(to(input_ids), to(attention_mask), to(position_ids) if packed else None,
+    blocks, attention_mask = None, None  # packed: transformers masks sequences apart from the position ids
+    if shared:
+        blocks = prompt_blocks(spans, position_ids.flatten())
+    elif not packed:
+        lengths = torch.tensor([row_tokens(row, prompt_ids, response_ids) for row in rows])
+        attention_mask = (torch.arange(width) < lengths[:, None]).long()
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    if blocks is not None:
+        blocks = PromptBlocks(*(to(x) for x in dataclasses.astuple(blocks)))
+    return Micro(to(input_ids), to(attention_mask), to(position_ids) if packed or shared else None,
                  to(torch.tensor(row_of)[b_idx]), to(cols), to(targets), to(b_idx), to(t_idx), to(mask),
-                 torch.tensor(index, dtype=torch.long))
+                 torch.tensor(index, dtype=torch.long), blocks)
+
+
+def prompt_blocks(spans, positions):
+    """PromptBlocks from (query tokens, key tokens) pairs of flat indices, one pair per block: key k is
+    visible from query q when its position is not after q's (prompt keys come before every response)."""
+    Q, K = max(len(q) for q, _ in spans), max(len(k) for _, k in spans)
+    q_index, k_index = torch.zeros(len(spans), Q, dtype=torch.long), torch.zeros(len(spans), K, dtype=torch.long)
+    q_valid, k_valid = torch.zeros(len(spans), Q, dtype=torch.bool), torch.zeros(len(spans), K, dtype=torch.bool)
+    for n, (q, k) in enumerate(spans):
+        q_index[n, : len(q)], q_valid[n, : len(q)] = q, True
+        k_index[n, : len(k)], k_valid[n, : len(k)] = k, True
+    mask = k_valid[:, None, :] & (positions[k_index][:, None, :] <= positions[q_index][:, :, None])
+    mask[:, :, 0] |= ~q_valid  # a padded query sees the first key, so that no softmax row is empty
+    return PromptBlocks(q_index, q_valid, k_index, mask[:, None])
 
 
 def per_token(policy, mb, grad):
     """[B, T] log-probs and entropies of a micro-batch; with grad=True both carry the graph (the loss's
     entropy bonus, loss.entropy_coef, differentiates through the entropy)."""
     with contextlib.nullcontext() if grad else torch.no_grad():
-        logp, ent = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mb.rows, mb.cols, mb.targets)
+        logp, ent = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mb.rows, mb.cols, mb.targets, mb.blocks)
     B, T = mb.mask.shape
     out_logp = torch.zeros(B, T, device=logp.device, dtype=logp.dtype).index_put((mb.b_idx, mb.t_idx), logp)
     out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent)

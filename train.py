@@ -39,7 +39,7 @@ from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_r
 from loss import policy_loss
 from metrics import MetricsLog, batch_metrics, gather_metrics
 from plot import run_summary
-from policy import KernelTimer, Policy, load_policy, make_micro, pack_micro_batches, per_token
+from policy import KernelTimer, Policy, load_policy, make_micro, pack_micro_batches, per_token, row_tokens
 from rollout import encode_prompts, make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
@@ -200,37 +200,46 @@ def advantages_and_weights(cfg: TrainConfig, scheme: Scheme, R, L, C, mine):
     return A.flatten(), W.flatten(), W_reg.flatten(), bucket.repeat_interleave(G), mini
 
 
-def plan_micro_batches(cfg: TrainConfig, mini, seq_lens, trained):
+def plan_micro_batches(cfg: TrainConfig, mini, row_len, trained):
     """Per mini-batch, its micro-batches: each a list of rows, a row a list of local response indices
-    (policy.pack_micro_batches: packed under a token budget, or one response per row in runs).
+    (policy.pack_micro_batches: packed under a token budget, or one item per row in runs; an item is one
+    response, or with share_prompt a prompt's trained responses, laid out as row_len(item) tokens).
     Only responses in `trained` go in. Every rank gets the same number of micro-batches, at least one
     (empty lists pad): FSDP's collectives run once per forward and backward, so a rank with fewer
     responses joins them with a zero-weight pass, and every step's backward leaves gradients (maybe zero)
     for the optimiser, as the full batch would."""
     plan, MAX = [], dist.ReduceOp.MAX if dist.is_initialized() else None
     for local in mini:
-        idx = [q * cfg.G + i for q in local for i in range(cfg.G) if trained[q * cfg.G + i]]
-        chunks = pack_micro_batches(idx, seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens)
+        groups = [[q * cfg.G + i for i in range(cfg.G) if trained[q * cfg.G + i]] for q in local]
+        items = [g for g in groups if g] if cfg.share_prompt else [[i] for g in groups for i in g]
+        rows_of_items = pack_micro_batches(list(range(len(items))), [row_len(it) for it in items],
+                                           cfg.micro_batch_size, cfg.micro_batch_tokens)
+        chunks = [[[i for u in row for i in items[u]] for row in rows] for rows in rows_of_items]
         n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), MAX))
         plan.append(chunks + [[]] * (n_max - len(chunks)))
     return plan
 
 
-def plan_stats(plan, seq_lens, trained):
-    """Tokens the plan computes (rows x longest, per micro-batch) and the real ones among them, and the
+def plan_stats(plan, row_len, trained):
+    """Tokens the plan computes (rows x widest, per micro-batch) and the real ones among them, and the
     responses left out; summed over ranks by reduce_stats."""
-    real = sum(seq_lens[i] for chunks in plan for rows in chunks for row in rows for i in row)
-    computed = sum(len(rows) * max(sum(seq_lens[i] for i in row) for row in rows)
-                   for chunks in plan for rows in chunks if rows)
+    real = sum(row_len(row) for chunks in plan for rows in chunks for row in rows)
+    computed = sum(len(rows) * max(row_len(row) for row in rows) for chunks in plan for rows in chunks if rows)
     return {"real_tokens": float(real), "computed_tokens": float(computed),
             "skipped": float(len(trained) - sum(trained)), "responses": float(len(trained))}
+
+
+def row_length(tr: Trainer, batch: Batch):
+    """The tokens a row of these responses takes in make_micro (a shared prompt counted once)."""
+    return lambda row: row_tokens(row, batch.prompt_ids, batch.response_ids, tr.cfg.share_prompt)
 
 
 def build_micro(tr: Trainer, batch: Batch, rows):
     """The micro-batch of `rows` (lists of response indices), or a one-token dummy of zero weight."""
     if not rows:
         return make_micro([[tr.pad_id]], [[tr.pad_id]], [[0.0]], [[0]], tr.pad_id, tr.device), True
-    return make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, tr.pad_id, tr.device), False
+    return make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, tr.pad_id, tr.device,
+                      share_prompt=tr.cfg.share_prompt), False
 
 
 def micro_key(rows, n):
@@ -344,11 +353,10 @@ def train_on_batch(tr: Trainer, batch: Batch):
     # a KL or entropy term it needs no forward or backward. Normalisers (W) come from the whole batch.
     regularised = cfg.loss.kl_beta or cfg.loss.entropy_coef
     trained = [not (cfg.skip_zero_advantage and not regularised and a == 0) for a in A.tolist()]
-    seq_lens = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-    plan = plan_micro_batches(cfg, mini, seq_lens, trained)
+    plan = plan_micro_batches(cfg, mini, row_length(tr, batch), trained)
     totals, grad_norms = ppo_update(tr, batch, A, W, W_reg, bucket, plan)
     tr.scheduler.step()
-    totals = reduce_stats({**totals, **plan_stats(plan, seq_lens, trained)})
+    totals = reduce_stats({**totals, **plan_stats(plan, row_length(tr, batch), trained)})
     # DARO's L_mu divides by the bucket's tokens: all of them, trained or skipped (exact integers)
     totals["bucket_tokens"] = torch.zeros(G + 1, dtype=torch.float64).index_add_(
         0, pass_counts(C), L.double().sum(1)) * cfg.ppo_epochs
@@ -361,8 +369,7 @@ def diagnose_batch(tr: Trainer, batch: Batch):
     and max |engine - trainer| over the response tokens, float64 differences of float32 values, both at
     temperature 1 (the engine returns raw-logit log-probs). Every rank runs the same number of passes."""
     n = len(batch.response_ids)
-    seq_lens = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-    (chunks,) = plan_micro_batches(tr.cfg, [list(range(n // tr.cfg.G))], seq_lens, [True] * n)
+    (chunks,) = plan_micro_batches(tr.cfg, [list(range(n // tr.cfg.G))], row_length(tr, batch), [True] * n)
     temperature, tr.policy.temperature = tr.policy.temperature, 1.0
     deltas = []
     try:

@@ -1,9 +1,10 @@
-"""policy.py: packed rows (several prompt + response sequences per row, position ids restarting) give the
-log-probs, entropies and gradients of one right-padded row per response (float32, tiny Qwen2)."""
+"""policy.py: packed rows (several prompt + response sequences per row, position ids restarting) and shared
+prompts (a prompt, then its responses, under a block mask) give the log-probs, entropies and gradients of one
+right-padded row per response (float32, tiny Qwen2)."""
 import pytest
 import torch
 
-from policy import Policy, make_micro, pack_micro_batches, per_token
+from policy import Policy, make_micro, pack_micro_batches, per_token, row_tokens
 from tiny import build_tiny_model
 
 
@@ -44,3 +45,51 @@ def test_packed_rows_equal_one_row_per_response(model):
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prompt_rows_equal_one_row_per_response(model):
+    """share_prompt: [prompt, response_1, response_2, ...] under the block mask gives every response the
+    log-probs, entropies and parameter gradients of its own [prompt + response] row; rows mix groups
+    (two groups packed in one row) and carry padding."""
+    policy = Policy(model, temperature=0.8)
+    g = torch.Generator().manual_seed(3)
+    prompts, outs = [], []
+    for q in range(3):
+        prompt = torch.randint(3, 90, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(3):
+            prompts.append(prompt)
+            outs.append(torch.randint(3, 90, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist())
+    mask = [[1.0] * len(o) for o in outs]
+    rows = [[0, 1, 2, 3, 4, 5], [6, 8]]  # groups 0 and 1 packed in one row; group 2 without its response 7
+    shared = make_micro(prompts, outs, mask, rows, 0, torch.device("cpu"), share_prompt=True)
+    plain = make_micro(prompts, outs, mask, [[i] for row in rows for i in row], 0, torch.device("cpu"))
+    assert len(shared.blocks.q_index) == 3 + 8 and shared.input_ids.shape[1] == max(  # a block per prompt, response
+        row_tokens(row, prompts, outs, share=True) for row in rows)
+    assert sum(row_tokens(row, prompts, outs, share=True) for row in rows) == sum(map(len, outs)) - len(outs[7]) + sum(
+        len(prompts[3 * q]) for q in range(3))  # each prompt once
+    weights = torch.randn(*shared.mask.shape)
+    results = []
+    for mb in (shared, plain):
+        model.zero_grad()
+        logp, ent = per_token(policy, mb, grad=True)
+        ((logp * weights + 0.1 * ent) * mb.mask).sum().backward()
+        results.append((logp.detach(), ent.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-5)
+    for k, grad in results[1][2].items():  # float32 sums in another order: tolerance relative to the largest
+        torch.testing.assert_close(results[0][2][k], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
+
+
+def test_shared_prompt_blocks_by_hand():
+    """The blocks of one row [p p | a a | b], written out: the prompt's own block, then each response's
+    queries against the prompt's keys and its own, causal by position."""
+    mb = make_micro([[5, 6], [5, 6]], [[7, 8], [9]], [[1.0, 1.0], [1.0]], [[0, 1]], 0, torch.device("cpu"),
+                    share_prompt=True)
+    assert mb.input_ids.tolist() == [[5, 6, 7, 8, 9]] and mb.position_ids.tolist() == [[0, 1, 2, 3, 2]]
+    assert mb.cols.tolist() == [1, 2, 1] and mb.targets.tolist() == [7, 8, 9]
+    b = mb.blocks
+    assert b.q_index.tolist() == [[0, 1], [2, 3], [4, 0]] and b.q_valid.tolist() == [[1, 1], [1, 1], [1, 0]]
+    assert b.k_index.tolist() == [[0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 4, 0]]
+    assert b.mask[:, 0].int().tolist() == [[[1, 0, 0, 0], [1, 1, 0, 0]],
+                                           [[1, 1, 1, 0], [1, 1, 1, 1]],
+                                           [[1, 1, 1, 0], [1, 0, 0, 0]]]  # a padded query sees key 0 only

@@ -56,8 +56,9 @@ def test_one_step_of_every_config(method, tmp_path):
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """The same batch: one process (all responses trained, micro-batches of 5) vs torchrun on 2 gloo ranks
     with FSDP2 and other splits: runs of 3 with one gradient reduce-scatter per optimiser step, and
-    length-sorted micro-batches under a token budget with a reduce-scatter after every micro-batch; both
-    skip the zero-advantage group. 2 mini-batches, LIPO (batch std) + HA-DW (batch accuracy).
+    length-sorted micro-batches under a token budget with a reduce-scatter after every micro-batch, and
+    shared prompts (a group's responses after one copy of its prompt); all skip the zero-advantage group.
+    2 mini-batches, LIPO (batch std) + HA-DW (batch accuracy).
     SGD lr 1: the parameter change is minus the gradient."""
     model_dir = build_tiny_model(tmp_path / "model")
     overrides = ["prompts_per_step=6", "G=4", "mini_batches=2", "scheme.name=lipo", "scheme.hadw.enabled=true",
@@ -68,7 +69,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
         subprocess.run([sys.executable, script, str(model_dir), str(tmp_path / name), *split, *overrides],
                        check=True, env=env, timeout=300)
     runs = {"two.pt": ["micro_batch_size=3", "grad_sync=step"],
-            "budget.pt": ["micro_batch_tokens=24", "grad_sync=micro_batch"]}
+            "budget.pt": ["micro_batch_tokens=24", "grad_sync=micro_batch"],
+            "shared.pt": ["share_prompt=true", "micro_batch_tokens=40", "grad_sync=step"]}
     for name, split in runs.items():
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         "29533", script, str(model_dir), str(tmp_path / name), *split, *overrides],
@@ -97,7 +99,8 @@ def test_token_budget_plan_packs_responses_under_the_budget():
     trained = [True] * 20
     trained[5] = False
     mini = [[0, 1], [2, 3, 4]]  # local groups of two mini-batches
-    plan = train.plan_micro_batches(cfg, mini, seq_lens, trained)
+    row_len = lambda row: sum(seq_lens[i] for i in row)  # noqa: E731
+    plan = train.plan_micro_batches(cfg, mini, row_len, trained)
     for local, chunks in zip(mini, plan):
         flat = [i for rows in chunks for row in rows for i in row]
         assert sorted(flat) == [q * 4 + i for q in local for i in range(4) if trained[q * 4 + i]]
@@ -105,11 +108,32 @@ def test_token_budget_plan_packs_responses_under_the_budget():
         for rows in chunks:
             assert all(sum(seq_lens[i] for i in row) <= width for row in rows)
             assert len(rows) <= 3 and len(rows) * width <= max(100, width)
-    stats = train.plan_stats(plan, seq_lens, trained)
+    stats = train.plan_stats(plan, row_len, trained)
     assert stats["skipped"] == 1 and stats["real_tokens"] == sum(seq_lens) - seq_lens[5]
-    runs = train.plan_micro_batches(load_config(None, ["G=4", "micro_batch_size=3"]), mini, seq_lens, trained)
+    runs = train.plan_micro_batches(load_config(None, ["G=4", "micro_batch_size=3"]), mini, row_len, trained)
     assert all(len(row) == 1 for chunks in runs for rows in chunks for row in rows)
-    assert train.plan_stats(runs, seq_lens, trained)["computed_tokens"] > stats["computed_tokens"]
+    assert train.plan_stats(runs, row_len, trained)["computed_tokens"] > stats["computed_tokens"]
+
+
+def test_shared_prompt_plan_keeps_each_group_in_one_row():
+    """share_prompt: a row holds whole groups (their trained responses side by side, the prompt once);
+    the stats count the prompt once per group."""
+    from policy import row_tokens
+    cfg = load_config(None, ["G=4", "micro_batch_tokens=60", "micro_batch_size=8", "share_prompt=true"])
+    prompts = [p for q in range(5) for p in [list(range(3, 3 + 2 + q))] * 4]  # group q's prompt: 2 + q tokens
+    lengths = [8, 8, 7, 8, 1, 2, 1, 1, 3, 1, 5, 2, 6, 7, 1, 2, 1, 1, 1, 3]  # group widths 26, 8, 15, 15, 12
+    outs = [list(range(n)) for n in lengths]
+    trained = [True] * 20
+    trained[2] = trained[13] = False
+    row_len = lambda row: row_tokens(row, prompts, outs, share=True)  # noqa: E731
+    plan = train.plan_micro_batches(cfg, [[0, 1, 2], [3, 4]], row_len, trained)
+    rows = [row for chunks in plan for rs in chunks for row in rs]
+    assert sorted(i for row in rows for i in row) == [i for i in range(20) if trained[i]]
+    groups = [{i // 4 for i in row} for row in rows]
+    assert sum(len(gs) for gs in groups) == 5  # no group split over rows
+    assert any(len(gs) > 1 for gs in groups)  # and rows packed with several groups
+    stats = train.plan_stats(plan, row_len, trained)
+    assert stats["real_tokens"] == sum(2 + q for q in range(5)) + sum(len(outs[i]) for i in range(20) if trained[i])
 
 
 def run_cli(args, **kw):
