@@ -113,7 +113,7 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
         for start in range(0, len(rows), batch_size):
             chunk = [row["problem"] for row in rows[start:start + batch_size]]
             samples += engine.generate(chunk, bn, temperature=temperature, top_p=top_p,
-                                       max_tokens=max_tokens, seed=seed + start)
+                                       max_tokens=max_tokens, seed=seed + start, logprobs=False)
             bar.update(len(chunk) * bn)
         responses = [s.text for group in samples for s in group]
         golds = [row["answer"] for row in rows for _ in range(bn)]

@@ -12,6 +12,8 @@ What a Sample holds (both engines):
   logprobs   one float per token of token_ids, EOS included: log pi(token | prefix) under the
              engine's weights, computed from the RAW logits (log_softmax at temperature 1, no top-p):
              the quantity the trainer recomputes as pi_old. Sampling itself uses temperature/top_p.
+             None when generate(..., logprobs=False) (the trainer asks for them only for diagnostics:
+             vLLM's per-token log-prob bookkeeping costs ~20% of a short rollout).
   truncated  True when the response hit max_tokens (or the engine's max_model_len) without EOS or a
              stop string.
 
@@ -82,7 +84,7 @@ class Sample:
     text: str  # decoded response, special tokens skipped
     length: int  # == len(token_ids)
     truncated: bool  # hit max_tokens / max_model_len without EOS or stop string
-    logprobs: list[float]  # per token of token_ids (EOS included), raw-logit log-probs
+    logprobs: Optional[list[float]]  # per token of token_ids (EOS included), raw-logit log-probs; None: not asked
 
 
 def format_prompt(question: str, template: str, tokenizer) -> str:
@@ -211,7 +213,8 @@ def _repeat_greedy(results: list[list[Sample]], n: int) -> list[list[Sample]]:
     """Greedy decoding drew one response per prompt: give each prompt n independent copies of it."""
     return [samples if len(samples) == n else [dataclasses.replace(samples[0], prompt_ids=list(samples[0].prompt_ids),
                                                                    token_ids=list(samples[0].token_ids),
-                                                                   logprobs=list(samples[0].logprobs))
+                                                                   logprobs=None if samples[0].logprobs is None
+                                                                   else list(samples[0].logprobs))
                                                for _ in range(n)]
             for samples in results]
 
@@ -400,7 +403,8 @@ class VLLMEngine:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.dtype = dtype
 
-    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
+    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None,
+                 logprobs=True):
         from vllm import SamplingParams
 
         c = _begin_call(self, prompts, n, temperature, top_p, max_tokens, seed)
@@ -412,19 +416,24 @@ class VLLMEngine:
                 # vLLM rejects prompt + max_tokens > max_model_len
                 max_tokens=min(c.max_tokens, self.max_model_len - len(ids)),
                 stop=list(self.cfg.stop) or None, include_stop_str_in_output=True,
-                logprobs=0,  # only the sampled token's log-prob (raw logits: vLLM's default logprobs_mode)
+                logprobs=0 if logprobs else None,  # the sampled token's (raw logits: vLLM's default logprobs_mode)
+                # stop strings need vLLM's incremental text; otherwise one batch decode below is cheaper
+                detokenize=bool(self.cfg.stop),
             )
             for ids in c.prompt_ids
         ]
         outputs = _vllm_generate(self.llm, c.prompt_ids, params, c.seed(), self.rng_devices)
+        outputs = [sorted(out.outputs, key=lambda o: o.index) for out in outputs]
+        texts = iter([o.text for outs in outputs for o in outs] if self.cfg.stop else self.tokenizer.batch_decode(
+            [o.token_ids for outs in outputs for o in outs], skip_special_tokens=True))
         results = []
-        for ids, out in zip(c.prompt_ids, outputs):
+        for ids, outs in zip(c.prompt_ids, outputs):
             samples = []
-            for o in sorted(out.outputs, key=lambda o: o.index):
+            for o in outs:
                 tokens = list(o.token_ids)
-                logprobs = [position[t].logprob for position, t in zip(o.logprobs, tokens)]
-                samples.append(Sample(prompt_ids=list(ids), token_ids=tokens, text=o.text, length=len(tokens),
-                                      truncated=o.finish_reason == "length", logprobs=logprobs))
+                lp = [position[t].logprob for position, t in zip(o.logprobs, tokens)] if logprobs else None
+                samples.append(Sample(prompt_ids=list(ids), token_ids=tokens, text=next(texts), length=len(tokens),
+                                      truncated=o.finish_reason == "length", logprobs=lp))
             results.append(samples)
         return _repeat_greedy(results, c.n)
 
@@ -496,7 +505,8 @@ class HFEngine:
         self.max_model_len = cfg.max_model_len
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None):
+    def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None,
+                 logprobs=True):
         from transformers import GenerationConfig, StoppingCriteriaList
 
         c = _begin_call(self, prompts, n, temperature, top_p, max_tokens, seed)
@@ -507,7 +517,7 @@ class HFEngine:
         gen_cfg = GenerationConfig(
             do_sample=not greedy, temperature=1.0 if greedy else c.temperature, top_p=1.0 if greedy else c.top_p,
             top_k=0, max_new_tokens=max_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-            return_dict_in_generate=True, output_logits=True,
+            return_dict_in_generate=True, output_logits=logprobs,
         )
         rows = [(i, j) for i in range(len(prompt_ids)) for j in range(c.n_drawn)]
         results = [[None] * c.n_drawn for _ in prompt_ids]
@@ -531,9 +541,9 @@ class HFEngine:
                     generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([stopper]) if stopper else None,
                 )
             responses = out.sequences[:, width:].cpu()
-            # Raw logits of every step -> log-probs in float32 (what vLLM returns).
-            logits = torch.stack(out.logits, dim=1).float().cpu()
-            token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, responses[..., None])[..., 0]
+            if logprobs:  # raw logits of every step -> log-probs in float32 (what vLLM returns)
+                logits = torch.stack(out.logits, dim=1).float().cpu()
+                token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, responses[..., None])[..., 0]
             for r, (i, j) in enumerate(chunk):
                 tokens = responses[r].tolist()
                 end, finished = len(tokens), False
@@ -545,7 +555,7 @@ class HFEngine:
                 results[i][j] = Sample(
                     prompt_ids=list(prompt_ids[i]), token_ids=tokens,
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True), length=len(tokens),
-                    truncated=not finished, logprobs=token_logprobs[r, :end].tolist(),
+                    truncated=not finished, logprobs=token_logprobs[r, :end].tolist() if logprobs else None,
                 )
         return _repeat_greedy(results, c.n)
 

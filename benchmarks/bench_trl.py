@@ -29,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0, "trl_micro": 256},
+    "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0, "trl_micro": 256,
+             "share_prompt": True},
     # packed micro-batches (responses end anywhere in 1..96 tokens), each prompt computed once for its 8
     # responses (share_prompt, as configs/smol.yaml); TRL trains in micro-batches of 16 with 4 accumulation
     # steps (64 at once ran out of 23 GB: full logits)

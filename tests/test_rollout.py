@@ -225,6 +225,21 @@ def test_fixed_seed_reproduces(engine_name, request, model_dir):
             assert tokens(first.generate(PROMPTS, 2, max_tokens=8)) == tokens(second.generate(PROMPTS, 2, max_tokens=8))
 
 
+@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
+def test_without_logprobs_the_same_samples_and_text(engine_name, request):
+    """generate(logprobs=False), as the trainer calls it outside diagnostics: the same tokens and text for
+    the same seed, no log-probs; the text (vLLM: one batch decode instead of its incremental detokenizer)
+    is the response's characters."""
+    if engine_name == "vllm" and not has_vllm():
+        pytest.skip("vLLM not installed")
+    engine = request.getfixturevalue(f"{engine_name}_engine")
+    a = engine.generate(PROMPTS, 4, max_tokens=24, seed=5)
+    b = engine.generate(PROMPTS, 4, max_tokens=24, seed=5, logprobs=False)
+    for sa, sb in zip((s for g in a for s in g), (s for g in b for s in g)):
+        assert sb.token_ids == sa.token_ids and sb.text == sa.text == decode_chars(sb.token_ids)
+        assert sb.logprobs is None and sb.truncated == sa.truncated
+
+
 def test_sampling_seed():
     assert sampling_seed(0, 3, 5) == sampling_seed(0, 3, 5)
     seeds = {sampling_seed(0, call, i) for call in range(20) for i in range(50)}

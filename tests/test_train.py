@@ -217,7 +217,7 @@ class ScriptedEngine:
     def tokenizer(text, add_special_tokens=True):  # one id per character
         return {"input_ids": [3] * len(text)}
 
-    def generate(self, prompts, n, seed=None):
+    def generate(self, prompts, n, seed=None, **kw):
         from rollout import Sample
         return [[Sample(prompt_ids=[3], token_ids=[5] * len(t), text=t, length=len(t), truncated=False,
                         logprobs=[0.0] * len(t)) for t in self.texts[p]] for p in prompts]
