@@ -159,7 +159,6 @@ class Micro:
     blocks: Optional[PromptBlocks] = None  # share_prompt: the attention blocks
 
 
-
 def pack_micro_batches(index, seq_lens, max_rows, max_tokens=0):
     """Split the responses `index` into micro-batches of rows (a row is a list of responses).
 
@@ -217,14 +216,16 @@ def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device, share_
             if not reuse:
                 input_ids[r, col: col + len(p)] = torch.tensor(p)
                 position_ids[r, col: col + len(p)] = torch.arange(len(p))
-                prompt = torch.arange(len(p)) + r * width + col  # its tokens' flat indices
-                spans.append((prompt, prompt))
+                if share_prompt:  # the prompt's block: its tokens' flat indices, queries and keys
+                    prompt = torch.arange(len(p)) + r * width + col
+                    spans.append((prompt, prompt))
                 last, col = col + len(p) - 1, col + len(p)
             shared |= reuse
             input_ids[r, col: col + len(o)] = torch.tensor(o)
             position_ids[r, col: col + len(o)] = len(p) + torch.arange(len(o))
-            own = torch.arange(len(o)) + r * width + col
-            spans.append((own, torch.cat([prompt, own])))
+            if share_prompt:  # the response's block: its queries, its prompt's keys and its own
+                own = torch.arange(len(o)) + r * width + col
+                spans.append((own, torch.cat([prompt, own])))
             prompt_last.append(last)
             response_start.append(col)
             row_of.append(r)

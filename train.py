@@ -353,10 +353,11 @@ def train_on_batch(tr: Trainer, batch: Batch):
     # a KL or entropy term it needs no forward or backward. Normalisers (W) come from the whole batch.
     regularised = cfg.loss.kl_beta or cfg.loss.entropy_coef
     trained = [not (cfg.skip_zero_advantage and not regularised and a == 0) for a in A.tolist()]
-    plan = plan_micro_batches(cfg, mini, row_length(tr, batch), trained)
+    row_len = row_length(tr, batch)
+    plan = plan_micro_batches(cfg, mini, row_len, trained)
     totals, grad_norms = ppo_update(tr, batch, A, W, W_reg, bucket, plan)
     tr.scheduler.step()
-    totals = reduce_stats({**totals, **plan_stats(plan, row_length(tr, batch), trained)})
+    totals = reduce_stats({**totals, **plan_stats(plan, row_len, trained)})
     # DARO's L_mu divides by the bucket's tokens: all of them, trained or skipped (exact integers)
     totals["bucket_tokens"] = torch.zeros(G + 1, dtype=torch.float64).index_add_(
         0, pass_counts(C), L.double().sum(1)) * cfg.ppo_epochs
