@@ -50,7 +50,7 @@ class PromptBlocks:
     """share_prompt's attention: a block per prompt (its tokens, causal) and one per response (its prompt's
     tokens, then its own, causal), gathered from the micro-batch's R x S token grid."""
     q_index: torch.Tensor  # [N, Q] flat index (row * S + column) of each block's query tokens, padded with 0
-    q_valid: torch.Tensor  # [N, Q] bool: a real query (each real token is the query of exactly one block)
+    q_dest: torch.Tensor   # [N * Q] where each query's output goes: q_index, or R * S (a slot dropped) for padding
     k_index: torch.Tensor  # [N, K] flat index of its keys, padded with 0
     mask: torch.Tensor     # [N, 1, Q, K] bool: key visible from query (a padded query sees one key: no NaN)
 
@@ -71,9 +71,11 @@ def block_attention(module, query, key, value, attention_mask, dropout=0.0, scal
             for x in (key, value))  # [N, H, K, D]; query head h reads key head h // (H / Hkv), as transformers does
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=blocks.mask, dropout_p=dropout,
                                                            scale=scaling)
-    out = out.transpose(1, 2)[blocks.q_valid]  # [real tokens, H, D]
-    grid = out.new_zeros(R * S, H, D).index_put((blocks.q_index[blocks.q_valid],), out)
-    return grid.view(R, S, H, D), None
+    # each real token is the query of exactly one block; padded queries all land in the extra slot R * S.
+    # (Fixed shapes, no boolean indexing: no host sync on GPUs, one graph under torch.compile.)
+    out = out.transpose(1, 2).reshape(-1, H, D)  # [N * Q, H, D]
+    grid = out.new_zeros(R * S + 1, H, D).index_copy(0, blocks.q_dest, out)
+    return grid[: R * S].view(R, S, H, D), None
 
 
 def register_block_attention():
@@ -105,6 +107,8 @@ def load_policy(path, model_cfg, temperature, device, trainable=True):
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp)
+        if model_cfg.compile:  # the forward only: FSDP2's unshard/reshard hooks stay outside the graph
+            layer.forward = torch.compile(layer.forward, dynamic=True)
     fully_shard(policy, mp_policy=mp)  # the root: embedding, final norm, LM head
     note_backend("fsdp all_gather/reduce_scatter, grad-norm all_reduce", device)
     return policy
@@ -264,7 +268,8 @@ def prompt_blocks(spans, positions):
         k_index[n, : len(k)], k_valid[n, : len(k)] = k, True
     mask = k_valid[:, None, :] & (positions[k_index][:, None, :] <= positions[q_index][:, :, None])
     mask[:, :, 0] |= ~q_valid  # a padded query sees the first key, so that no softmax row is empty
-    return PromptBlocks(q_index, q_valid, k_index, mask[:, None])
+    q_dest = torch.where(q_valid, q_index, len(positions)).flatten()
+    return PromptBlocks(q_index, q_dest, k_index, mask[:, None])
 
 
 def per_token(policy, mb, grad):

@@ -88,7 +88,8 @@ def test_shared_prompt_blocks_by_hand():
     assert mb.input_ids.tolist() == [[5, 6, 7, 8, 9]] and mb.position_ids.tolist() == [[0, 1, 2, 3, 2]]
     assert mb.cols.tolist() == [1, 2, 1] and mb.targets.tolist() == [7, 8, 9]
     b = mb.blocks
-    assert b.q_index.tolist() == [[0, 1], [2, 3], [4, 0]] and b.q_valid.tolist() == [[1, 1], [1, 1], [1, 0]]
+    assert b.q_index.tolist() == [[0, 1], [2, 3], [4, 0]]
+    assert b.q_dest.tolist() == [0, 1, 2, 3, 4, 5]  # the padded query's output goes to slot R * S = 5: dropped
     assert b.k_index.tolist() == [[0, 1, 0, 0], [0, 1, 2, 3], [0, 1, 4, 0]]
     assert b.mask[:, 0].int().tolist() == [[[1, 0, 0, 0], [1, 1, 0, 0]],
                                            [[1, 1, 1, 0], [1, 1, 1, 1]],

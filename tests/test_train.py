@@ -57,7 +57,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """The same batch: one process (all responses trained, micro-batches of 5) vs torchrun on 2 gloo ranks
     with FSDP2 and other splits: runs of 3 with one gradient reduce-scatter per optimiser step, and
     length-sorted micro-batches under a token budget with a reduce-scatter after every micro-batch, and
-    shared prompts (a group's responses after one copy of its prompt); all skip the zero-advantage group.
+    shared prompts (a group's responses after one copy of its prompt), those again with torch.compile'd decoder
+    layers (inductor kernels, micro-batches of two shapes); all skip the zero-advantage group.
     2 mini-batches, LIPO (batch std) + HA-DW (batch accuracy).
     SGD lr 1: the parameter change is minus the gradient."""
     model_dir = build_tiny_model(tmp_path / "model")
@@ -70,7 +71,8 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
                        check=True, env=env, timeout=300)
     runs = {"two.pt": ["micro_batch_size=3", "grad_sync=step"],
             "budget.pt": ["micro_batch_tokens=24", "grad_sync=micro_batch"],
-            "shared.pt": ["share_prompt=true", "micro_batch_tokens=40", "grad_sync=step"]}
+            "shared.pt": ["share_prompt=true", "micro_batch_tokens=40", "grad_sync=step"],
+            "compiled.pt": ["share_prompt=true", "micro_batch_tokens=40", "grad_sync=step", "model.compile=true"]}
     for name, split in runs.items():
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         "29533", script, str(model_dir), str(tmp_path / name), *split, *overrides],
