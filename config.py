@@ -26,8 +26,8 @@ class ModelConfig:
     path: str = "tiny"              # a Hugging Face dir or hub name; "tiny" builds a local random-init model
     dtype: str = "float32"          # trainer parameter dtype: float32 | bfloat16 (GPU: bf16 compute, fp32 reduce)
     gradient_checkpointing: bool = False
-    compile: bool = False           # torch.compile each decoder layer (inductor fuses its elementwise work: norms,
-                                    # rotary, SiLU, residuals); the first micro-batches compile (~20 s on a CPU)
+    compile: bool = False           # torch.compile each decoder layer (inductor fuses norms, rotary, SiLU,
+                                    # residuals); the first micro-batches compile (~1 min for SmolLM2 on a CPU)
 
 
 @dataclass

@@ -30,18 +30,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0, "trl_micro": 256,
-             "share_prompt": True, "compile": False},
+             "share_prompt": True},
     # packed micro-batches (responses end anywhere in 1..96 tokens), each prompt computed once for its 8
-    # responses (share_prompt) and torch.compile'd decoder layers, as configs/smol.yaml; TRL trains in
-    # micro-batches of 16 with 4 accumulation steps (64 at once ran out of 23 GB: full logits)
+    # responses (share_prompt, as configs/smol.yaml); TRL trains in micro-batches of 16 with 4 accumulation
+    # steps (64 at once ran out of 23 GB: full logits)
     "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6, "micro_batch_tokens": 4096, "trl_micro": 16,
-             "share_prompt": True, "compile": True},
+             "share_prompt": True},
 }
 
 
 RUNNERS = {"vllm-skip": "train.py vllm, skip on", "vllm": "train.py vllm, skip off", "hf-skip": "train.py hf, skip on",
            "hf": "train.py hf, skip off", "vllm-unshared": "train.py vllm, skip off, prompts unshared",
-           "vllm-eager": "train.py vllm, skip off, not compiled", "trl": "TRL GRPOTrainer"}
+           "vllm-compiled": "train.py vllm, skip off, model.compile", "trl": "TRL GRPOTrainer"}
 
 
 def prepare(setting, work):
@@ -61,7 +61,7 @@ def prepare(setting, work):
     return str(model), str(path)
 
 
-def run_train_py(setting, model, rows, steps, engine, skip, work, share=True, compile=True):
+def run_train_py(setting, model, rows, steps, engine, skip, work, share=True, compile=False):
     s = SETTINGS[setting]
     out = Path(tempfile.mkdtemp(dir=work))
     args = [f"out_dir={out}", f"model.path={model}", f"data.train={rows}", "model.dtype=float32",
@@ -71,7 +71,7 @@ def run_train_py(setting, model, rows, steps, engine, skip, work, share=True, co
             f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
             f"micro_batch_size={s['prompts'] * s['G']}", f"micro_batch_tokens={s['micro_batch_tokens']}",
             "mini_batches=1", "ppo_epochs=1", f"share_prompt={str(share and s['share_prompt']).lower()}",
-            f"model.compile={str(compile and s['compile']).lower()}",
+            f"model.compile={str(compile).lower()}",
             "rollout.dtype=float32", "model.gradient_checkpointing=false", "optim.weight_decay=0.0"]
     if setting == "tiny":
         args += ["rollout.template=plain", "reward.kind=first_char", "reward.workers=0"]
@@ -160,14 +160,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, rows = prepare(args.setting, work)
-        ours = lambda engine, skip, share=True, compile=True: lambda: run_train_py(  # noqa: E731
+        ours = lambda engine, skip, share=True, compile=False: lambda: run_train_py(  # noqa: E731
             args.setting, model, rows, args.steps, engine, skip, work, share, compile)
         runners = {"train.py vllm, skip on": ours("vllm", True), "train.py vllm, skip off": ours("vllm", False),
                    "train.py hf, skip on": ours("hf", True), "train.py hf, skip off": ours("hf", False)}
         if SETTINGS[args.setting]["share_prompt"]:  # the figure before prompt sharing, beside it
             runners["train.py vllm, skip off, prompts unshared"] = ours("vllm", False, share=False)
-        if SETTINGS[args.setting]["compile"]:  # and before compiling
-            runners["train.py vllm, skip off, not compiled"] = ours("vllm", False, compile=False)
+        runners["train.py vllm, skip off, model.compile"] = ours("vllm", False, compile=True)  # inductor layers
         if args.trl_python:
             runners["TRL GRPOTrainer"] = lambda: run_trl(args.trl_python, args.setting, model, rows, args.steps, work)
         if args.only:
