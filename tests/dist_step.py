@@ -47,7 +47,9 @@ def main(model_dir, out_path, overrides):
     metrics = train.train_on_batch(tr, batch)
     after = full_model_state(policy.model)
     if rank == 0:
-        torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after}}, out_path)
+        from torch._dynamo.utils import counters  # graphs torch.compile captured (model.compile)
+        torch.save({"metrics": metrics, "delta": {k: after[k] - before[k] for k in after},
+                    "compiled_graphs": counters["stats"]["unique_graphs"]}, out_path)
     if dist.is_initialized():
         del tr, policy, opt, sched  # free FSDP state before its process group (torch 2.13 gloo can abort at exit)
         gc.collect()

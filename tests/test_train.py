@@ -86,6 +86,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     assert equal_groups >= 1 and one["metrics"]["skipped_frac"] == pytest.approx(equal_groups / 6)
     for name in [*runs, "all.pt"]:
         two = torch.load(tmp_path / name)
+        assert (two["compiled_graphs"] > 0) == (name == "compiled.pt"), (name, two["compiled_graphs"])
         same = ["loss", "pg_loss", "grad_norm"] + (["clip_low", "clip_high", "skipped_frac"] if name in runs else [])
         for k in same:  # clip fractions are means over the trained tokens: equal where the same are trained
             assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-5, abs=1e-7), (name, k)
