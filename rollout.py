@@ -73,6 +73,10 @@ class RolloutConfig:
     sleep: bool = True  # GPU only: free the engine's memory while the trainer trains
     sleep_level: int = 2  # 2 drops weights and KV cache (sync_weights refills them); 1 offloads weights
     cpu_kvcache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE (whole GiB) unless already set in the env
+    # KV-cache block, in tokens. The G samples of a prompt share its FULL blocks (prefix caching, also
+    # within one batch), so short prompts need small blocks. None = 32 on CPU (vLLM's CPU default, 128,
+    # shares nothing of a 100-token prompt; its kernels take multiples of 32), vLLM's default on GPU (16).
+    block_size: Optional[int] = None
     # transformers fallback
     hf_batch_size: int = 64  # sequences (prompts x samples) per generate call
 
@@ -285,8 +289,10 @@ def vllm_engine_args(cfg: RolloutConfig, model_path: str, seed: int, *, on_gpu: 
     kwargs = dict(
         model=model_path, dtype=dtype, seed=seed, max_model_len=cfg.max_model_len,
         enforce_eager=(not on_gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
-        enable_prefix_caching=True,  # the G samples of a prompt share its KV blocks
+        enable_prefix_caching=True,  # the G samples of a prompt share its full KV blocks
     )
+    if cfg.block_size is not None or not on_gpu:
+        kwargs["block_size"] = 32 if cfg.block_size is None else cfg.block_size
     if on_gpu:
         kwargs.update(gpu_memory_utilization=cfg.gpu_memory_utilization, enable_sleep_mode=cfg.sleep)
     if distributed:
@@ -316,7 +322,7 @@ def _vllm_generate(llm, prompt_ids: list[list[int]], params: list, seed: int, rn
     The draws follow the batch rows of every step, so the schedule must not depend on what ran
     before: prompts already in the prefix cache need less prefill, which changes how the 4096-token
     steps are filled and so the samples (measured: a warm cache gave other samples for the same seed).
-    Hence the cache is emptied first; the G samples of a prompt still share its blocks within the call,
+    Hence the cache is emptied first; the G samples of a prompt still share its full blocks within the call,
     and the trainer resets it after every weight sync anyway."""
     from vllm.inputs import TokensPrompt
 

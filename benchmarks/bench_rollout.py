@@ -15,7 +15,9 @@ only with chunked prefill off (a second engine, after the first one is closed).
 
     python benchmarks/bench_rollout.py --models smollm2 --prompts 8 --n 8 --tokens 64 --repeats 2
 
---compiled adds vLLM's compiled mode (rollout.enforce_eager=false) on the same prompts, in the same run.
+--compiled adds vLLM's compiled mode (rollout.enforce_eager=false) on the same prompts, in the same run;
+--block128 adds vLLM's CPU default KV block of 128 tokens (rollout.py uses 32 on CPUs, so that a prompt's
+samples share its full blocks).
 """
 import argparse
 import dataclasses
@@ -156,6 +158,9 @@ def bench_smollm2(args):
     if args.compiled:  # vLLM's compiled mode (torch.compile of its model) against the eager default above
         runs, start = engine_runs(dataclasses.replace(cfg, enforce_eager=False))
         record(f"vllm compiled (rollout.enforce_eager=false; start-up {start:.0f} s)", runs)
+    if args.block128:  # vLLM's CPU default block: no full block in a ~100-token prompt, so no sharing
+        runs, start = engine_runs(dataclasses.replace(cfg, block_size=128))
+        record("vllm, rollout.block_size=128 (vLLM's CPU default)", runs)
     if "hf" in args.engines.split(","):
         record("transformers generate (hf engine)", engine_runs(dataclasses.replace(cfg, engine="hf"))[0])
 
@@ -174,6 +179,7 @@ def main():
     ap.add_argument("--models", default="tiny,0.5b", help="tiny, 0.5b (random init) and/or smollm2 (real)")
     ap.add_argument("--engines", default="vllm,hf")
     ap.add_argument("--compiled", action="store_true", help="smollm2: also vLLM's compiled mode (enforce_eager=false)")
+    ap.add_argument("--block128", action="store_true", help="smollm2: also vLLM's CPU default KV block (128)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("RLVR_DATA_DIR", str(ROOT.parent / "shared" / "data")),
                     help="folder with gsm8k_test.jsonl (smollm2)")

@@ -5,6 +5,7 @@ log-probs are recomputed by a plain transformers forward pass, prompt ids from t
 character table, EOS/stop/truncation rules checked token by token.
 """
 import dataclasses
+import json
 import os
 import string
 import subprocess
@@ -18,6 +19,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from rollout import (RolloutConfig, Sample, format_prompt, iter_full_parameters, make_engine,  # noqa: E402
                      resolve_dtype, sampling_seed, vllm_engine_args)
+from conftest import ROOT  # noqa: E402
 from tiny import build_tiny_model  # noqa: E402
 
 EOS = 1
@@ -301,7 +303,7 @@ def test_vllm_engine_args():
     cfg = RolloutConfig(max_model_len=512)
     cpu = vllm_engine_args(cfg, "m", 3, on_gpu=False, dtype="float32", distributed=False)
     assert cpu == dict(model="m", dtype="float32", seed=3, max_model_len=512, enforce_eager=True,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True, block_size=32)
     # torchrun: every rank's engine through the external launcher (device from LOCAL_RANK), TP 1
     gpu = vllm_engine_args(cfg, "m", 3, on_gpu=True, dtype="bfloat16", distributed=True)
     assert gpu == dict(model="m", dtype="bfloat16", seed=3, max_model_len=512, enforce_eager=False,
@@ -311,9 +313,43 @@ def test_vllm_engine_args():
         "distributed_executor_backend"] == "external_launcher"
     assert "distributed_executor_backend" not in vllm_engine_args(cfg, "m", 3, on_gpu=True, dtype="float32",
                                                                   distributed=False)
+    assert vllm_engine_args(dataclasses.replace(cfg, block_size=64), "m", 3, on_gpu=True, dtype="float32",
+                            distributed=False)["block_size"] == 64
     with pytest.raises(ValueError, match="tensor_parallel_size=2 is not supported"):
         vllm_engine_args(dataclasses.replace(cfg, tensor_parallel_size=2), "m", 3, on_gpu=True, dtype="float32",
                          distributed=True)
+
+
+@needs_vllm
+def test_samples_of_a_prompt_share_its_full_kv_blocks(model_dir):
+    """vLLM shares a prompt's FULL KV blocks among its n samples, within one batch too. With rollout.py's
+    CPU block of 32 tokens, 7 of 8 samples of a 70-token prompt find its first 64 tokens cached (prefilled
+    once); with vLLM's CPU default of 128 no block is full and all 8 x 70 tokens are prefilled. (Its own
+    process: a second in-process engine would tear down the module's engine's parallel groups.)"""
+    script = textwrap.dedent("""
+        import dataclasses, json, os, sys
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        import vllm
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from rollout import RolloutConfig, _vllm_shutdown, vllm_engine_args
+        hits = {}
+        for block_size in (None, 128):
+            cfg = RolloutConfig(template="plain", dtype="float32", max_model_len=256, block_size=block_size)
+            kwargs = vllm_engine_args(cfg, sys.argv[1], 0, on_gpu=False, dtype="float32", distributed=False)
+            llm = vllm.LLM(**kwargs, disable_log_stats=False)  # the counters below need stats on
+            llm.generate([TokensPrompt(prompt_token_ids=[3 + i % 40 for i in range(70)])],
+                         SamplingParams(n=8, max_tokens=2), use_tqdm=False)
+            m = {m.name: m.value for m in llm.get_metrics() if m.name.startswith("vllm:prefix_cache_")}
+            hits[str(block_size)] = [m["vllm:prefix_cache_queries"], m["vllm:prefix_cache_hits"]]
+            _vllm_shutdown(llm, owns_process_group=True)
+        print("HITS", json.dumps(hits))
+    """)
+    out = subprocess.run([sys.executable, "-c", script, model_dir], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    hits = json.loads(out.stdout.split("HITS", 1)[1])
+    assert hits == {"None": [8 * 70, 7 * 64], "128": [8 * 70, 0]}, hits
 
 
 def perturbed_copy(model, scale, seed):
