@@ -6,6 +6,7 @@ attending through `block_attention`. The [tokens, vocab] logits are never materi
 """
 import contextlib
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -86,6 +87,43 @@ def register_block_attention():
     AttentionMaskInterface.register("sdpa_blocks", sdpa_mask)
 
 
+class OneDNNLinear(torch.autograd.Function):
+    """y = x @ w.T + b by oneDNN instead of torch's BLAS, for float32 on the CPU: torch sends CPU matmuls to MKL,
+    whose sgemm ran these shapes (K = 576 or 1536, N up to 3072) at 90-150 GFLOP/s on this project's 2-core
+    AMD EPYC where oneDNN (vLLM's CPU build uses it too) ran them at 150-200; the SmolLM2 train pass took 7.3
+    instead of 9.0 ms per token (benchmarks/bench_train_pass.py). Strict float32 either way, only the order of
+    the sums differs. The weight gradient stays with torch: oneDNN was no faster at that shape."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g2, x2 = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "") if need_x else None
+        gw = g2.t() @ x2 if need_w else None
+        gb = g2.sum(0) if need_b and ctx.has_bias else None
+        return gx, gw, gb
+
+
+def use_onednn_linears(model):
+    """Route the decoder layers' nn.Linear modules through OneDNNLinear while their inputs are float32 CPU
+    tensors (anything else, e.g. bfloat16 compute, takes torch's own path)."""
+    def forward(module, x):
+        if x.dtype == torch.float32 and x.device.type == "cpu" and module.weight.dtype == torch.float32:
+            return OneDNNLinear.apply(x, module.weight, module.bias)
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    for layer in model.model.layers:
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.forward = functools.partial(forward, module)
+
+
 def load_policy(path, model_cfg, temperature, device, trainable=True):
     """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
     process) with a mixed-precision policy: compute in model_cfg.dtype, gradients reduced in float32, AdamW
@@ -101,6 +139,10 @@ def load_policy(path, model_cfg, temperature, device, trainable=True):
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     model.to(device)
+    # (not under model.compile: inductor picks its own matmul kernels, and cannot lower the oneDNN op's backward)
+    onednn = model_cfg.onednn_linears and not model_cfg.compile and torch.backends.mkldnn.is_available()
+    if onednn and device.type == "cpu":
+        use_onednn_linears(model)
     policy = Policy(model, temperature)
     if not trainable:
         policy.requires_grad_(False)

@@ -41,7 +41,8 @@ SETTINGS = {
 
 RUNNERS = {"vllm-skip": "train.py vllm, skip on", "vllm": "train.py vllm, skip off", "hf-skip": "train.py hf, skip on",
            "hf": "train.py hf, skip off", "vllm-unshared": "train.py vllm, skip off, prompts unshared",
-           "vllm-compiled": "train.py vllm, skip off, model.compile", "trl": "TRL GRPOTrainer"}
+           "vllm-compiled": "train.py vllm, skip off, model.compile",
+           "vllm-mkl": "train.py vllm, skip off, MKL linears", "trl": "TRL GRPOTrainer"}
 
 
 def prepare(setting, work):
@@ -61,7 +62,7 @@ def prepare(setting, work):
     return str(model), str(path)
 
 
-def run_train_py(setting, model, rows, steps, engine, skip, work, share=True, compile=False):
+def run_train_py(setting, model, rows, steps, engine, skip, work, overrides=()):
     s = SETTINGS[setting]
     out = Path(tempfile.mkdtemp(dir=work))
     args = [f"out_dir={out}", f"model.path={model}", f"data.train={rows}", "model.dtype=float32",
@@ -70,13 +71,13 @@ def run_train_py(setting, model, rows, steps, engine, skip, work, share=True, co
             f"rollout.engine={engine}", f"optim.lr={s['lr']}", "optim.warmup_steps=1", "eval.every=0",
             f"save_every={10**9}", "loss.kl_beta=0", f"skip_zero_advantage={str(skip).lower()}",
             f"micro_batch_size={s['prompts'] * s['G']}", f"micro_batch_tokens={s['micro_batch_tokens']}",
-            "mini_batches=1", "ppo_epochs=1", f"share_prompt={str(share and s['share_prompt']).lower()}",
-            f"model.compile={str(compile).lower()}",
+            "mini_batches=1", "ppo_epochs=1", f"share_prompt={str(s['share_prompt']).lower()}",
             "rollout.dtype=float32", "model.gradient_checkpointing=false", "optim.weight_decay=0.0"]
     if setting == "tiny":
         args += ["rollout.template=plain", "reward.kind=first_char", "reward.workers=0"]
     else:
         args += ["rollout.template=chat", "reward.kind=math", "reward.workers=0"]
+    args += list(overrides)  # the runner's own settings, after (and so over) the common ones
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "grpo.yaml"), *args],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -160,13 +161,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, rows = prepare(args.setting, work)
-        ours = lambda engine, skip, share=True, compile=False: lambda: run_train_py(  # noqa: E731
-            args.setting, model, rows, args.steps, engine, skip, work, share, compile)
+        ours = lambda engine, skip, *overrides: lambda: run_train_py(  # noqa: E731
+            args.setting, model, rows, args.steps, engine, skip, work, overrides)
         runners = {"train.py vllm, skip on": ours("vllm", True), "train.py vllm, skip off": ours("vllm", False),
                    "train.py hf, skip on": ours("hf", True), "train.py hf, skip off": ours("hf", False)}
         if SETTINGS[args.setting]["share_prompt"]:  # the figure before prompt sharing, beside it
-            runners["train.py vllm, skip off, prompts unshared"] = ours("vllm", False, share=False)
-        runners["train.py vllm, skip off, model.compile"] = ours("vllm", False, compile=True)  # inductor layers
+            runners["train.py vllm, skip off, prompts unshared"] = ours("vllm", False, "share_prompt=false")
+        runners["train.py vllm, skip off, model.compile"] = ours("vllm", False, "model.compile=true")  # inductor
+        runners["train.py vllm, skip off, MKL linears"] = ours("vllm", False, "model.onednn_linears=false")
         if args.trl_python:
             runners["TRL GRPOTrainer"] = lambda: run_trl(args.trl_python, args.setting, model, rows, args.steps, work)
         if args.only:
@@ -193,7 +195,7 @@ def main():
         ratio = f"{med / base:.2f}x TRL" if base else ""
         rollout = [r for _, r in ts if r is not None]  # train.py's rollout phase: the engine's generate calls
         rollout = f"rollout {statistics.median(rollout):.3f} s" if rollout else ""
-        print(f"  {name:26} {med:8.3f} s/step (median of {len(ts)})  {ratio:10} {rollout}")
+        print(f"  {name:42} {med:8.3f} s/step (median of {len(ts)})  {ratio:10} {rollout}")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,53 @@ def test_shared_prompt_blocks_by_hand():
     assert b.mask[:, 0].int().tolist() == [[[1, 0, 0, 0], [1, 1, 0, 0]],
                                            [[1, 1, 1, 0], [1, 1, 1, 1]],
                                            [[1, 1, 1, 0], [1, 0, 0, 0]]]  # a padded query sees key 0 only
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_linear_matches_float64(bias):
+    """OneDNNLinear (float32, oneDNN) against float64 F.linear: output and the three gradients, [B, T, K] input."""
+    from policy import OneDNNLinear
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 5, 40, generator=g, dtype=torch.float64), torch.randn(24, 40, generator=g, dtype=torch.float64)
+    b = torch.randn(24, generator=g, dtype=torch.float64) if bias else None
+    upstream = torch.randn(3, 5, 24, generator=g, dtype=torch.float64)
+    inputs = [t for t in (x, w, b) if t is not None]
+    ref = torch.nn.functional.linear(*[t.requires_grad_() for t in inputs] + ([] if bias else [None]))
+    ref_grads = torch.autograd.grad(ref, inputs, upstream)
+    mine_in = [t.detach().float().requires_grad_() for t in inputs]
+    out = OneDNNLinear.apply(*mine_in, *([] if bias else [None]))
+    assert out.dtype == torch.float32 and out.grad_fn.name() == "OneDNNLinearBackward"
+    grads = torch.autograd.grad(out, mine_in, upstream.float())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for mine, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(mine.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_onednn_linears_give_the_same_logprobs_and_gradients(tmp_path):
+    """use_onednn_linears on a whole model (tiny Qwen2: q/k/v carry biases): every decoder linear goes through
+    OneDNNLinear, and the policy's log-probs and parameter gradients equal those of torch's own linears."""
+    from transformers import AutoModelForCausalLM
+
+    from policy import use_onednn_linears
+    path = build_tiny_model(tmp_path, seed=2)
+    models = [AutoModelForCausalLM.from_pretrained(path) for _ in range(2)]
+    use_onednn_linears(models[1])
+    calls = []
+    for module in models[1].model.layers.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda m, i, out: calls.append(out.grad_fn.name()))
+    prompts, outs, mask = responses(6, seed=4)
+    mb = make_micro(prompts, outs, mask, [[i] for i in range(6)], 0, torch.device("cpu"))
+    results = []
+    for model in models:
+        logp, ent = per_token(Policy(model, temperature=0.9), mb, grad=True)
+        (logp * mb.mask).sum().backward()
+        results.append((logp.detach(), ent.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    n_linears = sum(isinstance(m, torch.nn.Linear) for m in models[1].model.layers.modules())
+    assert calls == ["OneDNNLinearBackward"] * n_linears and n_linears > 0
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+    for k, grad in results[0][2].items():
+        torch.testing.assert_close(results[1][2][k], grad, rtol=1e-4, atol=1e-6)
