@@ -102,9 +102,9 @@ def test_onednn_linear_matches_float64(bias):
     """OneDNNLinear (float32, oneDNN) against float64 F.linear: output and the three gradients, [B, T, K] input."""
     from policy import OneDNNLinear
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(3, 5, 40, generator=g, dtype=torch.float64), torch.randn(24, 40, generator=g, dtype=torch.float64)
-    b = torch.randn(24, generator=g, dtype=torch.float64) if bias else None
-    upstream = torch.randn(3, 5, 24, generator=g, dtype=torch.float64)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    x, w, b = randn(3, 5, 40), randn(24, 40), randn(24) if bias else None
+    upstream = randn(3, 5, 24)
     inputs = [t for t in (x, w, b) if t is not None]
     ref = torch.nn.functional.linear(*[t.requires_grad_() for t in inputs] + ([] if bias else [None]))
     ref_grads = torch.autograd.grad(ref, inputs, upstream)
