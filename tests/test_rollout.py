@@ -327,7 +327,7 @@ def test_samples_of_a_prompt_share_its_full_kv_blocks(model_dir):
     once); with vLLM's CPU default of 128 no block is full and all 8 x 70 tokens are prefilled. (Its own
     process: a second in-process engine would tear down the module's engine's parallel groups.)"""
     script = textwrap.dedent("""
-        import dataclasses, json, os, sys
+        import json, os, sys
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         import vllm
         from vllm import SamplingParams
