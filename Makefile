@@ -13,6 +13,7 @@ test: install
 
 # The first run: install, train the tiny model on the synthetic task (CPU, ~3 min), draw the plots.
 tiny: install
+	$(PY) tiny.py synthetic --out runs/cache/tiny
 	$(PY) train.py --config configs/tiny.yaml
 	$(PY) plot.py runs/tiny
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from data import DataConfig
+from data import REWARDS, DataConfig
 from loss import LossConfig
 from rollout import RolloutConfig
-from weights import SchemeConfig
+from weights import SCHEMES, SchemeConfig
 
 
 @dataclass
@@ -174,8 +174,10 @@ def check_config(cfg: TrainConfig):
             raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(cfg, key)}")
     if cfg.G < 2:
         raise ConfigError(f"config key 'G' must be >= 2 (group statistics), got {cfg.G}")
-    if cfg.reward.kind not in ("math", "first_char"):
-        raise ConfigError(f"config key 'reward.kind' must be 'math' or 'first_char', got {cfg.reward.kind!r}")
+    if cfg.reward.kind not in REWARDS:
+        raise ConfigError(f"config key 'reward.kind' must be one of {', '.join(REWARDS)}, got {cfg.reward.kind!r}")
+    if cfg.scheme.name not in SCHEMES:
+        raise ConfigError(f"config key 'scheme.name' must be one of {', '.join(SCHEMES)}, got {cfg.scheme.name!r}")
     if cfg.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config key 'model.dtype' must be float32 or bfloat16, got {cfg.model.dtype!r}")
     if cfg.grad_sync not in ("step", "micro_batch"):

@@ -136,3 +136,23 @@ class PromptStream:
     def load_state_dict(self, s):
         self.epoch, self.pos = s["epoch"], s["pos"]
         self._order()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewards by name: the one place that maps reward.kind to a scorer (training and validation alike).
+
+REWARDS = ("math", "first_char")
+
+
+def reward_function(kind, *, workers=0, timeout=5.0):
+    """score(texts, golds, problems) -> list of 0/1 for the reward named `kind`: "math" (verify.score_batch:
+    the final answer against the gold, math-equivalent; the problem text lets "round to ..." match) or
+    "first_char" (tiny.py's synthetic task: the response starts with the answer)."""
+    if kind == "math":
+        import verify
+        return lambda texts, golds, problems: verify.score_batch(texts, golds, workers=workers, timeout=timeout,
+                                                                 problems=problems)
+    if kind == "first_char":
+        import tiny
+        return lambda texts, golds, problems: tiny.first_char_scores(texts, golds)
+    raise ValueError(f"unknown reward {kind!r}: choose one of {', '.join(REWARDS)}")

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 import rollout
 import verify
-from data import load_benchmark
+from data import REWARDS, load_benchmark, reward_function
 
 # Fields that get their own accuracy breakdown when the data has them (OlympiadBench calls it subfield).
 BREAKDOWN_FIELDS = ("level", "subject", "subfield")
@@ -93,7 +94,7 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
 
     benchmarks: {name: rows from load_benchmark}; n: samples per problem, an int or {name: n}.
     limit: evaluate only the first `limit` problems of each benchmark (train.py's periodic eval).
-    score_fn(responses, golds) -> scores replaces verify.score_batch (train.py's synthetic task).
+    score_fn(responses, golds, problems) -> scores replaces verify.score_batch (data.reward_function).
     Returns (results, records): results is JSON-serialisable; records has one dict per sample.
     """
     n_of = (lambda name: n.get(name, 1)) if isinstance(n, dict) else (lambda name: n)
@@ -106,7 +107,7 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
                "benchmarks": {}}
     records = []
     bar = tqdm(total=sum(len(rows) * n_of(name) for name, rows in subsets.items()), unit="sample",
-               desc="eval", disable=not progress)
+               desc="eval", disable=not progress or not sys.stderr.isatty())
     for name, rows in subsets.items():
         bn = n_of(name)
         samples = []  # generated in chunks so the bar moves; each chunk gets its own seed
@@ -117,10 +118,10 @@ def evaluate(engine, benchmarks, *, n=1, temperature=0.0, top_p=1.0, max_tokens=
             bar.update(len(chunk) * bn)
         responses = [s.text for group in samples for s in group]
         golds = [row["answer"] for row in rows for _ in range(bn)]
+        problems = [row["problem"] for row in rows for _ in range(bn)]  # "round to ..." matches by rounding
         if score_fn:
-            flat_scores = score_fn(responses, golds)
-        else:  # the problem text lets a "round to the nearest tenth" problem match by rounding
-            problems = [row["problem"] for row in rows for _ in range(bn)]
+            flat_scores = score_fn(responses, golds, problems)
+        else:
             flat_scores = verify.score_batch(responses, golds, workers=workers, problems=problems)
         scores = [flat_scores[i * bn:(i + 1) * bn] for i in range(len(rows))]
         lengths = [[s.length for s in group] for group in samples]
@@ -191,17 +192,23 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=verify.DEFAULT_WORKERS, help="verifier processes (0: in-process)")
+    p.add_argument("--reward", choices=REWARDS, default="math", help="how a response is scored (data.REWARDS)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<model name>)")
     args = p.parse_args(argv)
 
-    ns = parse_benchmarks(args.benchmarks, args.n)
-    benchmarks = {name: load_benchmark(name, args.data_dir) for name in ns}  # fail on bad names before loading a model
+    try:  # bad names and missing files stop here, in one line, before a model is loaded
+        ns = parse_benchmarks(args.benchmarks, args.n)
+        benchmarks = {name: load_benchmark(name, args.data_dir) for name in ns}
+    except (OSError, ValueError) as e:
+        sys.exit(f"eval: {e}")
+    score_fn = None if args.reward == "math" else reward_function(args.reward)
     cfg = rollout.RolloutConfig(engine=args.engine, template=args.template, temperature=args.temperature,
                                 top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed, dtype=args.dtype)
     engine = rollout.make_engine(cfg, args.model, seed=args.seed)
     try:
         results, records = evaluate(engine, benchmarks, n=ns, temperature=args.temperature, top_p=args.top_p,
-                                    max_tokens=args.max_tokens, workers=args.workers, limit=args.limit, seed=args.seed)
+                                    max_tokens=args.max_tokens, workers=args.workers, limit=args.limit, seed=args.seed,
+                                    score_fn=score_fn)
     finally:
         engine.close()
     results["settings"].update(model=args.model, engine=args.engine, template=args.template, dtype=engine.dtype,

@@ -30,16 +30,16 @@ class LossConfig:
                                          # 1 / tokens, scheme-independent) | "scheme" (V_i = W_i)
 
 
-def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_logp=None, entropy=None, bucket=None,
-                n_buckets=0):
+def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_logp=None, entropy=None):
     """The objective above for N responses padded to T tokens.
 
     logp, old_logp, ref_logp, entropy: [N, T] float32 per-token values (logp carries the graph).
     mask: [N, T] response mask. A, W: [N] from weights.py. W_reg: [N], the weight V_i of the KL and entropy
-    terms (None: W, whatever cfg.reg_weight says; the trainer passes it). bucket: [N] long, the prompt's correct
-    count k (0..G), used only for the per-bucket loss metrics (DARO's L_mu, its Figure 2).
-    Returns (loss, stats). stats are detached float64 SUMS over tokens (plus max/min), so that the
-    caller can add them over micro-batches and ranks and divide by stats["tokens"] at the end.
+    terms (None: W, whatever cfg.reg_weight says; the trainer passes it).
+    Returns (loss, stats). stats are detached float64 PER-RESPONSE [N] sums over each response's tokens
+    (ratio_max / ratio_min: its max / min), so that the caller can add them over micro-batches, epochs and
+    ranks, and each scheme can group them as it likes (DARO by difficulty): "surrogate" is the clipped
+    surrogate -min(r A, clip(r) A) without W, "abs_surrogate" its magnitude, "pg_loss" W times the surrogate.
     """
     m = mask.to(logp.dtype)
     A, W = A.to(logp.dtype)[:, None], W.to(logp.dtype)[:, None]
@@ -69,31 +69,23 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_
         md = m.double()
         r = ratio.double()
         lr = token_log_ratio.double()
+        surrogate = pg.double() * md
         stats = {
-            "tokens": md.sum(),
-            "clip_low": ((r < 1 - cfg.eps_low) & (A < 0)).double().mul(md).sum(),
-            "clip_high": ((r > 1 + cfg.eps_high) & (A > 0)).double().mul(md).sum(),
-            "approx_kl": (torch.expm1(lr) - lr).mul(md).sum(),  # k3 estimate of KL(old || new), tokens ~ old
-            "ratio": (r * md).sum(),
-            "ratio_max": r.masked_fill(md == 0, -float("inf")).max(),
-            "ratio_min": r.masked_fill(md == 0, float("inf")).min(),
-            "pg_loss": (pg.double() * md * W.double()).sum(),
+            "tokens": md.sum(1),
+            "surrogate": surrogate.sum(1),
+            "abs_surrogate": surrogate.abs().sum(1),
+            "pg_loss": (surrogate * W.double()).sum(1),
+            "clip_low": ((r < 1 - cfg.eps_low) & (A < 0)).double().mul(md).sum(1),
+            "clip_high": ((r > 1 + cfg.eps_high) & (A > 0)).double().mul(md).sum(1),
+            "approx_kl": (torch.expm1(lr) - lr).mul(md).sum(1),  # k3 estimate of KL(old || new), tokens ~ old
+            "ratio": (r * md).sum(1),
+            "ratio_max": r.masked_fill(md == 0, -float("inf")).amax(1),
+            "ratio_min": r.masked_fill(md == 0, float("inf")).amin(1),
         }
         if cfg.kl_beta:
-            stats["kl_ref"] = (kl.double() * md).sum()
+            stats["kl_ref"] = (kl.double() * md).sum(1)
         if entropy is not None:
-            stats["entropy"] = (entropy.double() * md).sum()
-        if bucket is not None:
-            # per-bucket token sums of the surrogate (without W): L_mu = bucket_loss / bucket_tokens;
-            # bucket_abs_loss sums its magnitude |surrogate| per token (DARO's loss_scale "token_abs")
-            def per_bucket(x):
-                return torch.zeros(n_buckets, dtype=torch.float64, device=md.device).index_add_(0, bucket, x)
-            pg_abs = pg.double().abs() * md
-            stats["bucket_loss"] = per_bucket((pg.double() * md).sum(1))
-            stats["bucket_abs_loss"] = per_bucket(pg_abs.sum(1))
-            # each bucket's share of the objective's magnitude, W included: the "loss scale" of DARO's Fig. 2
-            stats["bucket_scale"] = per_bucket((pg_abs * W.double()).sum(1))
-            stats["bucket_tokens"] = per_bucket(md.sum(1))
+            stats["entropy"] = (entropy.double() * md).sum(1)
     return loss, stats
 
 

@@ -2,6 +2,8 @@
 histogram, accuracy per level), averaged over ranks, and metrics.jsonl, one JSON record per step, which
 plot.py draws (and TensorBoard, when asked)."""
 import json
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -68,3 +70,30 @@ class MetricsLog:
     def close(self):
         if self.writer:
             self.writer.close()
+
+
+class Progress:
+    """The run's progress on rank 0: a tqdm bar on a terminal; elsewhere (stderr sent to a log file) one
+    line every `every` steps and at the last, instead of thousands of redrawn bars."""
+
+    def __init__(self, start, total, enabled=True, every=None):
+        from tqdm import tqdm
+        self.step, self.total, self.enabled, self.t0 = start, total, enabled, time.perf_counter()
+        self.every = every or max(1, (total - start) // 20)
+        self.bar = tqdm(initial=start, total=total, desc="train") if enabled and sys.stderr.isatty() else None
+        self.start = start
+
+    def update(self, m):
+        self.step += 1
+        reward, length = m.get("reward_mean", float("nan")), m.get("len_mean", 0.0)
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{reward:.3f}", len=f"{length:.1f}")
+            self.bar.update(1)
+        elif self.enabled and ((self.step - self.start) % self.every == 0 or self.step == self.total):
+            elapsed = time.perf_counter() - self.t0
+            print(f"step {self.step}/{self.total} reward {reward:.3f} len {length:.1f} "
+                  f"({elapsed / (self.step - self.start):.2f} s/step)", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

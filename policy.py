@@ -205,6 +205,54 @@ class Micro:
     mask: torch.Tensor            # [B, T] loss mask
     index: torch.Tensor           # [B] the responses' indices in the rank's batch
     blocks: Optional[PromptBlocks] = None  # share_prompt: the attention blocks
+    # set by plan_micro_batches: what the loss needs besides the tokens
+    dummy: bool = False           # a one-token pass of zero weight, only to join the ranks' collectives
+    real_tokens: int = 0          # tokens in its rows before padding (input_ids holds rows x widest)
+    A: Optional[torch.Tensor] = None      # [B] advantages, W [B] weights, W_reg [B] KL / entropy weights
+    W: Optional[torch.Tensor] = None
+    W_reg: Optional[torch.Tensor] = None
+    old_logp: Optional[torch.Tensor] = None  # [B, T] log pi_old, when the policy moves within the step
+    ref_logp: Optional[torch.Tensor] = None  # [B, T] log pi_ref, with a KL term
+
+
+def plan_micro_batches(batch, trained, cfg, *, pad_id, device):
+    """Every micro-batch of the step, built once: per mini-batch (batch.mini: its local groups), a list of
+    Micro holding tokens, A, W and W_reg (old and reference log-probs are added by the trainer's first pass).
+
+    Only responses in `trained` go in. Responses (or, with cfg.share_prompt, a prompt's trained responses
+    side by side) are packed into rows by pack_micro_batches under cfg.micro_batch_tokens / micro_batch_size.
+    Every rank gets the same number of micro-batches per mini-batch, at least one (dummies pad): FSDP's
+    collectives run once per forward and backward, so a rank with fewer responses joins them with a
+    zero-weight pass, and every optimiser step's backward leaves gradients (maybe zero), as the full batch
+    would. `batch` needs prompt_ids, response_ids, loss_mask (lists per response), A, W, W_reg ([n] tensors)
+    and mini; cfg: G, share_prompt, micro_batch_size, micro_batch_tokens."""
+    import torch.distributed as dist
+    from distributed import all_reduce
+    G, share = cfg.G, cfg.share_prompt
+    row_len = lambda row: row_tokens(row, batch.prompt_ids, batch.response_ids, share)  # noqa: E731
+    plan = []
+    for local in batch.mini:
+        groups = [[q * G + i for i in range(G) if trained[q * G + i]] for q in local]
+        items = [g for g in groups if g] if share else [[i] for g in groups for i in g]
+        rows_of_items = pack_micro_batches(list(range(len(items))), [row_len(it) for it in items],
+                                           cfg.micro_batch_size, cfg.micro_batch_tokens)
+        chunks = [[[i for u in row for i in items[u]] for row in rows] for rows in rows_of_items]
+        n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), dist.ReduceOp.MAX if dist.is_initialized()
+                               else None))
+        micros = []
+        for rows in chunks:
+            mb = make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, pad_id, device,
+                            share_prompt=share)
+            mb.A, mb.W, mb.W_reg = (x[mb.index].to(device) for x in (batch.A, batch.W, batch.W_reg))
+            mb.real_tokens = sum(row_len(row) for row in rows)
+            micros.append(mb)
+        for _ in range(n_max - len(chunks)):
+            mb = make_micro([[pad_id]], [[pad_id]], [[0.0]], [[0]], pad_id, device)
+            mb.dummy, mb.index = True, mb.index[:0]
+            mb.A = mb.W = mb.W_reg = torch.zeros(1, device=device)
+            micros.append(mb)
+        plan.append(micros)
+    return plan
 
 
 def pack_micro_batches(index, seq_lens, max_rows, max_tokens=0):

@@ -241,14 +241,28 @@ def warm_start_model(out_dir, ws: WarmStart = WarmStart(), log=print):
     return out_dir
 
 
+def build_synthetic(out_dir, seed=0, val_rows=200):
+    """The synthetic task's model (random init, its 12-character alphabet) and its held-out rows
+    (synthetic.jsonl, a seed stream apart from training's), as configs/tiny.yaml reads them."""
+    out_dir = Path(out_dir)
+    build_tiny_model(out_dir, chars=SYNTHETIC_CHARS, seed=seed)
+    with open(out_dir / "synthetic.jsonl", "w") as f:
+        for r in synthetic_rows(val_rows, seed + 1_000_003):
+            f.write(json.dumps(r) + "\n")
+    return out_dir
+
+
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="Build the boxed task's warm-started model (cached by settings).")
-    ap.add_argument("command", choices=["warmstart"])
-    ap.add_argument("--out", default="runs/cache/boxed", help="directory (configs/boxed*.yaml read runs/cache/boxed)")
+    ap = argparse.ArgumentParser(description="Build the tiny tasks' models before training: `synthetic` (random init, "
+                                 "held-out synthetic.jsonl beside it) or `warmstart` (the boxed task's, cached).")
+    ap.add_argument("command", choices=["synthetic", "warmstart"])
+    ap.add_argument("--out", help="directory (default runs/cache/tiny, runs/cache/boxed: what configs/ read)")
     for f in dataclasses.fields(WarmStart):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
-                        default=f.default)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)  # --seed: both
     args = ap.parse_args()
-    ws = WarmStart(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WarmStart)})
-    print(warm_start_model(args.out, ws))
+    if args.command == "synthetic":
+        print(build_synthetic(args.out or "runs/cache/tiny", seed=args.seed))
+    else:
+        ws = WarmStart(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WarmStart)})
+        print(warm_start_model(args.out or "runs/cache/boxed", ws))

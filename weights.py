@@ -83,13 +83,33 @@ def pass_counts(correct):
     return correct.sum(dim=1)
 
 
+def per_bucket(k, values, G):
+    """Sums of per-prompt `values` [P] by correct count k [P]: a [G + 1] float64 vector indexed by k."""
+    return torch.zeros(G + 1, dtype=torch.float64).index_add_(0, k, values.double())
+
+
+@dataclass
+class StepStats:
+    """One training step's loss statistics per response, over the whole global batch in its order, [P, G]
+    float64: sums over each response's tokens and over the step's ppo_epochs passes (loss.policy_loss's
+    per-response stats added up by the trainer; a response the step left out has zeros)."""
+    surrogate: torch.Tensor      # sum of -min(r A, clip(r) A) over tokens, W not applied
+    abs_surrogate: torch.Tensor  # sum of its magnitude
+    W: torch.Tensor              # the W_i each response was trained with
+    epochs: int                  # passes over the batch (ppo_epochs)
+    optimizer_steps: int         # epochs x mini-batches
+
+
 class Scheme:
-    """What every scheme shares: the constructor, input checks, and empty state. A scheme overrides
-    `advantages` and `weights`; one with state of its own (DARO) also `update`, `metrics` and the
-    state_dict pair."""
+    """What every scheme shares: the constructor, input checks, the per-difficulty diagnostics of every
+    step (DARO's Fig. 2, logged for every scheme), and empty state. A scheme overrides `advantages` and
+    `weights`; one with state of its own (DARO) also `update` (calling this one), `metrics` and the
+    state_dict pair. The trainer calls begin_step, then advantages and weights, then update, once a step."""
 
     def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
         self.cfg, self.G, self.max_len = cfg, G, max_len
+        self.k = self.bucket_tokens = None  # the step's correct counts [P] and response tokens per bucket
+        self.diagnostics = {}
 
     def __call__(self, rewards, lengths, correct=None):
         """A and W for a batch that is also one optimizer step."""
@@ -98,20 +118,35 @@ class Scheme:
 
     def begin_step(self, rewards, lengths, correct=None, accuracy=None):
         """Called once per training step, before `advantages`, with the step's whole batch [P, G] and
-        `accuracy`: correct responses over all responses sampled this step, before any filtering."""
+        `accuracy`: correct responses over all responses sampled this step, before any filtering.
+        Keeps each prompt's correct count k and the response tokens of each bucket k for `update`."""
+        self.k = pass_counts(self.correct(rewards, correct))
+        self.bucket_tokens = per_bucket(self.k, lengths.double().sum(1), self.G)
 
     def correct(self, rewards, correct=None):
         """The verifier's verdicts [P, G] (bool) when given, else reward > correct_threshold. Shaped
         rewards (DAPO's overlong penalty) make the fallback wrong: the trainer always passes them."""
         return (rewards > self.cfg.correct_threshold) if correct is None else correct.bool()
 
-    def update(self, stats: dict):
-        """Called once per training step with the step's loss statistics, summed over micro-batches and
-        ranks (loss.policy_loss's stats: per-bucket sums of the surrogate and of tokens, ...)."""
+    def update(self, stats: StepStats):
+        """Called once per training step, after the policy's update, with its per-response statistics.
+        Records per bucket k = 1..G-1: L_mu, the mean surrogate per token (signed; over every response token
+        of the bucket, trained or left out, averaged over epochs), and the bucket's loss scale, sum W |surrogate|
+        per optimiser step."""
+        if self.k is None:
+            raise ValueError("Scheme.update needs begin_step(...) with the step's batch first")
+        tokens = self.bucket_tokens
+        loss = per_bucket(self.k, stats.surrogate.sum(1), self.G) / stats.epochs
+        scale = per_bucket(self.k, (stats.W * stats.abs_surrogate).sum(1), self.G) / stats.optimizer_steps
+        self.diagnostics = {}
+        for k in range(1, self.G):
+            if tokens[k] > 0:
+                self.diagnostics[f"bucket_loss/{k}"] = float(loss[k] / tokens[k])
+                self.diagnostics[f"bucket_scale/{k}"] = float(scale[k])
 
     def metrics(self) -> dict:
-        """Numbers to log after each step (e.g. DARO's weights)."""
-        return {}
+        """Numbers to log after each step: the per-bucket diagnostics (and e.g. DARO's weights)."""
+        return dict(self.diagnostics)
 
     def state_dict(self):
         return {}
@@ -256,15 +291,10 @@ class DARO(Scheme):
         self.w[0] = self.w[G] = 0.0  # mu = 0 and mu = 1 carry no signal
         self.log_w = torch.nn.Parameter(self.w.clamp(min=1e-300).log())     # the "adam" update's variable
         self.adam = torch.optim.Adam([self.log_w], lr=d.lr) if d.update == "adam" else None
-        self.step_tokens = None  # tokens per bucket over the whole step (omega "step")
 
     def advantages(self, rewards):
         r = _check(rewards).double()
         return (r - r.mean(1, keepdim=True)).float()
-
-    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
-        k = pass_counts(self.correct(rewards, correct))
-        self.step_tokens = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, lengths.double().sum(1))
 
     def weights(self, rewards, lengths, correct=None):
         _check(rewards, lengths)
@@ -281,25 +311,23 @@ class DARO(Scheme):
             per_response = (w / (responses * self.G).clamp(min=1.0))[k][:, None]
             return (per_response / lengths.double().clamp(min=1.0)).float()
         if d.omega == "step":
-            if self.step_tokens is None:
+            if self.bucket_tokens is None:
                 raise ValueError("scheme.daro.omega 'step' needs begin_step(...) with the step's batch first")
-            tokens = self.step_tokens
+            tokens = self.bucket_tokens
         return (w / tokens.clamp(min=1.0))[k][:, None].expand_as(rewards).float().clone()
 
-    def update(self, stats):
-        """One step of w from the step's per-bucket sums (index k = correct count) of the surrogate
-        (bucket_loss), of its magnitude (bucket_abs_loss, for "token_abs") and of response tokens
-        (bucket_tokens), as loss.policy_loss returns them."""
+    def update(self, stats: StepStats):
+        """One step of w from the step's per-response statistics, grouped here by bucket k (correct count):
+        L_mu = (the bucket's surrogate sum, or its magnitude's for "token_abs", per epoch) / (its response
+        tokens, trained or left out)."""
+        super().update(stats)
         d = self.cfg.daro
         if d.update == "static":
             return
-        bucket_tokens = stats["bucket_tokens"].double()
-        present = bucket_tokens > 0
+        present = self.bucket_tokens > 0
         present[0] = present[self.G] = False
-        if d.loss_scale == "token_abs" and "bucket_abs_loss" not in stats:
-            raise ValueError("scheme.daro.loss_scale 'token_abs' needs bucket_abs_loss")
-        bucket_loss = stats["bucket_abs_loss" if d.loss_scale == "token_abs" else "bucket_loss"]
-        L = bucket_loss.double() / bucket_tokens.clamp(min=1.0)
+        surrogate = stats.abs_surrogate if d.loss_scale == "token_abs" else stats.surrogate
+        L = per_bucket(self.k, surrogate.sum(1), self.G) / stats.epochs / self.bucket_tokens.clamp(min=1.0)
         if d.loss_scale == "abs":
             L = L.abs()
         if d.update == "sgd":
@@ -315,7 +343,7 @@ class DARO(Scheme):
             self.log_w.copy_(self.w.clamp(min=1e-300).log())
 
     def metrics(self):
-        return {f"daro_w/{k}": float(self.w[k]) for k in range(1, self.G)}
+        return {**super().metrics(), **{f"daro_w/{k}": float(self.w[k]) for k in range(1, self.G)}}
 
     def state_dict(self):
         return {"w": self.w.clone(), "adam": self.adam.state_dict() if self.adam else None}
@@ -362,7 +390,7 @@ class HADW(Scheme):
 
     def begin_step(self, rewards, lengths, correct=None, accuracy=None):
         self.step_accuracy = accuracy
-        self.base.begin_step(rewards, lengths, correct, accuracy)
+        self.base.begin_step(rewards, lengths, correct, accuracy)  # the base keeps the step's buckets
 
     def advantages(self, rewards):
         return self.reweight(rewards, self.base.advantages(rewards))
