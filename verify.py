@@ -26,8 +26,7 @@ and a timer the caller had armed is restored. The only step it waits for is the 
 per process (mathparse.sympy_importing(); an import cut in half would break sympy for the rest of the
 run). Outside the main thread, where signals cannot be delivered, score() hands the pair to a worker
 process killed at the timeout. Sizes are bounded before any work (MAX_RESPONSE_CHARS here, mathparse's
-MAX_* there): a longer answer, deeper nesting, or a number beyond mathparse.MAX_EXACT_BITS (towers like
-2^{2^{2^{9}}}, (10^6)!) is scored 0 at once.
+MAX_* there), so an oversized response or answer is scored 0 at once.
 score_batch runs items in worker processes with a per-item wall-clock limit enforced by the parent
 (a stuck worker is killed and replaced, its item scored 0). Workers are plain `python verify.py
 --worker` subprocesses speaking over pipes: no fork of the (possibly threaded, vLLM-holding) caller
