@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import mathparse  # noqa: E402
 import verify  # noqa: E402
 
 FORMATS = ["So the answer is $\\boxed{{{}}}$.", "**Final Answer:** ${}$", "The final answer is ${}$.",
@@ -134,9 +135,9 @@ def build_corpus(data_dir, problems, seed=0):
 
 def count_symbolic_pairs(responses, golds):
     """(pairs decided by the exact identity test at rational points, pairs that reach sympy): counted
-    by wrapping the two verify.py functions, in an untimed pass."""
+    by wrapping the two mathparse.py functions, in an untimed pass."""
     counts = {"_exact_identity": 0, "_sympy_zero": 0}
-    originals = {name: getattr(verify, name) for name in counts}
+    originals = {name: getattr(mathparse, name) for name in counts}
 
     def counting(name):
         def wrapper(*args, **kwargs):
@@ -147,7 +148,7 @@ def count_symbolic_pairs(responses, golds):
     identity, reached = 0, 0
     try:
         for name in counts:
-            setattr(verify, name, counting(name))
+            setattr(mathparse, name, counting(name))
         for r, g in zip(responses, golds):
             before = dict(counts)
             verify.score(r, g)
@@ -156,7 +157,7 @@ def count_symbolic_pairs(responses, golds):
             identity += reached_identity and counts["_sympy_zero"] == before["_sympy_zero"]
     finally:
         for name, fn in originals.items():
-            setattr(verify, name, fn)
+            setattr(mathparse, name, fn)
     return identity, reached
 
 

@@ -1,5 +1,5 @@
-"""Tests of verify.py: extraction, equivalence by category, adversarial inputs, the data files,
-and the worker pool. Expected verdicts are written by hand from the mathematics of each pair."""
+"""Tests of verify.py and mathparse.py: extraction, equivalence by category, adversarial inputs, the data
+files, and the worker pool. Expected verdicts are written by hand from the mathematics of each pair."""
 
 import json
 import math
@@ -8,8 +8,10 @@ import time
 import pytest
 from conftest import DATA_DIR, needs_data
 
+import mathparse
 import verify
-from verify import extract_answer, is_equivalent, perturb_answer, score, score_batch
+from mathparse import is_equivalent
+from verify import extract_answer, perturb_answer, score, score_batch
 
 # ---- extraction: (response, expected final answer) -------------------------------------------
 EXTRACT = [
@@ -334,7 +336,7 @@ def _seconds(response, gold, limit):
 
 @pytest.fixture(scope="module")
 def sympy_loaded():
-    verify._load_sympy()  # the one import per process is the only step the alarm waits for
+    mathparse.load_sympy()  # the one import per process is the only step the alarm waits for
 
 
 @pytest.mark.parametrize("response,gold", SLOW)
@@ -505,7 +507,7 @@ def test_decimal_policy(answer, gold, problem, expected):
     ("Find the distance between the point and the nearest vertex.", False),
     ("In every round, player A erases two numbers.", False), ("Round 2.47 to the nearest tenth.", True)])
 def test_rounding_asked(problem, asked):
-    assert verify.rounding_asked(problem) is asked
+    assert mathparse.rounding_asked(problem) is asked
 
 
 def test_problems_reach_the_pool():
@@ -584,7 +586,7 @@ IDENTITY = [
 def test_rational_functions_of_symbols_and_constants_need_no_sympy(answer, gold, expected, monkeypatch):
     def no_sympy(*args, **kwargs):
         raise AssertionError("reached sympy")
-    monkeypatch.setattr(verify, "_sympy_zero", no_sympy)
+    monkeypatch.setattr(mathparse, "_sympy_zero", no_sympy)
     assert is_equivalent(answer, gold) is expected
 
 
