@@ -27,9 +27,9 @@ class ModelConfig:
     dtype: str = "float32"          # trainer parameter dtype: float32 | bfloat16 (GPU: bf16 compute, fp32 reduce)
     gradient_checkpointing: bool = False
     compile: bool = False           # torch.compile each decoder layer (inductor fuses norms, rotary, SiLU,
-                                    # residuals); the first micro-batches compile (~1 min for SmolLM2 on a CPU)
+                                    # residuals); the first micro-batches pay for the compilation
     onednn_linears: bool = True     # CPU, float32: the decoder layers' matmuls by oneDNN, not MKL (policy.py's
-                                    # OneDNNLinear: 1.2x faster train pass on an AMD EPYC); not with compile,
+                                    # OneDNNLinear: MKL's sgemm is slower at these shapes); not with compile,
                                     # no effect on GPUs
 
 

@@ -89,10 +89,9 @@ def register_block_attention():
 
 class OneDNNLinear(torch.autograd.Function):
     """y = x @ w.T + b by oneDNN instead of torch's BLAS, for float32 on the CPU. torch sends CPU matmuls to MKL,
-    whose sgemm ran the forward and input-gradient matmuls of these shapes (K = 576 or 1536, N up to 3072) at
-    130-156 GFLOP/s on this project's 2-core AMD EPYC where oneDNN (vLLM's CPU build uses it too) ran them at
-    167-196; the SmolLM2 train pass took 6.85 instead of 8.13 ms per token (benchmarks/bench_train_pass.py,
-    one run). Strict float32 either way, only the order of the sums differs. The weight gradient stays with
+    whose sgemm is slower than oneDNN (vLLM's CPU build uses it too) at the forward and input-gradient matmuls
+    of these shapes (K = 576 or 1536, N up to 3072); benchmarks/bench_train_pass.py measures both (figures in
+    benchmarks/README.md). Strict float32 either way, only the order of the sums differs. The weight gradient stays with
     torch: oneDNN was no faster at that shape. The op is torch's own oneDNN linear, the one inductor's CPU
     backend emits; it is private API, pinned here by torch==2.13.0 and by tests/test_policy.py."""
 

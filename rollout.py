@@ -13,7 +13,7 @@ What a Sample holds (both engines):
              engine's weights, computed from the RAW logits (log_softmax at temperature 1, no top-p):
              the quantity the trainer recomputes as pi_old. Sampling itself uses temperature/top_p.
              None when generate(..., logprobs=False) (the trainer asks for them only for diagnostics:
-             vLLM's per-token log-prob bookkeeping costs ~20% of a short rollout).
+             vLLM's per-token log-prob bookkeeping is work the loss does not need).
   truncated  True when the response hit max_tokens (or the engine's max_model_len) without EOS or a
              stop string.
 

@@ -242,8 +242,8 @@ def main(argv=None):
     ap.add_argument("--smooth", type=int, default=10, help="moving-average window of the figures' curves")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads per run (OMP_NUM_THREADS, unless already set): on a busy 2-core machine "
-                         "1 thread generated 13-20x faster than 2 (contended threads spin)")
+                    help="torch threads per run (OMP_NUM_THREADS, unless already set): small matmuls on a busy "
+                         "machine run faster on 1 thread, since contended threads spin")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # before torch is imported here or in a run
     schemes = parse_schemes(args.scheme)

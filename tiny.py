@@ -204,7 +204,7 @@ def warm_start_model(out_dir, ws: WarmStart = WarmStart(), log=print):
     torch.manual_seed(ws.seed)
     gen = torch.Generator().manual_seed(ws.seed)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matmuls: on the busy 2-core machine 1 thread generated 13-20x faster than 2
+    torch.set_num_threads(1)  # small matmuls: on a busy machine contended threads spin (benchmarks/README.md)
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / ws.warmup))
     model.train()

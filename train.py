@@ -519,7 +519,7 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device)
     ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False) \
         if cfg.loss.kl_beta else None
-    # fused: one kernel over all parameters, on the CPU and CUDA
+    # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of kernels per tensor
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.steps))

@@ -1,6 +1,6 @@
 """rollout.py on the CPU: the real vLLM CPU engine and the transformers fallback on a tiny Qwen2.
 
-One vLLM engine per module (its start costs ~5-10 s). References are independent of the engines:
+One vLLM engine per module (starting one is the slow part). References are independent of the engines:
 log-probs are recomputed by a plain transformers forward pass, prompt ids from the tokenizer's
 character table, EOS/stop/truncation rules checked token by token.
 """

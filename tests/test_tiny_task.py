@@ -76,7 +76,7 @@ def test_warm_start_is_imperfect_on_purpose(warm):
 
 
 def test_rl_raises_validation_accuracy(warm, tmp_path):
-    """40 GRPO steps of configs/boxed.yaml from the warm start (~2-3 min on 2 busy cores, one thread)."""
+    """40 GRPO steps of configs/boxed.yaml from the warm start (one torch thread, as sweep.py runs it)."""
     rows = load_benchmark(str(warm / "val.jsonl"))
     before = sum(greedy_accuracy(warm, rows)[0]) / len(rows)
     out = tmp_path / "run"

@@ -304,7 +304,7 @@ def test_stuck_item_is_scored_zero_and_its_worker_replaced():
 
 # ==== issue 15 ====================================================================================
 # ---- 1. a time bound on every call of score(), in-process -------------------------------------------
-# Pairs that sympy cannot settle quickly (without a limit each ran 15 s or more on this machine), the
+# Pairs that sympy cannot settle quickly (without a limit each runs far past any timeout), the
 # issue's 2^{i!} against 2\sqrt{2}, and a true trigonometric identity against 5 of about the length of
 # the issue's (which it does not quote). Each call must return within its timeout plus scheduling slack.
 TRIG_IDENTITY = ("(\\sin x+\\cos x)^{40}-(1+\\sin(2x))^{20}+\\sin(x)^{6}\\cos(x)^{6}"  # 87 characters, = 5
@@ -406,7 +406,7 @@ def test_the_timeout_is_not_swallowed_by_except_exception():
 def test_score_outside_the_main_thread_runs_in_a_worker_under_the_limit():
     import threading
     out = []
-    # the first call starts the worker process (seconds at load 9 on this machine); the second is timed
+    # the first call starts the worker process (slow under load); the second is timed
     jobs = [("so \\boxed{2\\sqrt3}", "\\sqrt{12}"), SLOW[2], ("so \\boxed{7}", "7")]
 
     def run():
