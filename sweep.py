@@ -27,9 +27,10 @@ from pathlib import Path
 import yaml
 
 from plot import mean_ci, read_metrics
+from weights import SCHEMES
 
 ROOT = Path(__file__).resolve().parent
-SCHEME_NAMES = ("grpo", "drgrpo", "dapo", "lipo", "daro")  # weights.SCHEMES (not imported: it pulls in torch)
+SCHEME_NAMES = tuple(SCHEMES)
 METRICS = [  # (key in a run's summary, column title, decimals)
     ("final_reward", "final train reward", 3),
     ("val_acc", "val accuracy", 3),
@@ -308,14 +309,17 @@ def fmt(x, decimals=3):
 
 
 def prepare(base, overrides):
-    """Build what the runs share before the first one starts: the boxed task's warm-started model
-    (tiny.warm_start_model; cached, so a second sweep reuses it)."""
+    """Build what the runs share before the first one starts: the tiny tasks' models (the boxed task's
+    warm start, tiny.warm_start_model, cached by its settings; the synthetic task's, when missing)."""
     sets = dict(o.split("=", 1) for o in overrides if "=" in o)
     train_set = sets.get("data.train", (base.get("data") or {}).get("train"))
+    path = sets.get("model.path", (base.get("model") or {}).get("path"))
     if train_set == "boxed":
         import tiny
-        path = sets.get("model.path", (base.get("model") or {}).get("path"))
         print(f"warm start: {tiny.warm_start_model(path)}", flush=True)
+    elif train_set == "synthetic" and not (Path(path) / "config.json").is_file():
+        import tiny
+        print(f"tiny model: {tiny.build_synthetic(path)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,10 @@ def long_prompt(model_dir):
     rows = [{"problem": p, "answer": "0"} for p in ["1+2=", "1+2+3+4+5+6+7+8+9=", "3+4=", "5+6="]]
     engine = make_engine(cfg.rollout, model_dir, seed=world()[0])
     timers = {"rollout": 0.0, "verify": 0.0}
-    rows_kept, groups, _, _, info = train.collect_batch(cfg, engine, PromptStream(rows, 0, False), 0, timers)
+    batch = train.collect_batch(cfg, engine, PromptStream(rows, 0, False), 0, timers)
     engine.close()
-    return {"kept": [r["problem"] for r in rows_kept], "groups": len(groups), "skipped": info["skipped_prompts"]}
+    return {"kept": [r["problem"] for r in batch.rows], "groups": len(batch.groups),
+            "skipped": batch.info["skipped_prompts"]}
 
 
 def mode_checks(work, model_dir, device):

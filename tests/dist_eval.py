@@ -33,7 +33,7 @@ def main(out_path, overrides):
     init_distributed()
     cfg = load_config(None, overrides)
     engine = HashEngine()
-    metrics = train.run_eval(cfg, engine, synthetic_rows(200, 7))
+    metrics = train.run_eval(cfg, engine, {"synthetic": synthetic_rows(200, 7)[:101]})
     generated = all_gather(engine.generated)
     if world()[0] == 0:
         Path(out_path).write_text(json.dumps({"metrics": metrics, "generated": generated}))

@@ -12,8 +12,9 @@ ALLOWED = {
     "weights": set(), "loss": set(), "mathparse": set(), "rollout": set(), "distributed": set(), "tiny": set(),
     "smol": set(), "plot": set(),
     "verify": {"mathparse"},
-    "data": {"tiny"}, "policy": {"loss", "distributed"}, "metrics": {"distributed"},
-    "eval": {"rollout", "verify", "data"}, "config": {"weights", "loss", "rollout", "data"}, "sweep": {"plot", "tiny"},
+    "data": {"tiny", "verify"}, "policy": {"loss", "distributed"}, "metrics": {"distributed"},
+    "eval": {"rollout", "verify", "data"}, "config": {"weights", "loss", "rollout", "data"},
+    "sweep": {"plot", "tiny", "weights"},
 }
 TRAIN_TESTS = {"test_train.py", "test_smol_train.py", "dist_step.py", "dist_eval.py", "dist_checks.py"}
 
@@ -36,6 +37,11 @@ def test_modules_import_only_what_the_readme_says():
     for name, allowed in ALLOWED.items():
         got = project_imports(ROOT / f"{name}.py") - {name}
         assert got <= allowed, f"{name}.py imports {sorted(got - allowed)}"
+
+
+def test_the_trainer_knows_no_toy_task():
+    """train.py reaches tiny.py's tasks only through data.py (rows, rewards by name), never by import."""
+    assert "tiny" not in project_imports(ROOT / "train.py")
 
 
 def test_nothing_imports_train_but_its_own_tests():

@@ -66,42 +66,33 @@ def test_value_and_gradient_match_loop(cfg):
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-12)
     # the batch exercises clipping on both sides (zero gradient there), so this is not the unclipped case
-    assert stats["clip_low"] > 0 and stats["clip_high"] > 0
+    assert stats["clip_low"].sum() > 0 and stats["clip_high"].sum() > 0
     assert (x.grad[mask == 0] == 0).all()
 
 
-def test_clip_and_kl_stats_count_tokens():
+def test_per_response_stats_against_a_token_loop():
+    """Every statistic is a per-response sum (max / min) over that response's tokens, written out here
+    token by token: clip counts, k3 KL(old || new), ratio, the surrogate with and without W, its magnitude."""
     cfg = LossConfig(eps_low=0.2, eps_high=0.28)
     logp, old, ref, ent, mask, A, W, lengths = make_batch(spread=0.6)
-    _, stats = policy_loss(logp, old, mask, A, W, cfg)
+    _, stats = policy_loss(logp, old, mask, A, W, cfg, entropy=ent)
     r = torch.exp(logp - old)
-    low = high = kl = 0.0
+    assert all(v.shape == (logp.shape[0],) and v.dtype == torch.float64 for v in stats.values())
     for i in range(logp.shape[0]):
-        for t in range(int(lengths[i])):
-            low += float(r[i, t] < 0.8 and A[i] < 0)
-            high += float(r[i, t] > 1.28 and A[i] > 0)
-            kl += float(r[i, t] - 1 - math.log(r[i, t]))
-    assert stats["tokens"] == mask.sum()
-    assert stats["clip_low"] == low and stats["clip_high"] == high
-    assert float(stats["approx_kl"]) == pytest.approx(kl, rel=1e-9)
-    real = [float(r[i, t]) for i in range(len(lengths)) for t in range(int(lengths[i]))]
-    assert float(stats["ratio_max"]) == pytest.approx(max(real))
-
-
-def test_bucket_losses():
-    cfg = LossConfig()
-    logp, old, ref, ent, mask, A, W, lengths = make_batch(N=6, spread=0.0)  # on-policy: ratio 1
-    bucket = torch.tensor([1, 3, 1, 0, 3, 2])
-    _, stats = policy_loss(logp, old, mask, A, W, cfg, bucket=bucket, n_buckets=5)
-    # with ratio 1 each token's surrogate loss is -A_i
-    for k in range(5):
-        rows = (bucket == k).nonzero().flatten().tolist()
-        assert float(stats["bucket_tokens"][k]) == sum(int(lengths[i]) for i in rows)
-        assert float(stats["bucket_loss"][k]) == pytest.approx(sum(-float(A[i]) * int(lengths[i]) for i in rows))
-        expected = sum(abs(float(A[i])) * int(lengths[i]) for i in rows)
-        assert float(stats["bucket_abs_loss"][k]) == pytest.approx(expected)
-        assert float(stats["bucket_scale"][k]) == pytest.approx(
-            sum(abs(float(A[i])) * float(W[i]) * int(lengths[i]) for i in rows))
+        n, a = int(lengths[i]), float(A[i])
+        rs = [float(r[i, t]) for t in range(n)]
+        surrogate = [-min(x * a, min(max(x, 0.8), 1.28) * a) for x in rs]
+        assert stats["tokens"][i] == n
+        assert stats["clip_low"][i] == sum(x < 0.8 and a < 0 for x in rs)
+        assert stats["clip_high"][i] == sum(x > 1.28 and a > 0 for x in rs)
+        assert float(stats["approx_kl"][i]) == pytest.approx(sum(x - 1 - math.log(x) for x in rs), rel=1e-9)
+        assert float(stats["ratio"][i]) == pytest.approx(sum(rs), rel=1e-12)
+        assert float(stats["ratio_max"][i]) == pytest.approx(max(rs)) and float(stats["ratio_min"][i]) == min(rs)
+        assert float(stats["surrogate"][i]) == pytest.approx(sum(surrogate), rel=1e-9, abs=1e-12)
+        assert float(stats["abs_surrogate"][i]) == pytest.approx(sum(map(abs, surrogate)), rel=1e-9, abs=1e-12)
+        assert float(stats["pg_loss"][i]) == pytest.approx(float(W[i]) * sum(surrogate), rel=1e-9, abs=1e-15)
+        assert float(stats["entropy"][i]) == pytest.approx(float(ent[i, :n].sum()), rel=1e-12)
+    assert stats["clip_low"].sum() > 0 and stats["clip_high"].sum() > 0  # both sides exercised
 
 
 @pytest.mark.parametrize("ratio", ["token", "sequence"])

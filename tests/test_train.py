@@ -18,7 +18,7 @@ from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["grpo", "drgrpo", "dapo", "lipo", "gspo", "daro", "grpo_hadw", "gspo_hadw", "dapo_hadw"]
-TINY = ["model.path=tiny", "model.dtype=float32", "data.train=synthetic", "rollout.template=plain",
+TINY = ["model.dtype=float32", "data.train=synthetic", "rollout.template=plain",
         "rollout.max_tokens=4", "reward.kind=first_char", "reward.workers=0", "eval.every=0"]
 
 
@@ -31,16 +31,16 @@ def finite(record):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_one_step_of_every_config(method, tmp_path):
+def test_one_step_of_every_config(method, tmp_path, tiny_model):
     cfg = load_config(ROOT / "configs" / f"{method}.yaml", TINY + [
-        f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4", "G=4", "mini_batches=2", "micro_batch_size=5",
+        f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4", "G=4", "mini_batches=2", "micro_batch_size=5",
         "rollout.engine=hf", "optim.lr=1e-3", "optim.warmup_steps=1"])
     check_config(cfg)
     train.train(cfg)
     (rec,) = records(tmp_path)
     assert rec["step"] == 1 and finite(rec), rec
     from safetensors.torch import load_file
-    before = load_file(tmp_path / "tiny_model" / "model.safetensors")
+    before = load_file(tiny_model / "model.safetensors")
     after = load_file(tmp_path / "checkpoints" / "step_000001" / "model" / "model.safetensors")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     if rec["groups"] == 0:  # dynamic sampling may keep no group of a random model: then nothing may move
@@ -94,6 +94,16 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
             torch.testing.assert_close(two["delta"][k], one["delta"][k], rtol=1e-4, atol=1e-5 * scale)
 
 
+def plan_of(cfg, prompts, responses, mini, trained):
+    """policy.plan_micro_batches on a batch of these token lists (A, W, W_reg: the response's index)."""
+    from types import SimpleNamespace
+    from policy import plan_micro_batches
+    index = torch.arange(len(responses), dtype=torch.float32)
+    batch = SimpleNamespace(prompt_ids=prompts, response_ids=responses, loss_mask=[[1.0] * len(r) for r in responses],
+                            A=index, W=index + 100, W_reg=index + 200, mini=mini)
+    return plan_micro_batches(batch, trained, cfg, pad_id=0, device=torch.device("cpu"))
+
+
 def test_token_budget_plan_packs_responses_under_the_budget():
     cfg = load_config(None, ["G=4", "micro_batch_tokens=100", "micro_batch_size=3"])
     g = torch.Generator().manual_seed(0)
@@ -102,20 +112,32 @@ def test_token_budget_plan_packs_responses_under_the_budget():
     trained = [True] * 20
     trained[5] = False
     mini = [[0, 1], [2, 3, 4]]  # local groups of two mini-batches
-    row_len = lambda row: sum(seq_lens[i] for i in row)  # noqa: E731
-    plan = train.plan_micro_batches(cfg, mini, row_len, trained)
-    for local, chunks in zip(mini, plan):
-        flat = [i for rows in chunks for row in rows for i in row]
+    prompts, responses = [[7]] * 20, [[9] * (n - 1) for n in seq_lens]  # a row of one: prompt + response
+    plan = plan_of(cfg, prompts, responses, mini, trained)
+    for local, micros in zip(mini, plan):
+        flat = [i for mb in micros for i in mb.index.tolist()]
         assert sorted(flat) == [q * 4 + i for q in local for i in range(4) if trained[q * 4 + i]]
         width = max(seq_lens[i] for i in flat)  # rows are as wide as the mini-batch's longest response
-        for rows in chunks:
-            assert all(sum(seq_lens[i] for i in row) <= width for row in rows)
-            assert len(rows) <= 3 and len(rows) * width <= max(100, width)
-    stats = train.plan_stats(plan, row_len, trained)
-    assert stats["skipped"] == 1 and stats["real_tokens"] == sum(seq_lens) - seq_lens[5]
-    runs = train.plan_micro_batches(load_config(None, ["G=4", "micro_batch_size=3"]), mini, row_len, trained)
-    assert all(len(row) == 1 for chunks in runs for rows in chunks for row in rows)
-    assert train.plan_stats(runs, row_len, trained)["computed_tokens"] > stats["computed_tokens"]
+        for mb in micros:
+            assert not mb.dummy and mb.input_ids.shape[1] <= width
+            assert len(mb.input_ids) <= 3 and mb.input_ids.numel() <= max(100, width)
+            assert mb.A.tolist() == mb.index.float().tolist() and (mb.W - mb.A).eq(100).all()  # each its own
+            assert (mb.W_reg - mb.A).eq(200).all()
+    assert sum(mb.real_tokens for mini_ in plan for mb in mini_) == sum(seq_lens) - seq_lens[5]
+    runs = plan_of(load_config(None, ["G=4", "micro_batch_size=3"]), prompts, responses, mini, trained)
+    assert all(mb.position_ids is None for micros in runs for mb in micros)  # one response per row, padded
+    assert sum(mb.input_ids.numel() for m in runs for mb in m) > sum(mb.input_ids.numel() for m in plan for mb in m)
+
+
+def test_plan_pads_with_dummies_and_a_mini_batch_of_nothing_trained():
+    """A mini-batch whose responses are all left out still gets one pass (a dummy of zero weight), so that
+    every optimiser step has a backward; the dummy carries no response."""
+    cfg = load_config(None, ["G=2", "micro_batch_size=8"])
+    plan = plan_of(cfg, [[5]] * 4, [[6, 7]] * 4, [[0], [1]], [True, True, False, False])
+    assert [len(m) for m in plan] == [1, 1]
+    (real,), (dummy,) = plan
+    assert not real.dummy and real.index.tolist() == [0, 1]
+    assert dummy.dummy and dummy.index.numel() == 0 and dummy.mask.sum() == 0 and dummy.W.abs().sum() == 0
 
 
 def test_shared_prompt_plan_keeps_each_group_in_one_row():
@@ -128,15 +150,17 @@ def test_shared_prompt_plan_keeps_each_group_in_one_row():
     outs = [list(range(n)) for n in lengths]
     trained = [True] * 20
     trained[2] = trained[13] = False
-    row_len = lambda row: row_tokens(row, prompts, outs, share=True)  # noqa: E731
-    plan = train.plan_micro_batches(cfg, [[0, 1, 2], [3, 4]], row_len, trained)
-    rows = [row for chunks in plan for rs in chunks for row in rs]
-    assert sorted(i for row in rows for i in row) == [i for i in range(20) if trained[i]]
-    groups = [{i // 4 for i in row} for row in rows]
+    plan = plan_of(cfg, prompts, outs, [[0, 1, 2], [3, 4]], trained)
+    assert sorted(i for m in plan for mb in m for i in mb.index.tolist()) == [i for i in range(20) if trained[i]]
+    # a row of a micro-batch holds the responses whose predicting columns sit in it (row ids of its tokens)
+    groups = [{int(mb.index[b]) // 4 for b in mb.b_idx[mb.rows == r].unique().tolist()}
+              for m in plan for mb in m for r in range(len(mb.input_ids))]
     assert sum(len(gs) for gs in groups) == 5  # no group split over rows
     assert any(len(gs) > 1 for gs in groups)  # and rows packed with several groups
-    stats = train.plan_stats(plan, row_len, trained)
-    assert stats["real_tokens"] == sum(2 + q for q in range(5)) + sum(len(outs[i]) for i in range(20) if trained[i])
+    real = sum(mb.real_tokens for m in plan for mb in m)
+    assert real == sum(2 + q for q in range(5)) + sum(len(outs[i]) for i in range(20) if trained[i])
+    assert real == sum(row_tokens([i for i in range(20) if trained[i] and i // 4 == q], prompts, outs, share=True)
+                       for q in range(5))
 
 
 def run_cli(args, **kw):
@@ -144,8 +168,8 @@ def run_cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_kill_and_resume_reproduces_metrics(tmp_path):
-    common = ["--config", str(ROOT / "configs" / "tiny.yaml"), *TINY, "steps=6", "save_every=2", "prompts_per_step=8",
+def test_kill_and_resume_reproduces_metrics(tmp_path, tiny_model):
+    common = ["--config", str(ROOT / "configs" / "tiny.yaml"), *TINY, f"model.path={tiny_model}", "steps=6", "save_every=2", "prompts_per_step=8",
               "rollout.engine=vllm"]
     full = run_cli([*common, f"out_dir={tmp_path / 'full'}"])
     assert full.wait(timeout=600) == 0, full.stdout.read()
@@ -171,8 +195,8 @@ def test_kill_and_resume_reproduces_metrics(tmp_path):
         assert kept_a == pytest.approx(kept_b, rel=1e-6, abs=1e-9), ra["step"]
 
 
-def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
+def test_checkpoint_loads_in_transformers_and_vllm(tmp_path, tiny_model):
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
                                                                      "rollout.engine=hf"])
     train.train(cfg)
     ckpt = latest_checkpoint(tmp_path)
@@ -194,13 +218,20 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["scheme.nme=grpo"], "unknown config key 'scheme.nme'; did you mean 'name'"),
     (["G=1"], "config key 'G' must be >= 2"),
-    (["data.train=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl not found"),
+    (["data.train=/nonexistent/train.jsonl"], "error: data.train: benchmark file /nonexistent/train.jsonl not found"),
     (["rollout.tensor_parallel_size=2"], "config key 'rollout.tensor_parallel_size' must be 1"),
+    (["scheme.name=grpoo"], "config key 'scheme.name' must be one of grpo, drgrpo, dapo, lipo, daro, got 'grpoo'"),
+    (["eval.every=1", "eval.benchmarks=[/nonexistent/val.jsonl]"],
+     "error: eval.benchmarks: benchmark file /nonexistent/val.jsonl not found"),
+    (["model.path=/nonexistent/model"], "error: model.path '/nonexistent/model' is not a local model directory"),
 ])
-def test_cli_errors_name_the_problem(args, message, tmp_path):
-    proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1", *args])
+def test_cli_errors_name_the_problem(args, message, tmp_path, tiny_model):
+    """A user's mistake stops the run with one line that names it: no traceback."""
+    proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1",
+                    f"model.path={tiny_model}", f"eval.benchmarks=[{tiny_model}/synthetic.jsonl]", *args])
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0 and message in out, out
+    assert "Traceback" not in out, out
 
 
 def test_overlong_penalty():
@@ -237,8 +268,10 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
     engine = ScriptedEngine({"p0": ["5", "5xxxxx", "5", "5xxxx"],   # all correct; lengths 6 and 5 are shaped
                              "p1": ["7", "1", "7x", "2"]})            # 2 of 4 correct
     timers = {"rollout": 0.0, "verify": 0.0}
-    kept, groups, scores, rewards, info = train.collect_batch(cfg, engine, PromptStream(rows, 0, False), 0, timers)
-    assert [r["id"] for r in kept] == ["b"]
+    batch = train.collect_batch(cfg, engine, PromptStream(rows, 0, False), 0, timers)
+    info = batch.info
+    assert [r["id"] for r in batch.rows] == ["b"] and len(batch.response_ids) == 4
+    assert batch.correct.tolist() == [[True, False, True, False]] and batch.accuracy == info["accuracy"]
     assert info["accuracy"] == pytest.approx(6 / 8)  # before filtering: 4 + 2 correct of 8
     assert info["dynamic_sampling_gave_up"] == 1.0  # one round allowed, one group of two kept
     # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
@@ -248,7 +281,7 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
 def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
     """Each rank generates half of the validation problems and the verdicts are gathered: the accuracy
     equals one process's (a scripted engine answers each prompt deterministically)."""
-    overrides = ["reward.kind=first_char", "reward.workers=0", "eval.benchmarks=[synthetic]", "eval.limit=101"]
+    overrides = ["reward.kind=first_char", "reward.workers=0"]
     script, env = str(ROOT / "tests" / "dist_eval.py"), {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, script, str(tmp_path / "one.json"), *overrides], check=True, env=env, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
@@ -298,3 +331,48 @@ def test_entropy_coef_changes_the_gradient_as_float64_says(tmp_path):
     for n in r0:
         torch.testing.assert_close(g1[n] - g0[n], r1[n] - r0[n], rtol=1e-4, atol=1e-5 * effect)
         torch.testing.assert_close(g1[n], r1[n], rtol=1e-4, atol=1e-5 * effect)
+
+
+def test_a_new_stateful_scheme_trains_through_the_step(tmp_path):
+    """A scheme with state of its own, defined here as a forker would in weights.py (a subclass, nothing else
+    touched): the step hands its update every response's statistics in the global order, and its state
+    (here: a factor on W that halves each step) shapes the next step's loss. On-policy (ratio 1) a trained
+    response's surrogate is -A_i |o_i| (its tokens), an untrained one's 0."""
+    from dist_step import fixed_batch
+    from distributed import init_distributed, shutdown_distributed
+    from weights import GRPO
+
+    class HalvingGRPO(GRPO):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.factor, self.seen = 1.0, []
+
+        def weights(self, rewards, lengths, correct=None):
+            return super().weights(rewards, lengths, correct) * self.factor
+
+        def update(self, stats):
+            super().update(stats)
+            self.seen.append(stats)
+            self.factor *= 0.5
+
+    model_dir = str(build_tiny_model(tmp_path / "model"))  # all printable characters: fixed_batch's ids fit
+    cfg = load_config(None, TINY + [f"model.path={model_dir}", "prompts_per_step=4", "G=4", "optim.lr=0.0",
+                                    "optim.warmup_steps=1"])
+    device = init_distributed()
+    try:
+        tr, _ = train.build_trainer(cfg, model_dir, model_dir, device)
+        tr.scheme = HalvingGRPO(cfg.scheme, G=4, max_len=8)
+        prompts, responses, rewards = fixed_batch(4, 4)
+        losses = []
+        for _ in range(2):
+            batch = train.Batch(prompt_ids=prompts, response_ids=responses, loss_mask=[[1.0] * len(r) for r in responses],
+                                rewards=rewards, correct=rewards > 0.5)
+            losses.append(train.train_on_batch(tr, batch)["pg_loss"])
+    finally:
+        shutdown_distributed()
+    first = tr.scheme.seen[0]
+    A = tr.scheme.advantages(rewards).double()
+    lengths = torch.tensor([[len(responses[p * 4 + i]) for i in range(4)] for p in range(4)], dtype=torch.float64)
+    torch.testing.assert_close(first.surrogate, -A * lengths, rtol=1e-5, atol=1e-6)  # zero-A groups: skipped, 0
+    torch.testing.assert_close(first.W, GRPO(cfg.scheme, G=4, max_len=8).weights(rewards, lengths.float()).double())
+    assert tr.scheme.factor == 0.25 and losses[1] == pytest.approx(losses[0] / 2, rel=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from weights import (DARO, HADW, DAROConfig, HADWConfig, SchemeConfig, effective_curve, hadw_bias_probability,
-                     make_scheme)
+                     make_scheme, StepStats)
 
 EPS = 1e-6
 
@@ -116,6 +116,22 @@ def daro(**kw):
     return DARO(SchemeConfig(name="daro", daro=DAROConfig(**kw)), G=4, max_len=0)
 
 
+def bucket_step(scheme, L, tokens, abs_L=None):
+    """One step's begin_step and update on a batch built so that bucket k (k correct of G) holds tokens[k]
+    response tokens with mean surrogate L[k] per token (and mean magnitude abs_L[k], default |L[k]|): one
+    prompt per non-empty bucket, its G responses tokens[k] / G long, each with surrogate sum L[k] tokens[k] / G."""
+    G = scheme.G
+    ks = [k for k in range(G + 1) if float(tokens[k]) > 0]
+    rewards = torch.tensor([[1.0] * k + [0.0] * (G - k) for k in ks])
+    lengths = torch.tensor([[float(tokens[k]) / G] * G for k in ks])
+    per_response = lambda x: torch.tensor([[float(x[k]) * float(tokens[k]) / G] * G for k in ks],  # noqa: E731
+                                          dtype=torch.float64)
+    surrogate = per_response(L)
+    scheme.begin_step(rewards, lengths)
+    scheme.update(StepStats(surrogate=surrogate, abs_surrogate=surrogate.abs() if abs_L is None else per_response(abs_L),
+                            W=torch.ones_like(surrogate), epochs=1, optimizer_steps=1))
+
+
 @pytest.mark.parametrize("update", ["sgd", "ema"])
 def test_daro_weights_move_to_optimum_within_bounds(update):
     scheme = daro(loss_scale="abs", update=update, lr=0.2, w_min=0.1, w_max=10.0)
@@ -125,7 +141,7 @@ def test_daro_weights_move_to_optimum_within_bounds(update):
     objective = lambda w: float(w[1] * 0.5 - math.log(w[1]))     # bucket 1's own objective w L - ln w
     before = objective(scheme.w)
     for _ in range(200):
-        scheme.update({"bucket_loss": L * tokens, "bucket_tokens": tokens})
+        bucket_step(scheme, L, tokens)
     # optimum of w |L_mu| - ln w is 1 / |L_mu|: 2.0 for bucket 1, 4.0 for bucket 2 (abs of -0.25)
     np.testing.assert_allclose(scheme.w[1:3].numpy(), [2.0, 4.0], rtol=1e-3)
     assert objective(scheme.w) < before
@@ -138,12 +154,12 @@ def test_daro_clamps_and_signed_variant():
     tokens = torch.full((5,), 10.0)
     for _ in range(100):
         # L = 0.5, 0.001, 10
-        scheme.update({"bucket_loss": torch.tensor([0.0, 5.0, 0.01, 100.0, 0.0]), "bucket_tokens": tokens})
+        bucket_step(scheme, [0.0, 0.5, 0.001, 10.0, 0.0], tokens)
     np.testing.assert_allclose(scheme.w[1:4].numpy(), [2.0, 3.0, 0.5], rtol=1e-3)  # 1/0.5; capped; floored
     signed = daro(loss_scale="signed", w_max=5.0)
     for _ in range(100):
         # L < 0: the term w L - ln w has no minimum
-        signed.update({"bucket_loss": torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0]), "bucket_tokens": tokens})
+        bucket_step(signed, [0.0, -0.5, 0.0, 0.0, 0.0], tokens)
     assert signed.w[1] == 5.0
 
 
@@ -154,22 +170,21 @@ def test_daro_token_abs_equalises_buckets_where_abs_saturates():
     from loss import LossConfig, policy_loss
     G, T = 4, 3
     rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [1.0, 1, 1, 0], [0.0, 1, 0, 0]])
-    k = rewards.sum(1).long().repeat_interleave(G)
     logp = torch.randn(rewards.numel(), T, dtype=torch.float64)
     scheme = daro(lr=0.2)
     A = scheme.advantages(rewards).flatten().double()
-    _, stats = policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig(),
-                           bucket=k, n_buckets=G + 1)
-    assert float(stats["bucket_loss"][1:G].abs().max()) < 1e-12
+    _, stats = policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig())
+    step = StepStats(surrogate=stats["surrogate"].view(-1, G), abs_surrogate=stats["abs_surrogate"].view(-1, G),
+                     W=torch.ones(len(rewards), G, dtype=torch.float64), epochs=1, optimizer_steps=1)
     saturated = daro(loss_scale="abs", lr=0.2, w_max=10.0)
     for _ in range(300):
-        scheme.update(stats)
-        saturated.update(stats)
+        for s in (scheme, saturated):
+            s.begin_step(rewards, torch.full_like(rewards, float(T)))
+            s.update(step)
+    assert max(abs(scheme.metrics()[f"bucket_loss/{k}"]) for k in range(1, G)) < 1e-12  # signed L_mu = 0
     mu = torch.tensor([1, 2, 3], dtype=torch.float64) / G
     torch.testing.assert_close(scheme.w[1:G], 1 / (2 * mu * (1 - mu)), rtol=1e-4, atol=0)
     assert saturated.w[1:G].tolist() == [10.0, 10.0, 10.0]
-    with pytest.raises(ValueError, match="token_abs"):
-        daro().update({"bucket_loss": stats["bucket_loss"], "bucket_tokens": stats["bucket_tokens"]})
 
 
 def test_daro_weight_uses_bucket_token_counts():
@@ -186,11 +201,11 @@ def test_daro_weight_uses_bucket_token_counts():
 def test_daro_state_round_trip():
     a = daro(loss_scale="abs")
     tokens = torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0])
-    a.update({"bucket_loss": torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]), "bucket_tokens": tokens})
+    bucket_step(a, torch.tensor([1.0, 2.0, -3.0, 4.0, 5.0]) / tokens, tokens)
     b = daro(loss_scale="abs")
     b.load_state_dict(a.state_dict())
     for s in (a, b):
-        s.update({"bucket_loss": torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]), "bucket_tokens": tokens})
+        bucket_step(s, torch.tensor([0.5, 1.0, 2.0, 0.1, 1.0]) / tokens, tokens)
     torch.testing.assert_close(a.w, b.w, rtol=0, atol=0)
 
 
@@ -284,15 +299,16 @@ def test_hadw_theorem2_reproduces_tables(G, a, b, table):
 
 # ---------------------------------------------------------------- open choices (DAROConfig / HADWConfig)
 
-def on_policy_stats(rewards, T=3):
-    """loss.policy_loss's per-bucket sums for equal-length responses at ratio 1 (float64)."""
+def on_policy_update(scheme, rewards, T=3):
+    """begin_step and update with loss.policy_loss's per-response sums for equal-length responses at ratio 1."""
     from loss import LossConfig, policy_loss
     G = rewards.shape[1]
     A = daro().advantages(rewards).flatten().double()
     logp = torch.zeros(rewards.numel(), T, dtype=torch.float64)
-    k = rewards.sum(1).long().repeat_interleave(G)
-    return policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig(),
-                       bucket=k, n_buckets=G + 1)[1]
+    stats = policy_loss(logp, logp, torch.ones_like(logp), A, torch.ones_like(A), LossConfig())[1]
+    scheme.begin_step(rewards, torch.full_like(rewards, float(T)))
+    scheme.update(StepStats(surrogate=stats["surrogate"].view(-1, G), abs_surrogate=stats["abs_surrogate"].view(-1, G),
+                            W=torch.ones(len(rewards), G, dtype=torch.float64), epochs=1, optimizer_steps=1))
 
 
 def test_daro_static_control_is_the_learned_fixed_point():
@@ -301,24 +317,24 @@ def test_daro_static_control_is_the_learned_fixed_point():
     mu = torch.arange(5, dtype=torch.float64) / 4
     torch.testing.assert_close(static.w[1:4], 1 / (2 * mu[1:4] * (1 - mu[1:4])), rtol=0, atol=1e-12)
     w0 = static.w.clone()
-    static.update(on_policy_stats(rewards))
+    on_policy_update(static, rewards)
     assert torch.equal(static.w, w0)  # no learning
     learned = daro(lr=0.2)
     for _ in range(300):
-        learned.update(on_policy_stats(rewards))
+        on_policy_update(learned, rewards)
     torch.testing.assert_close(learned.w, static.w, rtol=1e-4, atol=1e-12)
 
 
 def test_daro_adam_update_first_step_and_optimum():
     scheme = daro(update="adam", loss_scale="abs", lr=0.05)
     tokens = torch.tensor([0.0, 10.0, 10.0, 0.0, 0.0])
-    stats = {"bucket_loss": torch.tensor([0.0, 5.0, 2.0, 0.0, 0.0]), "bucket_tokens": tokens}  # L = 0.5, 0.2
-    scheme.update(stats)
+    L = [0.0, 0.5, 0.2, 0.0, 0.0]
+    bucket_step(scheme, L, tokens)
     # Adam's bias-corrected first step is lr * g / (|g| + eps): ln w moves by -lr * sign(w L - 1) = +0.05
     np.testing.assert_allclose(np.log(scheme.w[1:3].numpy()), [0.05, 0.05], rtol=1e-6)
     assert scheme.w[3] == 1.0  # absent bucket: no gradient, no move
     for _ in range(2000):
-        scheme.update(stats)
+        bucket_step(scheme, L, tokens)
     np.testing.assert_allclose(scheme.w[1:3].numpy(), [2.0, 5.0], rtol=2e-2)  # 1 / L_mu
 
 
@@ -372,3 +388,24 @@ def test_hadw_configs_reproduce_the_official_anchor_sequence():
         expected = [sum(history[max(0, t - 9): t + 1]) / len(history[max(0, t - 9): t + 1]) for t in range(12)]
         assert anchors == pytest.approx(expected, abs=1e-12), name
         assert expected[11] == pytest.approx(sum(history[2:12]) / 10)
+
+
+def test_every_scheme_logs_L_mu_and_loss_scale_per_bucket():
+    """Scheme.update's per-difficulty diagnostics (DARO's Fig. 2), for any scheme, HA-DW on top included:
+    L_mu = the bucket's surrogate sum / epochs / its response tokens; scale = sum W |surrogate| / optimiser steps."""
+    rewards = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [0.0, 1, 0, 0], [1.0, 1, 1, 1]])  # k = 1, 2, 1, 4
+    lengths = torch.tensor([[2.0, 2, 2, 2], [3.0, 3, 3, 3], [1.0, 1, 1, 1], [5.0, 5, 5, 5]])
+    g = torch.Generator().manual_seed(0)
+    surrogate = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    W = torch.rand(4, 4, generator=g, dtype=torch.float64)
+    stats = StepStats(surrogate=surrogate, abs_surrogate=surrogate.abs() * 1.5, W=W, epochs=2, optimizer_steps=4)
+    for cfg in (SchemeConfig(name="grpo"), SchemeConfig(name="drgrpo", hadw=HADWConfig(enabled=True))):
+        scheme = make_scheme(cfg, G=4, max_len=0)
+        scheme.begin_step(rewards, lengths)
+        scheme.update(stats)
+        m = scheme.metrics()
+        one, two = [0, 2], [1]  # prompts of bucket k = 1 (8 + 4 tokens) and k = 2 (12 tokens); k = 4 not logged
+        assert m["bucket_loss/1"] == pytest.approx(float(surrogate[one].sum()) / 2 / 12)
+        assert m["bucket_loss/2"] == pytest.approx(float(surrogate[two].sum()) / 2 / 12)
+        assert m["bucket_scale/1"] == pytest.approx(float((W[one] * surrogate[one].abs() * 1.5).sum()) / 4)
+        assert "bucket_loss/3" not in m and "bucket_loss/4" not in m
