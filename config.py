@@ -8,6 +8,7 @@ that name the key.
 import dataclasses
 import difflib
 import importlib.util
+import math
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +55,22 @@ class OptimConfig:
     schedule: str = "constant"      # after warm-up: constant | cosine | linear
     min_lr_ratio: float = 0.0       # floor of cosine/linear decay, as a fraction of lr
     grad_clip: float = 1.0
+
+    def lr_factor(self, total_steps):
+        """The learning-rate multiplier as a function of completed steps (for LambdaLR): linear warm-up
+        over warmup_steps, then constant, or cosine / linear decay to min_lr_ratio at total_steps."""
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"optim.schedule must be constant, cosine or linear, got {self.schedule!r}")
+
+        def f(step):
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            if self.schedule == "constant":
+                return 1.0
+            frac = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
+            decay = 0.5 * (1 + math.cos(math.pi * frac)) if self.schedule == "cosine" else 1 - frac
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * decay
+        return f
 
 
 @dataclass

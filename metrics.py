@@ -1,14 +1,17 @@
 """metrics.py: what a training step logs. Statistics of the sampled responses (rewards, lengths, pass-rate
-histogram, accuracy per level), averaged over ranks, and metrics.jsonl, one JSON record per step, which
-plot.py draws (and TensorBoard, when asked)."""
+histogram, accuracy per level), averaged over ranks; the update's loss statistics, per response (summed
+over micro-batches and epochs, gathered over ranks) and per step; metrics.jsonl, one JSON record per step,
+which plot.py draws (and TensorBoard, when asked); and the run's progress line."""
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from distributed import all_gather, world
+from distributed import all_gather, all_reduce, world
 
 
 def batch_metrics(G, rows, groups, scores, rewards):
@@ -42,6 +45,52 @@ def gather_metrics(local):
             out[key] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
     return out
 
+
+# ---------------------------------------------------------------------------------------------
+# The update's statistics: per response, then per step.
+
+def accumulate(per_response, stats, index, n_responses):
+    """Add one micro-batch's per-response statistics into the step's [n_responses] vectors (max / min for
+    ratio_max / ratio_min)."""
+    for k, v in stats.items():
+        reduce = {"ratio_max": "amax", "ratio_min": "amin"}.get(k, "sum")
+        if k not in per_response:
+            per_response[k] = torch.full((n_responses,), {"amax": -math.inf, "amin": math.inf}.get(reduce, 0.0),
+                                         dtype=torch.float64)
+        per_response[k] = per_response[k].scatter_reduce(0, index, v.detach().double().cpu()[: len(index)], reduce)
+
+
+def gather_responses(batch, values, n_groups):
+    """{name: [P, G] float64} over the whole global batch, in its order, from every rank's {name: [responses]}."""
+    G = batch.rewards.shape[1]
+    out = {k: torch.zeros(n_groups, G, dtype=torch.float64) for k in values}
+    for position, part in all_gather((batch.position, {k: v.double().view(-1, G) for k, v in values.items()})):
+        for k, v in part.items():
+            out[k][position] = v
+    return out
+
+
+def update_metrics(cfg, update, responses, plan, lr):
+    """Per-step numbers: per-token means over the trained tokens, the padding share of the micro-batches
+    (rows x widest against the real tokens), the share of responses left out of the training pass."""
+    real = sum(mb.real_tokens for mini in plan for mb in mini)
+    computed = sum(mb.input_ids.numel() for mini in plan for mb in mini if not mb.dummy)
+    loss, real, computed = all_reduce(torch.tensor([update.loss, real, computed], dtype=torch.float64)).tolist()
+    tok, passes = float(responses["tokens"].sum()), cfg.ppo_epochs * cfg.mini_batches
+    m = {"loss": loss / passes, "pg_loss": float(responses["pg_loss"].sum()) / passes,
+         "grad_norm": float(np.mean(update.grad_norms)), "lr": lr, "padding_share": 1 - real / max(computed, 1.0),
+         "skipped_frac": 1 - float(responses["trained"].mean())}
+    if tok > 0:  # every response may have been skipped
+        m.update(ratio_max=float(responses["ratio_max"].max()), ratio_min=float(responses["ratio_min"].min()))
+    for key, name in [("clip_low", "clip_low"), ("clip_high", "clip_high"), ("approx_kl", "approx_kl"),
+                      ("ratio", "ratio_mean"), ("entropy", "entropy"), ("kl_ref", "kl_ref")]:
+        if key in responses:
+            m[name] = float(responses[key].sum()) / max(tok, 1.0)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
 
 class MetricsLog:
     """metrics.jsonl (and TensorBoard when asked), written by rank 0. A resumed run keeps only the

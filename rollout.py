@@ -449,6 +449,11 @@ class VLLMEngine:
         _vllm_load_weights(self.llm, iter_full_parameters(model), self.asleep_level)
         self.asleep_level = 0
 
+    def info(self):
+        """Where it samples, and its KV-cache blocks (gpu_check prints them)."""
+        return {"engine_device": str(self.llm.collective_rpc(lambda worker: worker.device)[0]),
+                "kv_cache_blocks": self.llm.llm_engine.vllm_config.cache_config.num_gpu_blocks}
+
     def sleep(self):
         """GPU + cfg.sleep: release the engine's GPU memory until the next sync_weights / wake."""
         if self.on_gpu and self.cfg.sleep and not self.asleep_level:
@@ -577,6 +582,10 @@ class HFEngine:
         missing = set(own) - seen
         if missing:
             raise KeyError(f"sync_weights: the trainer sent no value for {sorted(missing)}")
+
+    def info(self):
+        """Where it samples."""
+        return {"engine_device": str(next(self.model.parameters()).device)}
 
     def sleep(self):
         pass  # the fallback has no memory to give back beyond its weights, which it needs

@@ -14,7 +14,6 @@ whole step on one screen), checkpoints, validation, and the loop (`train`).
 import argparse
 import dataclasses
 import gc
-import math
 import random
 import shutil
 import sys
@@ -25,18 +24,17 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch.distributed.fsdp import FSDPModule
 
 import eval as evaluation  # 'eval' is a builtin; the module is eval.py
-from config import ConfigError, OptimConfig, TrainConfig, check_config, load_config
+from config import ConfigError, TrainConfig, check_config, load_config
 from data import PromptStream, load_benchmark, load_rows, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
                          publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world, write_diagnostics)
 from loss import policy_loss
-from metrics import MetricsLog, Progress, batch_metrics, gather_metrics
+from metrics import MetricsLog, Progress, accumulate, batch_metrics, gather_metrics, gather_responses, update_metrics
 from plot import run_summary
 from policy import KernelTimer, Policy, load_policy, per_token, plan_micro_batches
 from rollout import encode_prompts, make_engine
@@ -257,46 +255,6 @@ def update_policy(tr: Trainer, plan, n_responses) -> Update:
     return Update(per_response, loss_sum, grad_norms)
 
 
-def accumulate(per_response, stats, index, n_responses):
-    """Add one micro-batch's per-response statistics into the step's [n_responses] vectors (max / min for
-    ratio_max / ratio_min)."""
-    for k, v in stats.items():
-        reduce = {"ratio_max": "amax", "ratio_min": "amin"}.get(k, "sum")
-        if k not in per_response:
-            per_response[k] = torch.full((n_responses,), {"amax": -math.inf, "amin": math.inf}.get(reduce, 0.0),
-                                         dtype=torch.float64)
-        per_response[k] = per_response[k].scatter_reduce(0, index, v.detach().double().cpu()[: len(index)], reduce)
-
-
-def gather_responses(batch: Batch, values, n_groups):
-    """{name: [P, G] float64} over the whole global batch, in its order, from every rank's {name: [responses]}."""
-    G = batch.rewards.shape[1]
-    out = {k: torch.zeros(n_groups, G, dtype=torch.float64) for k in values}
-    for position, part in all_gather((batch.position, {k: v.double().view(-1, G) for k, v in values.items()})):
-        for k, v in part.items():
-            out[k][position] = v
-    return out
-
-
-def update_metrics(cfg: TrainConfig, update: Update, responses, plan, lr):
-    """Per-step numbers: per-token means over the trained tokens, the padding share of the micro-batches
-    (rows x widest against the real tokens), the share of responses left out of the training pass."""
-    real = sum(mb.real_tokens for mini in plan for mb in mini)
-    computed = sum(mb.input_ids.numel() for mini in plan for mb in mini if not mb.dummy)
-    loss, real, computed = all_reduce(torch.tensor([update.loss, real, computed], dtype=torch.float64)).tolist()
-    tok, passes = float(responses["tokens"].sum()), cfg.ppo_epochs * cfg.mini_batches
-    m = {"loss": loss / passes, "pg_loss": float(responses["pg_loss"].sum()) / passes,
-         "grad_norm": float(np.mean(update.grad_norms)), "lr": lr, "padding_share": 1 - real / max(computed, 1.0),
-         "skipped_frac": 1 - float(responses["trained"].mean())}
-    if tok > 0:  # every response may have been skipped
-        m.update(ratio_max=float(responses["ratio_max"].max()), ratio_min=float(responses["ratio_min"].min()))
-    for key, name in [("clip_low", "clip_low"), ("clip_high", "clip_high"), ("approx_kl", "approx_kl"),
-                      ("ratio", "ratio_mean"), ("entropy", "entropy"), ("kl_ref", "kl_ref")]:
-        if key in responses:
-            m[name] = float(responses[key].sum()) / max(tok, 1.0)
-    return m
-
-
 def train_on_batch(tr: Trainer, batch: Batch):
     """A and W, the micro-batch plan, the policy's update and the scheme's; returns the step's metrics.
     Loss and gradient equal those of one process holding every rank's groups."""
@@ -389,22 +347,7 @@ def diagnose_batch(tr: Trainer, batch: Batch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The learning-rate schedule and checkpoints.
-
-def lr_lambda(cfg: OptimConfig, total_steps):
-    if cfg.schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"optim.schedule must be constant, cosine or linear, got {cfg.schedule!r}")
-
-    def f(step):  # step = completed training steps
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        decay = 0.5 * (1 + math.cos(math.pi * frac)) if cfg.schedule == "cosine" else 1 - frac
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
-    return f
-
+# Checkpoints.
 
 # checkpoints/step_N/: model/ (Hugging Face safetensors, full float32 weights), dcp/ (the sharded model and
 # AdamW state, any world size), trainer.pt; see distributed.py's checkpoint section.
@@ -522,18 +465,9 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of kernels per tensor
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.optim.lr_factor(cfg.steps))
     scheme = make_scheme(cfg.scheme, G=cfg.G, max_len=cfg.rollout.max_tokens)
     return Trainer(cfg, policy, ref_policy, optimizer, scheduler, scheme, device, pad_id), tokenizer
-
-
-def run_info(tr: Trainer, engine):
-    """Where this rank trains and samples: its devices, and the engine's KV-cache blocks (vLLM)."""
-    llm = getattr(engine, "llm", None)
-    if llm is None:  # the transformers engine
-        return {"device": str(tr.device), "engine_device": str(next(engine.model.parameters()).device)}
-    return {"device": str(tr.device), "engine_device": str(llm.collective_rpc(lambda worker: worker.device)[0]),
-            "kv_cache_blocks": llm.llm_engine.vllm_config.cache_config.num_gpu_blocks}
 
 
 def train(cfg: TrainConfig, resume=False):
@@ -568,7 +502,7 @@ def run(cfg: TrainConfig, resume, device):
     engine = make_engine(rollout_cfg, model_path, seed=cfg.seed + rank)
     progress = Progress(start, cfg.steps, enabled=rank == 0)
     try:
-        info = run_info(tr, engine) if cfg.diagnostics else {}
+        info = {"device": str(tr.device), **engine.info()} if cfg.diagnostics else {}
         for step in range(start, cfg.steps):
             m, diag = training_step(tr, engine, stream, step)
             if cfg.eval.every and cfg.eval.benchmarks and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.steps):
