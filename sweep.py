@@ -249,8 +249,7 @@ def main(argv=None):
     schemes = parse_schemes(args.scheme)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(Path(args.config).read_text()) or {}
-    prepare(base, args.set)
+    prepare(args.config, args.set)
 
     n_runs, i, t_sweep = len(schemes) * len(args.seeds), 0, time.time()
     summaries, curves, seeds_of = {}, {}, {}
@@ -307,15 +306,18 @@ def fmt(x, decimals=3):
     return "-" if x is None else f"{x:.{decimals}f}"
 
 
-def prepare(base, overrides):
+def prepare(config_path, overrides):
     """Build what the runs share before the first one starts: the boxed task's warm-started model
-    (tiny.warm_start_model; cached, so a second sweep reuses it)."""
-    sets = dict(o.split("=", 1) for o in overrides if "=" in o)
-    train_set = sets.get("data.train", (base.get("data") or {}).get("train"))
-    if train_set == "boxed":
+    (tiny.warm_start_model; cached, so a second sweep reuses it). Reads the base config as train.py
+    will (its `inherit:` chain, then the overrides), so a bad key stops the sweep before its first run."""
+    from config import ConfigError, load_config  # imports torch: after OMP_NUM_THREADS is set
+    try:
+        cfg = load_config(config_path, overrides)
+    except (ConfigError, yaml.YAMLError) as e:
+        raise SystemExit(f"sweep: config error: {e}")
+    if cfg.data.train == "boxed":
         import tiny
-        path = sets.get("model.path", (base.get("model") or {}).get("path"))
-        print(f"warm start: {tiny.warm_start_model(path)}", flush=True)
+        print(f"warm start: {tiny.warm_start_model(cfg.model.path)}", flush=True)
 
 
 if __name__ == "__main__":

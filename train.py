@@ -618,6 +618,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="yaml config (see configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir's latest checkpoint")
+    ap.add_argument("--print-config", action="store_true", help="print the merged config (yaml) and exit")
     ap.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = ap.parse_args(argv)
     try:
@@ -625,6 +626,9 @@ def main(argv=None):
         check_config(cfg)
     except (ConfigError, yaml.YAMLError) as e:
         sys.exit(f"config error: {e}")
+    if args.print_config:
+        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+        return
     try:
         train(cfg, resume=args.resume)
     except CheckpointError as e:

@@ -12,7 +12,8 @@ ALLOWED = {
     "weights": set(), "loss": set(), "verify": set(), "rollout": set(), "distributed": set(), "tiny": set(),
     "smol": set(), "plot": set(),
     "data": {"tiny"}, "policy": {"loss", "distributed"}, "metrics": {"distributed"},
-    "eval": {"rollout", "verify", "data"}, "config": {"weights", "loss", "rollout", "data"}, "sweep": {"plot", "tiny"},
+    "eval": {"rollout", "verify", "data"}, "config": {"weights", "loss", "rollout", "data"},
+    "sweep": {"plot", "tiny", "config"},
 }
 TRAIN_TESTS = {"test_train.py", "test_smol_train.py", "dist_step.py", "dist_eval.py", "dist_checks.py"}
 
