@@ -1,7 +1,11 @@
 """The config tree: one dataclass per piece, each piece's own config next to its code (DataConfig in
 data.py, RolloutConfig in rollout.py, SchemeConfig in weights.py, LossConfig in loss.py), filled from a
 yaml file and overridden on the command line as key.sub=value. Unknown keys and wrong types are errors
-that name the key.
+that name the key and the file that set it.
+
+A yaml file may start from another: `inherit: base.yaml` (a path relative to the file's own directory)
+loads that file first, and so on up the chain; the file's keys then merge into it (mappings key by key,
+lists and scalars replace), and the command-line overrides apply last.
 
     cfg = load_config("configs/daro.yaml", ["scheme.daro.lr=0.05", "loss.eps_high=0.28"])
 """
@@ -119,7 +123,9 @@ class TrainConfig:
 
 
 class ConfigError(ValueError):
-    pass
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key  # the dotted config key at fault, if one is: load_config names the file that set it
 
 
 def _coerce(value, typ, key):
@@ -131,7 +137,7 @@ def _coerce(value, typ, key):
         return _coerce(value, next(a for a in args if a is not type(None)), key)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}", key)
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(typ):
         return from_dict(typ, value, key)
@@ -143,14 +149,15 @@ def _coerce(value, typ, key):
         except ValueError:
             pass
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r} ({type(value).__name__})",
+                          key)
     return value
 
 
 def from_dict(cls, data, prefix=""):
     """Build the dataclass `cls` from a nested dict, naming any unknown key or wrong type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {data!r}")
+        raise ConfigError(f"config section '{prefix or 'root'}' must be a mapping, got {data!r}", prefix or None)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -159,30 +166,91 @@ def from_dict(cls, data, prefix=""):
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{full}'{hint}")
+            raise ConfigError(f"unknown config key '{full}'{hint}", full)
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
 
+INHERIT = "inherit"  # the one key a yaml file may hold that is not a config field
+
+
+def parse_yaml(text, where):
+    """yaml.safe_load, with a syntax error as one line that names `where` (a file, an override)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid yaml: {getattr(e, 'problem', None) or e}{at}") from None
+
+
+def read_yaml(path, origin, chain=()):
+    """The mapping of the yaml file `path` merged over its `inherit:` chain; notes in `origin` which file
+    set each dotted key. `chain` holds the files that asked for this one (a cycle is an error)."""
+    path = Path(path)
+    if not path.is_file():
+        asker = f"{chain[-1]}: inherit: " if chain else ""
+        raise ConfigError(f"{asker}config file not found: {path}")
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ConfigError(f"config inherit cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    data = parse_yaml(path.read_text(), str(path))
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, got {data!r}")
+    merged = {}
+    base = data.pop(INHERIT, None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: '{INHERIT}' names one yaml file (relative to {path.parent}), got {base!r}")
+        merged = read_yaml(path.parent / base, origin, (*chain, path))
+    merge(merged, data, origin, str(path))
+    return merged
+
+
+def merge(into, top, origin, source, prefix=""):
+    """Deep-merge the mapping `top` into `into`: mappings merge key by key, anything else (lists, scalars)
+    replaces. `origin[dotted key]` becomes `source` for each key `top` sets (None: the command line)."""
+    for key, value in top.items():
+        path = f"{prefix}{key}"
+        origin[path] = source
+        if isinstance(value, dict):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
+            merge(into[key], value, origin, source, path + ".")
+        else:
+            into[key] = value
+
+
+def source_of(key, origin):
+    """The file that set `key` (or the section holding it); None for the command line or unknown."""
+    key = key.split("[")[0]  # a list element's error belongs to the list
+    while key:
+        if key in origin:
+            return origin[key]
+        key = key.rpartition(".")[0]
+    return None
+
+
 def load_config(path=None, overrides=()):
-    """TrainConfig from a yaml file (optional) and `key.sub=value` overrides (values parsed as yaml)."""
-    data = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    """TrainConfig from a yaml file (optional, with its `inherit:` chain) and `key.sub=value` overrides
+    (values parsed as yaml), applied in that order."""
+    origin = {}
+    data = {} if path is None else read_yaml(path, origin)
     for item in overrides:
         key, eq, raw = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a config section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return from_dict(TrainConfig, data)
+        value = parse_yaml(raw, f"override {item!r}")
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        merge(data, value, origin, None)
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError as e:
+        source = source_of(e.key or "", origin)
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {e}", e.key) from None
 
 
 def check_config(cfg: TrainConfig):

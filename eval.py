@@ -8,7 +8,6 @@ Writes <out>/results.json (every number and the settings) and <out>/records.json
 """
 import argparse
 import json
-import math
 import os
 import sys
 import warnings

@@ -27,10 +27,8 @@ from pathlib import Path
 import yaml
 
 from plot import mean_ci, read_metrics
-from weights import SCHEMES
 
 ROOT = Path(__file__).resolve().parent
-SCHEME_NAMES = tuple(SCHEMES)
 METRICS = [  # (key in a run's summary, column title, decimals)
     ("final_reward", "final train reward", 3),
     ("val_acc", "val accuracy", 3),
@@ -50,8 +48,9 @@ def parse_schemes(specs):
         if label in schemes:
             raise SystemExit(f"sweep: scheme label {label!r} given twice")
         if not overrides:
-            if label not in SCHEME_NAMES:
-                raise SystemExit(f"sweep: scheme {label!r} has no overrides and is not one of {SCHEME_NAMES}")
+            from weights import SCHEMES  # imports torch: after OMP_NUM_THREADS is set
+            if label not in SCHEMES:
+                raise SystemExit(f"sweep: scheme {label!r} has no overrides and is not one of {tuple(SCHEMES)}")
             overrides = [f"scheme.name={label}"]
         for o in overrides:
             if "=" not in o and not o.endswith((".yaml", ".yml")):
@@ -250,8 +249,7 @@ def main(argv=None):
     schemes = parse_schemes(args.scheme)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(Path(args.config).read_text()) or {}
-    prepare(base, args.set)
+    prepare(args.config, args.set)
 
     n_runs, i, t_sweep = len(schemes) * len(args.seeds), 0, time.time()
     summaries, curves, seeds_of = {}, {}, {}
@@ -308,18 +306,21 @@ def fmt(x, decimals=3):
     return "-" if x is None else f"{x:.{decimals}f}"
 
 
-def prepare(base, overrides):
+def prepare(config_path, overrides):
     """Build what the runs share before the first one starts: the tiny tasks' models (the boxed task's
-    warm start, tiny.warm_start_model, cached by its settings; the synthetic task's, when missing)."""
-    sets = dict(o.split("=", 1) for o in overrides if "=" in o)
-    train_set = sets.get("data.train", (base.get("data") or {}).get("train"))
-    path = sets.get("model.path", (base.get("model") or {}).get("path"))
-    if train_set == "boxed":
+    warm start, tiny.warm_start_model, cached by its settings; the synthetic task's, when missing). Reads the base config as train.py
+    will (its `inherit:` chain, then the overrides), so a bad key stops the sweep before its first run."""
+    from config import ConfigError, load_config  # imports torch: after OMP_NUM_THREADS is set
+    try:
+        cfg = load_config(config_path, overrides)
+    except (ConfigError, yaml.YAMLError) as e:
+        raise SystemExit(f"sweep: config error: {e}")
+    if cfg.data.train == "boxed":
         import tiny
-        print(f"warm start: {tiny.warm_start_model(path)}", flush=True)
-    elif train_set == "synthetic" and not (Path(path) / "config.json").is_file():
+        print(f"warm start: {tiny.warm_start_model(cfg.model.path)}", flush=True)
+    elif cfg.data.train == "synthetic" and not (Path(cfg.model.path) / "config.json").is_file():
         import tiny
-        print(f"tiny model: {tiny.build_synthetic(path)}", flush=True)
+        print(f"tiny model: {tiny.build_synthetic(cfg.model.path)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""sweep.py: the 95% t-interval, a run's summary numbers, scheme parsing, a killed sweep resuming;
-plot.py's seed bands."""
+"""sweep.py: the 95% t-interval, a run's summary numbers, scheme parsing, the base config read through its
+`inherit:` chain, a killed sweep resuming; plot.py's seed bands."""
 import json
 import math
 import signal
@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ROOT
 from plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
-from sweep import parse_schemes, summarize_run
+import tiny
+from sweep import parse_schemes, prepare, summarize_run
 
 
 def t_quantile_975(df):
@@ -68,6 +69,21 @@ def test_parse_schemes():
                          ([["a", "lr"]], "neither"), ([["a=b"]], "label")]:
         with pytest.raises(SystemExit, match=message):
             parse_schemes(bad)
+
+
+def test_prepare_reads_the_base_config_through_its_inherit_chain(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(tiny, "warm_start_model", lambda path: built.append(path) or path)
+    (tmp_path / "task.yaml").write_text(f"data:\n  train: boxed\nmodel:\n  path: {tmp_path / 'ws'}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("inherit: task.yaml\nsteps: 3\n")
+    prepare(str(child), [])  # data.train and model.path come from task.yaml
+    prepare(str(child), ["model.path=elsewhere"])
+    prepare(str(child), ["data.train=synthetic"])  # no warm start to build
+    assert built == [str(tmp_path / "ws"), "elsewhere"]
+    child.write_text("inherit: task.yaml\nstepz: 3\n")
+    with pytest.raises(SystemExit, match=f"sweep: config error: {child}: unknown config key 'stepz'"):
+        prepare(str(child), [])
 
 
 def test_seed_bands(tmp_path):
