@@ -259,18 +259,21 @@ def train_on_batch(tr: Trainer, batch: Batch):
     """A and W, the micro-batch plan, the policy's update and the scheme's; returns the step's metrics.
     Loss and gradient equal those of one process holding every rank's groups."""
     cfg = tr.cfg
+    # ---- A, W: from every rank's groups
     n_groups = weigh(cfg, tr.scheme, batch)
     if n_groups == 0:  # dynamic sampling kept no group on any rank: nothing to learn from this step
         tr.scheduler.step()
         return {"empty_batch": 1.0}
-    # A response with A_i = 0 adds nothing to the policy-gradient term (-min(r 0, clip(r) 0) = 0): without a
-    # KL or entropy term it needs no forward or backward. Its tokens still counted in the normalisers (W).
+    # ---- plan: a response with A_i = 0 adds nothing to the policy-gradient term (-min(r 0, clip(r) 0) = 0):
+    # without a KL or entropy term it needs no forward or backward (its tokens still count in W's normalisers)
     regularised = cfg.loss.kl_beta or cfg.loss.entropy_coef
     trained = torch.tensor([not (cfg.skip_zero_advantage and not regularised and a == 0) for a in batch.A.tolist()])
     plan = plan_micro_batches(batch, trained.tolist(), cfg, pad_id=tr.pad_id, device=tr.device)
+    # ---- update: log pi_old and log pi_ref, then ppo_epochs x mini_batches optimiser steps
     reference_logprobs(tr, plan)
     update = update_policy(tr, plan, len(batch.response_ids))
     tr.scheduler.step()
+    # ---- the scheme's own update (DARO's w_mu), from every response's statistics in the global order
     responses = gather_responses(batch, {**update.per_response, "W": batch.W, "trained": trained}, n_groups)
     tr.scheme.update(StepStats(surrogate=responses["surrogate"], abs_surrogate=responses["abs_surrogate"],
                                W=responses["W"], epochs=cfg.ppo_epochs,
