@@ -64,7 +64,7 @@ class HADWConfig:
 
 @dataclass
 class SchemeConfig:
-    name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro (see SCHEMES)
+    name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro | blind_hard (see SCHEMES)
     std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
     eps: float = 1e-6               # A = (r - mean) / (std + eps)
     correct_threshold: float = 0.5  # without the verifier's verdicts, reward > this counts as correct
@@ -235,6 +235,29 @@ class LIPO(DAPO):
     def advantages(self, rewards):
         r = _check(rewards).double()
         return ((r - r.mean(1, keepdim=True)) / (_std(r.flatten(), self.cfg.std, dim=None) + self.cfg.eps)).float()
+
+
+class BlindHard(GRPO):
+    """A positive control, not a method: GRPO blind to the hardest quarter of the difficulty buckets.
+
+    A_i = GRPO's
+    W_i = GRPO's 1 / (|o_i| G P) where the prompt's correct count k > G / 4;  0 where k <= G / 4 (mu <= 1/4)
+    (k counts the verifier's verdicts, as DARO's buckets do; G >= 4.)
+
+    The handicap is known and large where hard prompts are common: on a prompt with pass rate mu a correct
+    answer carries GRPO's largest advantage, about sqrt((1 - mu) / mu) (2.6 at mu = 1/8), and this scheme drops
+    those groups whole, so hard prompts learn only from what transfers from easier ones: accuracy on the hard
+    levels should lag GRPO's. (A constant factor on the loss would be no control: AdamW and gradient clipping
+    undo it.) A sweep that cannot separate this scheme from GRPO cannot separate the real schemes either.
+    `python benchmarks/scheme_diagnostics.py` prints the share of GRPO's signal it drops on batches like a run's.
+    """
+
+    def weights(self, rewards, lengths, correct=None):
+        G = rewards.shape[1]
+        if G < 4:
+            raise ValueError(f"blind_hard leaves out the buckets k <= G / 4 and needs G >= 4, got G={G}")
+        seen = pass_counts(self.correct(rewards, correct)) > G // 4
+        return super().weights(rewards, lengths, correct) * seen[:, None]
 
 
 class DARO(Scheme):
@@ -446,7 +469,8 @@ def hadw_bias_probability(G, p, eps=0.0):
     return sum(math.comb(G, k) * p ** k * (1 - p) ** (G - k) for k in range(k0, G)) / norm
 
 
-SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO}
+SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO,
+           "blind_hard": BlindHard}  # a positive control for sweeps, not a method
 
 
 def make_scheme(cfg: SchemeConfig, *, G: int, max_len: int) -> Scheme:

@@ -110,6 +110,26 @@ def test_unknown_scheme_and_bad_rewards():
         scheme(torch.ones(3, 1), torch.ones(3, 1))
 
 
+def test_blind_hard_control_is_grpo_without_the_hardest_quarter():
+    G, P = 8, 4
+    # correct counts k = 1, 2, 3, 8: the first two prompts sit at mu <= 1/4 and get no weight
+    rewards = torch.tensor([[1.0] * k + [0.0] * (G - k) for k in (1, 2, 3, 8)])
+    lengths = torch.arange(1, P * G + 1, dtype=torch.float32).view(P, G)
+    control = make_scheme(SchemeConfig(name="blind_hard"), G=G, max_len=64)
+    A, W = control(rewards, lengths)
+    A_ref, W_ref = reference("grpo", rewards, lengths, 64)
+    np.testing.assert_allclose(A.numpy(), A_ref, rtol=1e-5, atol=1e-6)
+    assert (W[:2] == 0).all()
+    np.testing.assert_allclose(W[2:].numpy(), 1.0 / (lengths[2:].double().numpy() * G * P), rtol=1e-6)
+    # its buckets count verdicts: a correct answer shaped to reward 0 still counts (k = 3, so it keeps W)
+    shaped = rewards[2:3].clone()
+    shaped[0, 0] = 0.0
+    W = control.weights(shaped, lengths[2:3], correct=rewards[2:3] > 0.5)
+    assert (W > 0).all() and (control.weights(shaped, lengths[2:3]) == 0).all()  # fallback: k = 2
+    with pytest.raises(ValueError, match="needs G >= 4"):
+        make_scheme(SchemeConfig(name="blind_hard"), G=2, max_len=8)(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2))
+
+
 # ---------------------------------------------------------------- DARO
 
 def daro(**kw):
