@@ -31,7 +31,8 @@ class DAROConfig:
     """Open choices of DARO. The paper gives the objective sum_mu [w_mu L_mu - ln w_mu]; every field
     below is this project's choice (no official code is public). See class DARO."""
     loss_scale: str = "token_abs"  # what drives w_mu: "token_abs" mean |surrogate| per token (default);
-                                   # "abs" |L_mu|; "signed" L_mu as written
+                                   # "abs" |L_mu|; "signed" L_mu as written, and where L_mu <= 0 that step
+                                   # leaves w_mu as it is (w L - ln w has no minimum there; see DARO)
     update: str = "sgd"       # "sgd": a gradient step on s_mu = ln w_mu; "adam": Adam on s_mu (the policy's
                               # optimiser family); "ema": w <- (1-lr) w + lr / L_mu; "static": no learning,
                               # w_mu = 1 / (2 mu (1 - mu)), token_abs's on-policy fixed point (a control)
@@ -276,12 +277,19 @@ class DARO(Scheme):
       means nothing, and on-policy (ratio 1) a bucket's mean surrogate is -sum_i |o_i| A_i / tokens,
       which is 0 whenever its responses have equal lengths (A is centred): |L_mu| then drives every
       w to w_max (seen on the tiny task, one-token answers), so the weights learn nothing.
-      "token_abs" (default) uses the bucket's mean per-token magnitude |surrogate|, ~ mean |A| =
-      2 mu (1 - mu) for binary rewards on-policy, so w_mu -> 1 / (2 mu (1 - mu)) and every bucket
-      contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|; "signed" uses L_mu
-      as written (then w runs to w_max while L_mu <= 0).
+      "token_abs" (default) uses the bucket's mean per-token magnitude |surrogate|, so that every bucket
+      contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|. "signed" uses L_mu as
+      written; where L_mu <= 0 the term w L_mu - ln w has no minimum (it falls without bound as w grows,
+      so any step there only walks w to w_max), and the rule is to hold: that step leaves w_mu as it is,
+      as for a bucket absent from the batch.
+      On-policy fixed points (ratio 1, binary rewards; Lc, Li the mean lengths of the bucket's correct and
+      incorrect responses; exact per bucket, since its correct answers share A = 1 - mu, its wrong ones -mu):
+        token_abs  L_mu = mu (1 - mu) (Lc + Li) / (mu Lc + (1 - mu) Li),
+                   w_mu -> (mu Lc + (1 - mu) Li) / (mu (1 - mu) (Lc + Li)),  1 / (2 mu (1 - mu)) when Lc = Li
+        signed     L_mu = mu (1 - mu) (Li - Lc) / (mu Lc + (1 - mu) Li),  w_mu -> 1 / L_mu where Li > Lc
+                   (wrong answers longer); held at its last value where Li <= Lc
       Read this way DARO converges to a fixed re-weighting, moved only by lengths and off-policy drift:
-      update "static" is that fixed point from step 1, the control that tells whether learning w helps.
+      update "static" is 1 / (2 mu (1 - mu)) from step 1, the control that tells whether learning w helps.
       With HA-DW on top, A already holds Phi, so token_abs drives w_mu to 1 / mean |Phi A| of the bucket:
       DARO then undoes HA-DW's average scale per bucket and keeps only its within-bucket reweighting.
     - update "sgd": s_mu <- s_mu - lr * (w_mu * L_mu - 1), the gradient of the objective in s;
@@ -342,7 +350,7 @@ class DARO(Scheme):
     def update(self, stats: StepStats):
         """One step of w from the step's per-response statistics, grouped here by bucket k (correct count):
         L_mu = (the bucket's surrogate sum, or its magnitude's for "token_abs", per epoch) / (its response
-        tokens, trained or left out)."""
+        tokens, trained or left out). Buckets absent from the step, and for "signed" those with L_mu <= 0, keep w."""
         super().update(stats)
         d = self.cfg.daro
         if d.update == "static":
@@ -353,6 +361,8 @@ class DARO(Scheme):
         L = per_bucket(self.k, surrogate.sum(1), self.G) / stats.epochs / self.bucket_tokens.clamp(min=1.0)
         if d.loss_scale == "abs":
             L = L.abs()
+        if d.loss_scale == "signed":
+            present &= L > 0  # hold: w L - ln w has no minimum where L <= 0
         if d.update == "sgd":
             new = (self.w.clamp(min=1e-300).log() - d.lr * (self.w * L - 1.0)).exp()
         elif d.update == "adam":  # d/ds of sum over present buckets of [exp(s) L - s]

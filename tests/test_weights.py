@@ -178,9 +178,12 @@ def test_daro_clamps_and_signed_variant():
     np.testing.assert_allclose(scheme.w[1:4].numpy(), [2.0, 3.0, 0.5], rtol=1e-3)  # 1/0.5; capped; floored
     signed = daro(loss_scale="signed", w_max=5.0)
     for _ in range(100):
-        # L < 0: the term w L - ln w has no minimum
-        bucket_step(signed, [0.0, -0.5, 0.0, 0.0, 0.0], tokens)
-    assert signed.w[1] == 5.0
+        # L <= 0: the term w L - ln w has no minimum, so w holds (it ran to w_max before the rule)
+        bucket_step(signed, [0.0, -0.5, 0.0, 0.25, 0.0], tokens)
+    assert signed.w[1] == signed.w[2] == 1.0  # w_init, held
+    np.testing.assert_allclose(float(signed.w[3]), 4.0, rtol=1e-4)  # 1 / 0.25
+    bucket_step(signed, [0.0, 0.5, 0.0, 0.25, 0.0], tokens)  # a positive L_mu: bucket 1 learns again
+    assert signed.w[1] == pytest.approx(math.exp(-0.1 * (1.0 * 0.5 - 1.0)))
 
 
 def test_daro_token_abs_equalises_buckets_where_abs_saturates():
@@ -205,6 +208,42 @@ def test_daro_token_abs_equalises_buckets_where_abs_saturates():
     mu = torch.tensor([1, 2, 3], dtype=torch.float64) / G
     torch.testing.assert_close(scheme.w[1:G], 1 / (2 * mu * (1 - mu)), rtol=1e-4, atol=0)
     assert saturated.w[1:G].tolist() == [10.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("loss_scale", ["token_abs", "signed"])
+def test_daro_on_policy_fixed_points_with_unequal_lengths(loss_scale):
+    """w learned through Scheme.update from loss.policy_loss's per-response sums (ratio 1) converges to
+    the closed forms of the DARO docstring, with Lc, Li the mean lengths of a bucket's correct and wrong answers:
+    token_abs (mu Lc + (1 - mu) Li) / (mu (1 - mu) (Lc + Li)); signed mu (1 - mu) (Li - Lc) / (mu Lc + (1 - mu) Li)
+    inverted where wrong answers run longer, held at w_init where they do not."""
+    from loss import LossConfig, policy_loss
+    G, T = 4, 8
+    rewards = torch.tensor([[1.0, 0, 0, 0], [0.0, 1, 0, 0], [1.0, 1, 0, 0], [1.0, 1, 1, 0]])  # k = 1, 1, 2, 3
+    lengths = torch.tensor([[1.0, 6, 6, 6], [5.0, 3, 7, 6],    # k = 1: correct 1 and 3 (Lc 2), wrong 6 (Li 6)
+                            [2.0, 2, 6, 6],                    # k = 2: Lc 2, Li 6
+                            [8.0, 8, 8, 4]])                   # k = 3: Lc 8, Li 4 (wrong answers shorter)
+    Lc, Li = {1: 2.0, 2: 2.0, 3: 8.0}, {1: 6.0, 2: 6.0, 3: 4.0}
+    scheme = daro(loss_scale=loss_scale, lr=0.2)
+    A = scheme.advantages(rewards).flatten().double()
+    mask = (torch.arange(T)[None, :] < lengths.flatten()[:, None]).double()
+    logp = -torch.rand(len(A), T, dtype=torch.float64)
+    _, stats = policy_loss(logp, logp, mask, A, torch.ones_like(A), LossConfig())
+    step = StepStats(surrogate=stats["surrogate"].view(-1, G), abs_surrogate=stats["abs_surrogate"].view(-1, G),
+                     W=torch.ones(4, G, dtype=torch.float64), epochs=1, optimizer_steps=1)
+    for _ in range(300):
+        scheme.begin_step(rewards, lengths)
+        scheme.update(step)
+    for k in (1, 2, 3):
+        mu, c, i = k / G, Lc[k], Li[k]
+        if loss_scale == "token_abs":
+            expected = (mu * c + (1 - mu) * i) / (mu * (1 - mu) * (c + i))  # 3.333, 2.0, 3.111
+        else:
+            L_mu = mu * (1 - mu) * (i - c) / (mu * c + (1 - mu) * i)         # 0.15, 0.25, -0.0833
+            assert scheme.metrics()[f"bucket_loss/{k}"] == pytest.approx(L_mu, rel=1e-12)
+            expected = 1 / L_mu if L_mu > 0 else 1.0                          # 6.667, 4.0, held at w_init
+        assert float(scheme.w[k]) == pytest.approx(expected, rel=1e-6), k
+    if loss_scale == "token_abs":  # lengths move it off the static control 1 / (2 mu (1 - mu)) = 2.667, 2, 2.667
+        assert float(scheme.w[1]) > 3.3 and float(scheme.w[3]) > 3.1
 
 
 def test_daro_weight_uses_bucket_token_counts():
