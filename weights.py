@@ -51,8 +51,8 @@ class DAROConfig:
 class HADWConfig:
     """HA-DW's settings. The paper's: lambda_scale (its sweep: 1.3-1.5 best). The official code's (which
     produced the paper's numbers): the moving-average anchor over k = 10 batches, current one included,
-    and lambda_scale = 1.5. This project's (the paper gives no values): eta, m, sigma_of, c0 of the
-    belief anchor, the update of the paper's equations. See class HADW."""
+    lambda_scale = 1.5, and p_hat and y_t both from the reward (signal). This project's (the paper gives no
+    values): eta, m, sigma_of, c0 of the belief anchor, the update of the paper's equations. See class HADW."""
     enabled: bool = False
     anchor: str = "moving_average"  # "moving_average" (official code) | "belief" (paper's equations)
     k: int = 10                     # window of the moving-average anchor (official code: 10)
@@ -61,6 +61,9 @@ class HADWConfig:
     m: int = 8                      # belief anchor: window of the volatility sigma_t
     sigma_of: str = "accuracies"    # belief anchor: "accuracies" | "beliefs" (paper's text; see HADW)
     c0: Optional[float] = None      # belief anchor: prior C_0; None = the first batch's accuracy
+    signal: str = "reward"          # the units of p_hat and y_t, the same for both: "reward" (official code:
+                                    # the reward, DAPO's overlong shaping included) | "verdicts" (k / G and
+                                    # correct / sampled: the paper's accuracy). Equal without shaping.
 
 
 @dataclass
@@ -117,9 +120,10 @@ class Scheme:
         self.begin_step(rewards, lengths, correct)
         return self.advantages(rewards), self.weights(rewards, lengths, correct)
 
-    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
-        """Called once per training step, before `advantages`, with the step's whole batch [P, G] and
-        `accuracy`: correct responses over all responses sampled this step, before any filtering.
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None, reward_mean=None):
+        """Called once per training step, before `advantages`, with the step's whole batch [P, G], and over
+        all responses sampled this step before any filtering: `accuracy` (correct / sampled) and
+        `reward_mean` (their mean reward, shaping included), HA-DW's y_t in its two units.
         Keeps each prompt's correct count k and the response tokens of each bucket k for `update`."""
         self.k = pass_counts(self.correct(rewards, correct))
         self.bucket_tokens = per_bucket(self.k, lengths.double().sum(1), self.G)
@@ -394,36 +398,45 @@ class HADW(Scheme):
     history-aware reweighting of another scheme's advantage (GRPO, DAPO, ...), once per batch.
     W_i, the update and the state of the base scheme pass through unchanged.
 
-    y_t = batch accuracy: correct responses over all responses sampled this step, before any filtering
-          (the trainer passes it to begin_step; without it, the batch's mean reward)
+    y_t = the step's mean over every response sampled, before any filtering (the trainer passes both units to
+          begin_step; without them, the mean over the batch given), and
+    p_hat = the prompt's group mean, both in the units `signal` names:
+          "reward" (default): of the reward, DAPO's overlong shaping included. The official code computes both
+             from the reward manager's output (verl's token_level_rewards: p_hat the group's mean score, y_t
+             the batch's mean score), so this is what produced the paper's numbers;
+          "verdicts": of the verifier's verdicts, p_hat = k / G and y_t = correct / sampled (the paper's
+             "accuracy"). The two agree for 0/1 rewards; with shaping, "verdicts" measures difficulty
+             unmoved by length, while "reward" counts an overlong correct answer as a partial failure.
     belief anchor:  C_t^+ = (1 - eta_t) C_t^- + eta_t y_t,  C_{t+1}^- = C_t^+,  eta_t = clamp(eta sigma_t, 0, 1)
                     anchor = C_t^- (the PRIOR belief); C_1^- = c0, or y_1 when c0 is None.
     moving_average anchor (official code; the paper's App. F "hard" variant): anchor = mean of the
-                    last k batch accuracies, the current one included.
-    diff_his = p_hat - anchor   (p_hat = the prompt's group mean reward)
+                    last k y_t, the current one included.
+    diff_his = p_hat - anchor
     D_i = -sgn(A_i) sgn(diff_his),  M = |diff_his|,  Phi_i = lambda_scale * exp(D_i M),  A_i <- Phi_i A_i
 
     sigma_t: the paper's text takes the population std of the last m beliefs. Read literally, the
     belief never moves: its history starts constant (C_0), so sigma = 0, eta_t = 0 and C stays C_0
-    forever. The default `sigma_of: accuracies` takes the std of the last m batch accuracies y
+    forever. The default `sigma_of: accuracies` takes the std of the last m y_t
     (y_t included) instead; `sigma_of: beliefs` is the literal rule (the last m posteriors and C_0).
     """
 
     def __init__(self, base: Scheme, cfg: HADWConfig):
         super().__init__(base.cfg, G=base.G, max_len=base.max_len)
-        if cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs"):
-            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average and sigma_of "
-                             f"accuracies|beliefs, got {cfg.anchor!r}, {cfg.sigma_of!r}")
+        if (cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs")
+                or cfg.signal not in ("reward", "verdicts")):
+            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average, sigma_of accuracies|beliefs and "
+                             f"signal reward|verdicts, got {cfg.anchor!r}, {cfg.sigma_of!r}, {cfg.signal!r}")
         self.base, self.hadw = base, cfg
         self.belief = None        # C_t^- for the next batch
         self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
-        self.accuracies = []      # history of batch accuracies y_t
+        self.accuracies = []      # history of y_t (batch accuracies, or mean rewards: `signal`)
         self.last = {}            # what the last call used, for logging
-        self.step_accuracy = None  # y_t of the current step, from begin_step
+        self.step_y = self.step_correct = None  # y_t and the verdicts of the current step, from begin_step
 
-    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
-        self.step_accuracy = accuracy
-        self.base.begin_step(rewards, lengths, correct, accuracy)  # the base keeps the step's buckets
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None, reward_mean=None):
+        self.step_y = reward_mean if self.hadw.signal == "reward" else accuracy
+        self.step_correct = correct
+        self.base.begin_step(rewards, lengths, correct, accuracy, reward_mean)  # the base keeps the step's buckets
 
     def advantages(self, rewards):
         return self.reweight(rewards, self.base.advantages(rewards))
@@ -441,8 +454,12 @@ class HADW(Scheme):
         """Return Phi * A and advance the history by one batch."""
         c = self.hadw
         r = _check(rewards).double()
-        y = float(r.mean()) if self.step_accuracy is None else float(self.step_accuracy)
-        self.step_accuracy = None
+        if self.step_correct is not None and self.step_correct.shape != r.shape:
+            raise ValueError(f"HA-DW: rewards {tuple(r.shape)} are not the batch of begin_step "
+                             f"{tuple(self.step_correct.shape)}")
+        units = self.correct(r, self.step_correct).double() if c.signal == "verdicts" else r
+        y = float(units.mean()) if self.step_y is None else float(self.step_y)
+        self.step_y = self.step_correct = None
         self.accuracies.append(y)
         if self.belief is None:
             self.belief = y if c.c0 is None else float(c.c0)
@@ -457,7 +474,7 @@ class HADW(Scheme):
         else:
             anchor = sum(self.accuracies[-c.k:]) / len(self.accuracies[-c.k:])
             eta_t = None
-        diff = r.mean(1, keepdim=True) - anchor
+        diff = units.mean(1, keepdim=True) - anchor
         phi = c.lambda_scale * torch.exp(-torch.sign(A.double()) * torch.sign(diff) * diff.abs())
         self.last = {"hadw_anchor": anchor, "hadw_belief": self.belief, "hadw_eta": eta_t, "hadw_batch_acc": y}
         return (phi * A.double()).float()

@@ -69,7 +69,8 @@ def sample_batch(gen, args) -> Batch:
 
 def step(scheme, batch: Batch):
     """One training step's worth of the scheme on `batch`: (A, W) [P, G] float64; the state advances."""
-    scheme.begin_step(batch.rewards, batch.lengths, batch.correct, accuracy=float(batch.correct.double().mean()))
+    scheme.begin_step(batch.rewards, batch.lengths, batch.correct, accuracy=float(batch.correct.double().mean()),
+                      reward_mean=float(batch.rewards.double().mean()))
     A = scheme.advantages(batch.rewards).double()
     W = scheme.weights(batch.rewards, batch.lengths, batch.correct).double()
     L = batch.lengths.double()
@@ -126,7 +127,8 @@ def describe(batches, G):
     groups = torch.bincount(k, minlength=G + 1).double() / len(k)
     return (f"accuracy {float(correct.double().mean()):.3f}; groups by correct count k = 0..{G}: "
             + " ".join(f"{float(g):.2f}" for g in groups)
-            + f"\nmean length correct {float(lengths[correct].mean()):.1f}, incorrect {float(lengths[~correct].mean()):.1f}")
+            + f"\nmean length correct {float(lengths[correct].mean()):.1f}, "
+            f"incorrect {float(lengths[~correct].mean()):.1f}")
 
 
 def format_table(result, G):

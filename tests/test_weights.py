@@ -439,14 +439,42 @@ def test_hadw_configs_reproduce_the_official_anchor_sequence():
         scheme = make_scheme(cfg.scheme, G=4, max_len=8)
         rewards = batch_with_accuracy(0.5)
         anchors = []
-        for y in history:
-            scheme.begin_step(rewards, torch.ones(4, 4), rewards > 0.5, accuracy=y)  # y before any filtering
+        for y in history:  # y_t before any filtering, in the official code's units: the mean reward
+            scheme.begin_step(rewards, torch.ones(4, 4), rewards > 0.5, accuracy=1 - y, reward_mean=y)
             scheme.advantages(rewards)
             anchors.append(scheme.metrics()["hadw_anchor"])
         # the official code: mean of the last 10 batch accuracies, the current one included
         expected = [sum(history[max(0, t - 9): t + 1]) / len(history[max(0, t - 9): t + 1]) for t in range(12)]
         assert anchors == pytest.approx(expected, abs=1e-12), name
         assert expected[11] == pytest.approx(sum(history[2:12]) / 10)
+
+
+def test_hadw_signal_reward_or_verdicts_with_overlong_shaping():
+    """p_hat and y_t in one unit: "reward" (official code) both from the shaped reward, "verdicts" both from
+    the verifier. Prompt 0: 3 correct of 4, one of them overlong (reward 1 - 1 = 0); prompt 1: 1 of 4."""
+    shaped = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    correct = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    A = torch.tensor([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0]])
+    lam = 1.5
+    for signal, y, p_hat in [("reward", 0.3, (0.5, 0.25)), ("verdicts", 0.6, (0.75, 0.25))]:
+        h = hadw(HADWConfig(enabled=True, anchor="moving_average", k=10, lambda_scale=lam, signal=signal))
+        # the trainer's y_t over every sampled response: accuracy 0.6, mean shaped reward 0.3
+        h.begin_step(shaped, torch.ones(2, 4), correct, accuracy=0.6, reward_mean=0.3)
+        phi = h.reweight(shaped, A) / A
+        assert h.last["hadw_anchor"] == pytest.approx(y)
+        for p in range(2):
+            d = p_hat[p] - y  # D = -sgn(A) sgn(d): a correct answer above the anchor is damped
+            assert phi[p, 0] == pytest.approx(lam * math.exp(-math.copysign(1, d) * abs(d)), rel=1e-6), (signal, p)
+            assert phi[p, 3] == pytest.approx(lam * math.exp(math.copysign(1, d) * abs(d)), rel=1e-6), (signal, p)
+    # without the trainer's numbers: the batch's own means in the chosen units (threshold 0.5 for verdicts)
+    h = hadw(HADWConfig(enabled=True, anchor="moving_average", signal="verdicts"))
+    h.reweight(shaped, A)
+    assert h.last["hadw_anchor"] == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="signal reward|verdicts"):
+        hadw(HADWConfig(enabled=True, signal="accuracy"))
+    h.begin_step(shaped, torch.ones(2, 4), correct)
+    with pytest.raises(ValueError, match="not the batch of begin_step"):
+        h.reweight(shaped[:1], A[:1])
 
 
 def test_every_scheme_logs_L_mu_and_loss_scale_per_bucket():
