@@ -54,6 +54,7 @@ class Batch:
     rewards: torch.Tensor          # [P_local, G] rewards, shaping included
     correct: torch.Tensor          # [P_local, G] bool, the verifier's verdicts: mu, DARO's buckets
     accuracy: Optional[float] = None  # correct / sampled over the step, before any filtering (HA-DW's y_t)
+    reward_mean: Optional[float] = None  # mean reward (shaping included) over the same responses (y_t in reward units)
     engine_logprobs: Optional[list[list[float]]] = None  # the engine's log-probs of the responses (diagnostics)
     rows: list = field(default_factory=list)     # the prompts' data rows
     groups: list = field(default_factory=list)   # their samples (rollout.Sample), G each
@@ -104,7 +105,7 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     score = reward_function(cfg.reward.kind, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     rows, groups, scores, rewards = [], [], [], []
     rounds, gave_up, skipped = 0, False, 0
-    counts = torch.zeros(2, dtype=torch.float64)  # correct, sampled
+    counts = torch.zeros(3, dtype=torch.float64)  # correct, sampled, reward sum
     while True:
         drawn = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
         mine = [r for r in drawn if prompt_fits(cfg, engine, r["problem"])]
@@ -125,7 +126,7 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
                     rw[p, i] += overlong_penalty(s.length, cfg.rollout.max_tokens, cfg.reward.overlong_buffer)
         rounds += 1
         k = (sc > 0.5).sum(1)
-        counts += torch.tensor([float(k.sum()), float(sc.numel())], dtype=torch.float64)
+        counts += torch.tensor([float(k.sum()), float(sc.numel()), float(rw.double().sum())], dtype=torch.float64)
         keep = [p for p in range(len(mine)) if not cfg.reward.dynamic_sampling or 0 < k[p] < G]
         rows += [mine[p] for p in keep]
         groups += [out[p] for p in keep]
@@ -143,11 +144,12 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
     counts = torch.cat([counts, torch.tensor([float(skipped)], dtype=torch.float64)])
-    correct, sampled, skipped = all_reduce(counts).tolist()
+    correct, sampled, reward_sum, skipped = all_reduce(counts).tolist()
     samples = [s for g in groups for s in g]
     return Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
                  loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length for s in samples],
                  rewards=rewards, correct=scores > 0.5, accuracy=correct / max(sampled, 1.0),
+                 reward_mean=reward_sum / max(sampled, 1.0),
                  engine_logprobs=[s.logprobs for s in samples], rows=rows, groups=groups,
                  info={"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up),
                        "accuracy": correct / max(sampled, 1.0), "skipped_prompts": int(skipped)})
@@ -175,7 +177,7 @@ def weigh(cfg: TrainConfig, scheme: Scheme, batch: Batch):
     batch.position = [position[(rank, q)] for q in range(P_local)]
     if not order:
         return 0
-    scheme.begin_step(R, L, C, batch.accuracy)
+    scheme.begin_step(R, L, C, batch.accuracy, reward_mean=batch.reward_mean)
     A = scheme.advantages(R)
     W, W_reg = torch.zeros(len(R), G), torch.zeros(len(R), G)
     slices = [(len(R) * j // cfg.mini_batches, len(R) * (j + 1) // cfg.mini_batches) for j in range(cfg.mini_batches)]

@@ -31,7 +31,8 @@ class DAROConfig:
     """Open choices of DARO. The paper gives the objective sum_mu [w_mu L_mu - ln w_mu]; every field
     below is this project's choice (no official code is public). See class DARO."""
     loss_scale: str = "token_abs"  # what drives w_mu: "token_abs" mean |surrogate| per token (default);
-                                   # "abs" |L_mu|; "signed" L_mu as written
+                                   # "abs" |L_mu|; "signed" L_mu as written, and where L_mu <= 0 that step
+                                   # leaves w_mu as it is (w L - ln w has no minimum there; see DARO)
     update: str = "sgd"       # "sgd": a gradient step on s_mu = ln w_mu; "adam": Adam on s_mu (the policy's
                               # optimiser family); "ema": w <- (1-lr) w + lr / L_mu; "static": no learning,
                               # w_mu = 1 / (2 mu (1 - mu)), token_abs's on-policy fixed point (a control)
@@ -50,8 +51,8 @@ class DAROConfig:
 class HADWConfig:
     """HA-DW's settings. The paper's: lambda_scale (its sweep: 1.3-1.5 best). The official code's (which
     produced the paper's numbers): the moving-average anchor over k = 10 batches, current one included,
-    and lambda_scale = 1.5. This project's (the paper gives no values): eta, m, sigma_of, c0 of the
-    belief anchor, the update of the paper's equations. See class HADW."""
+    lambda_scale = 1.5, and p_hat and y_t both from the reward (signal). This project's (the paper gives no
+    values): eta, m, sigma_of, c0 of the belief anchor, the update of the paper's equations. See class HADW."""
     enabled: bool = False
     anchor: str = "moving_average"  # "moving_average" (official code) | "belief" (paper's equations)
     k: int = 10                     # window of the moving-average anchor (official code: 10)
@@ -60,11 +61,14 @@ class HADWConfig:
     m: int = 8                      # belief anchor: window of the volatility sigma_t
     sigma_of: str = "accuracies"    # belief anchor: "accuracies" | "beliefs" (paper's text; see HADW)
     c0: Optional[float] = None      # belief anchor: prior C_0; None = the first batch's accuracy
+    signal: str = "reward"          # the units of p_hat and y_t, the same for both: "reward" (official code:
+                                    # the reward, DAPO's overlong shaping included) | "verdicts" (k / G and
+                                    # correct / sampled: the paper's accuracy). Equal without shaping.
 
 
 @dataclass
 class SchemeConfig:
-    name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro (see SCHEMES)
+    name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro | blind_hard (see SCHEMES)
     std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
     eps: float = 1e-6               # A = (r - mean) / (std + eps)
     correct_threshold: float = 0.5  # without the verifier's verdicts, reward > this counts as correct
@@ -116,9 +120,10 @@ class Scheme:
         self.begin_step(rewards, lengths, correct)
         return self.advantages(rewards), self.weights(rewards, lengths, correct)
 
-    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
-        """Called once per training step, before `advantages`, with the step's whole batch [P, G] and
-        `accuracy`: correct responses over all responses sampled this step, before any filtering.
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None, reward_mean=None):
+        """Called once per training step, before `advantages`, with the step's whole batch [P, G], and over
+        all responses sampled this step before any filtering: `accuracy` (correct / sampled) and
+        `reward_mean` (their mean reward, shaping included), HA-DW's y_t in its two units.
         Keeps each prompt's correct count k and the response tokens of each bucket k for `update`."""
         self.k = pass_counts(self.correct(rewards, correct))
         self.bucket_tokens = per_bucket(self.k, lengths.double().sum(1), self.G)
@@ -237,6 +242,29 @@ class LIPO(DAPO):
         return ((r - r.mean(1, keepdim=True)) / (_std(r.flatten(), self.cfg.std, dim=None) + self.cfg.eps)).float()
 
 
+class BlindHard(GRPO):
+    """A positive control, not a method: GRPO blind to the hardest quarter of the difficulty buckets.
+
+    A_i = GRPO's
+    W_i = GRPO's 1 / (|o_i| G P) where the prompt's correct count k > G / 4;  0 where k <= G / 4 (mu <= 1/4)
+    (k counts the verifier's verdicts, as DARO's buckets do; G >= 4.)
+
+    The handicap is known and large where hard prompts are common: on a prompt with pass rate mu a correct
+    answer carries GRPO's largest advantage, about sqrt((1 - mu) / mu) (2.6 at mu = 1/8), and this scheme drops
+    those groups whole, so hard prompts learn only from what transfers from easier ones: accuracy on the hard
+    levels should lag GRPO's. (A constant factor on the loss would be no control: AdamW and gradient clipping
+    undo it.) A sweep that cannot separate this scheme from GRPO cannot separate the real schemes either.
+    `python benchmarks/scheme_diagnostics.py` prints the share of GRPO's signal it drops on batches like a run's.
+    """
+
+    def weights(self, rewards, lengths, correct=None):
+        G = rewards.shape[1]
+        if G < 4:
+            raise ValueError(f"blind_hard leaves out the buckets k <= G / 4 and needs G >= 4, got G={G}")
+        seen = pass_counts(self.correct(rewards, correct)) > G // 4
+        return super().weights(rewards, lengths, correct) * seen[:, None]
+
+
 class DARO(Scheme):
     """DARO (Zhou, Ma et al. 2025, "Difficulty-Aware Reweighting Policy Optimization", arXiv 2510.09001).
 
@@ -253,12 +281,19 @@ class DARO(Scheme):
       means nothing, and on-policy (ratio 1) a bucket's mean surrogate is -sum_i |o_i| A_i / tokens,
       which is 0 whenever its responses have equal lengths (A is centred): |L_mu| then drives every
       w to w_max (seen on the tiny task, one-token answers), so the weights learn nothing.
-      "token_abs" (default) uses the bucket's mean per-token magnitude |surrogate|, ~ mean |A| =
-      2 mu (1 - mu) for binary rewards on-policy, so w_mu -> 1 / (2 mu (1 - mu)) and every bucket
-      contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|; "signed" uses L_mu
-      as written (then w runs to w_max while L_mu <= 0).
+      "token_abs" (default) uses the bucket's mean per-token magnitude |surrogate|, so that every bucket
+      contributes on the same scale, the paper's stated aim. "abs" uses |L_mu|. "signed" uses L_mu as
+      written; where L_mu <= 0 the term w L_mu - ln w has no minimum (it falls without bound as w grows,
+      so any step there only walks w to w_max), and the rule is to hold: that step leaves w_mu as it is,
+      as for a bucket absent from the batch.
+      On-policy fixed points (ratio 1, binary rewards; Lc, Li the mean lengths of the bucket's correct and
+      incorrect responses; exact per bucket, since its correct answers share A = 1 - mu, its wrong ones -mu):
+        token_abs  L_mu = mu (1 - mu) (Lc + Li) / (mu Lc + (1 - mu) Li),
+                   w_mu -> (mu Lc + (1 - mu) Li) / (mu (1 - mu) (Lc + Li)),  1 / (2 mu (1 - mu)) when Lc = Li
+        signed     L_mu = mu (1 - mu) (Li - Lc) / (mu Lc + (1 - mu) Li),  w_mu -> 1 / L_mu where Li > Lc
+                   (wrong answers longer); held at its last value where Li <= Lc
       Read this way DARO converges to a fixed re-weighting, moved only by lengths and off-policy drift:
-      update "static" is that fixed point from step 1, the control that tells whether learning w helps.
+      update "static" is 1 / (2 mu (1 - mu)) from step 1, the control that tells whether learning w helps.
       With HA-DW on top, A already holds Phi, so token_abs drives w_mu to 1 / mean |Phi A| of the bucket:
       DARO then undoes HA-DW's average scale per bucket and keeps only its within-bucket reweighting.
     - update "sgd": s_mu <- s_mu - lr * (w_mu * L_mu - 1), the gradient of the objective in s;
@@ -319,7 +354,7 @@ class DARO(Scheme):
     def update(self, stats: StepStats):
         """One step of w from the step's per-response statistics, grouped here by bucket k (correct count):
         L_mu = (the bucket's surrogate sum, or its magnitude's for "token_abs", per epoch) / (its response
-        tokens, trained or left out)."""
+        tokens, trained or left out). Buckets absent from the step, and for "signed" those with L_mu <= 0, keep w."""
         super().update(stats)
         d = self.cfg.daro
         if d.update == "static":
@@ -330,6 +365,8 @@ class DARO(Scheme):
         L = per_bucket(self.k, surrogate.sum(1), self.G) / stats.epochs / self.bucket_tokens.clamp(min=1.0)
         if d.loss_scale == "abs":
             L = L.abs()
+        if d.loss_scale == "signed":
+            present &= L > 0  # hold: w L - ln w has no minimum where L <= 0
         if d.update == "sgd":
             new = (self.w.clamp(min=1e-300).log() - d.lr * (self.w * L - 1.0)).exp()
         elif d.update == "adam":  # d/ds of sum over present buckets of [exp(s) L - s]
@@ -361,36 +398,45 @@ class HADW(Scheme):
     history-aware reweighting of another scheme's advantage (GRPO, DAPO, ...), once per batch.
     W_i, the update and the state of the base scheme pass through unchanged.
 
-    y_t = batch accuracy: correct responses over all responses sampled this step, before any filtering
-          (the trainer passes it to begin_step; without it, the batch's mean reward)
+    y_t = the step's mean over every response sampled, before any filtering (the trainer passes both units to
+          begin_step; without them, the mean over the batch given), and
+    p_hat = the prompt's group mean, both in the units `signal` names:
+          "reward" (default): of the reward, DAPO's overlong shaping included. The official code computes both
+             from the reward manager's output (verl's token_level_rewards: p_hat the group's mean score, y_t
+             the batch's mean score), so this is what produced the paper's numbers;
+          "verdicts": of the verifier's verdicts, p_hat = k / G and y_t = correct / sampled (the paper's
+             "accuracy"). The two agree for 0/1 rewards; with shaping, "verdicts" measures difficulty
+             unmoved by length, while "reward" counts an overlong correct answer as a partial failure.
     belief anchor:  C_t^+ = (1 - eta_t) C_t^- + eta_t y_t,  C_{t+1}^- = C_t^+,  eta_t = clamp(eta sigma_t, 0, 1)
                     anchor = C_t^- (the PRIOR belief); C_1^- = c0, or y_1 when c0 is None.
     moving_average anchor (official code; the paper's App. F "hard" variant): anchor = mean of the
-                    last k batch accuracies, the current one included.
-    diff_his = p_hat - anchor   (p_hat = the prompt's group mean reward)
+                    last k y_t, the current one included.
+    diff_his = p_hat - anchor
     D_i = -sgn(A_i) sgn(diff_his),  M = |diff_his|,  Phi_i = lambda_scale * exp(D_i M),  A_i <- Phi_i A_i
 
     sigma_t: the paper's text takes the population std of the last m beliefs. Read literally, the
     belief never moves: its history starts constant (C_0), so sigma = 0, eta_t = 0 and C stays C_0
-    forever. The default `sigma_of: accuracies` takes the std of the last m batch accuracies y
+    forever. The default `sigma_of: accuracies` takes the std of the last m y_t
     (y_t included) instead; `sigma_of: beliefs` is the literal rule (the last m posteriors and C_0).
     """
 
     def __init__(self, base: Scheme, cfg: HADWConfig):
         super().__init__(base.cfg, G=base.G, max_len=base.max_len)
-        if cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs"):
-            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average and sigma_of "
-                             f"accuracies|beliefs, got {cfg.anchor!r}, {cfg.sigma_of!r}")
+        if (cfg.anchor not in ("belief", "moving_average") or cfg.sigma_of not in ("accuracies", "beliefs")
+                or cfg.signal not in ("reward", "verdicts")):
+            raise ValueError(f"scheme.hadw: anchor must be belief|moving_average, sigma_of accuracies|beliefs and "
+                             f"signal reward|verdicts, got {cfg.anchor!r}, {cfg.sigma_of!r}, {cfg.signal!r}")
         self.base, self.hadw = base, cfg
         self.belief = None        # C_t^- for the next batch
         self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
-        self.accuracies = []      # history of batch accuracies y_t
+        self.accuracies = []      # history of y_t (batch accuracies, or mean rewards: `signal`)
         self.last = {}            # what the last call used, for logging
-        self.step_accuracy = None  # y_t of the current step, from begin_step
+        self.step_y = self.step_correct = None  # y_t and the verdicts of the current step, from begin_step
 
-    def begin_step(self, rewards, lengths, correct=None, accuracy=None):
-        self.step_accuracy = accuracy
-        self.base.begin_step(rewards, lengths, correct, accuracy)  # the base keeps the step's buckets
+    def begin_step(self, rewards, lengths, correct=None, accuracy=None, reward_mean=None):
+        self.step_y = reward_mean if self.hadw.signal == "reward" else accuracy
+        self.step_correct = correct
+        self.base.begin_step(rewards, lengths, correct, accuracy, reward_mean)  # the base keeps the step's buckets
 
     def advantages(self, rewards):
         return self.reweight(rewards, self.base.advantages(rewards))
@@ -408,8 +454,12 @@ class HADW(Scheme):
         """Return Phi * A and advance the history by one batch."""
         c = self.hadw
         r = _check(rewards).double()
-        y = float(r.mean()) if self.step_accuracy is None else float(self.step_accuracy)
-        self.step_accuracy = None
+        if self.step_correct is not None and self.step_correct.shape != r.shape:
+            raise ValueError(f"HA-DW: rewards {tuple(r.shape)} are not the batch of begin_step "
+                             f"{tuple(self.step_correct.shape)}")
+        units = self.correct(r, self.step_correct).double() if c.signal == "verdicts" else r
+        y = float(units.mean()) if self.step_y is None else float(self.step_y)
+        self.step_y = self.step_correct = None
         self.accuracies.append(y)
         if self.belief is None:
             self.belief = y if c.c0 is None else float(c.c0)
@@ -424,7 +474,7 @@ class HADW(Scheme):
         else:
             anchor = sum(self.accuracies[-c.k:]) / len(self.accuracies[-c.k:])
             eta_t = None
-        diff = r.mean(1, keepdim=True) - anchor
+        diff = units.mean(1, keepdim=True) - anchor
         phi = c.lambda_scale * torch.exp(-torch.sign(A.double()) * torch.sign(diff) * diff.abs())
         self.last = {"hadw_anchor": anchor, "hadw_belief": self.belief, "hadw_eta": eta_t, "hadw_batch_acc": y}
         return (phi * A.double()).float()
@@ -446,7 +496,8 @@ def hadw_bias_probability(G, p, eps=0.0):
     return sum(math.comb(G, k) * p ** k * (1 - p) ** (G - k) for k in range(k0, G)) / norm
 
 
-SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO}
+SCHEMES = {"grpo": GRPO, "drgrpo": DrGRPO, "dapo": DAPO, "lipo": LIPO, "daro": DARO,
+           "blind_hard": BlindHard}  # a positive control for sweeps, not a method
 
 
 def make_scheme(cfg: SchemeConfig, *, G: int, max_len: int) -> Scheme:

@@ -193,6 +193,30 @@ def test_method_configs_hold_only_what_differs():
         assert len(lines) <= 15, f"configs/{name}.yaml: {len(lines)} lines that are not comments"
 
 
+# configs/gspo_hadw_official.yaml against the official GSPO + HA-DW script (HA-DW repo, run_hadw.sh) and the verl
+# defaults it leaves in place, written out by hand from them
+OFFICIAL = {"model.path": "Qwen/Qwen3-4B-Base", "data.max_prompt_tokens": 2048, "rollout.max_tokens": 4096,
+            "rollout.max_model_len": 6144, "steps": 200, "prompts_per_step": 256, "G": 8, "mini_batches": 16,
+            "ppo_epochs": 1, "optim.lr": 1e-6, "optim.weight_decay": 0.01, "optim.warmup_steps": 0,
+            "optim.schedule": "constant", "optim.grad_clip": 1.0, "loss.ratio": "sequence", "loss.eps_low": 0.2,
+            "loss.eps_high": 0.2, "loss.dual_clip": None, "loss.kl_beta": 0.0, "loss.entropy_coef": 0.0,
+            "scheme.name": "grpo", "scheme.std": "unbiased", "scheme.hadw.enabled": True,
+            "scheme.hadw.anchor": "moving_average", "scheme.hadw.k": 10, "scheme.hadw.lambda_scale": 1.5,
+            "scheme.hadw.signal": "reward", "reward.overlong_buffer": 0, "reward.dynamic_sampling": False,
+            "eval.n": 16, "eval.benchmarks": ["aime24", "aime25", "amc23"]}
+
+
+def test_official_hadw_mirror_and_the_headers_that_point_at_it():
+    cfg = load_config(CONFIGS / "gspo_hadw_official.yaml")
+    assert {key: get(cfg, key) for key in OFFICIAL} == OFFICIAL
+    assert not inherits_base(CONFIGS / "gspo_hadw_official.yaml")  # stands alone: every value named in the file
+    for name in ("grpo_hadw", "gspo_hadw", "dapo_hadw"):
+        header = "".join(line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines(keepends=True)
+                         if line.startswith("#"))
+        assert "gspo_hadw_official.yaml" in header, name
+        assert load_config(CONFIGS / f"{name}.yaml").scheme.hadw.signal == "reward"
+
+
 def test_print_config_shows_the_merged_config():
     root = CONFIGS.parent
     args = ["--config", "configs/gspo_hadw.yaml", "--print-config", "loss.eps_high=0.0005"]

@@ -70,6 +70,25 @@ def test_value_and_gradient_match_loop(cfg):
     assert (x.grad[mask == 0] == 0).all()
 
 
+def test_dual_clip_by_hand():
+    """verl's dual-clip (Ye et al. 2020; clip_ratio_c, 3 by default): for A < 0 the token loss is capped at
+    c |A|. One-token responses, W = 1, eps 0.2: (ratio, A) -> PPO's loss, with c = 3, d loss / d log pi."""
+    ratio = torch.tensor([5.0, 2.0, 5.0, 0.5], dtype=torch.float64)
+    A = torch.tensor([-2.0, -2.0, 1.0, -2.0], dtype=torch.float64)
+    # (5, -2):  -min(-10, -2.4) = 10 -> capped at 6, gradient 0 (PPO alone: -A r = 10)
+    # (2, -2):  -min(-4, -2.4) = 4 < 6, gradient -A r = 4
+    # (5, +1):  -min(5, 1.2) = -1.2, clipped high: gradient 0 (A > 0: no cap)
+    # (0.5, -2): -min(-1, -1.6) = 1.6, clipped low: gradient 0
+    cases = {None: (14.4, [10.0, 4.0, 0.0, 0.0]), 3.0: (10.4, [0.0, 4.0, 0.0, 0.0])}
+    for c, (value, grad) in cases.items():
+        old = torch.zeros(4, 1, dtype=torch.float64)
+        logp = ratio.log()[:, None].clone().requires_grad_()
+        loss, _ = policy_loss(logp, old, torch.ones_like(old), A, torch.ones_like(A), LossConfig(dual_clip=c))
+        loss.backward()
+        assert loss.item() == pytest.approx(value, rel=1e-12), c
+        torch.testing.assert_close(logp.grad[:, 0], torch.tensor(grad, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
 def test_per_response_stats_against_a_token_loop():
     """Every statistic is a per-response sum (max / min) over that response's tokens, written out here
     token by token: clip counts, k3 KL(old || new), ratio, the surrogate with and without W, its magnitude."""

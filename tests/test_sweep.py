@@ -13,30 +13,56 @@ import pytest
 from conftest import ROOT
 from plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
 import tiny
-from sweep import parse_schemes, prepare, summarize_run
+from sweep import T80, holm, paired_test, parse_schemes, prepare, summarize_run, t_two_sided_p
 
 
-def t_quantile_975(df):
-    """Reference: solve CDF(t) = 0.975 for Student's t by bisection on the pdf integrated with Simpson's
-    rule (float64), a second way to the table."""
+def t_cdf(t, df, n=20000):
+    """Reference: Student's t CDF at t >= 0, its pdf integrated with Simpson's rule (float64)."""
     c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
     pdf = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)
+    h = t / n
+    s = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
+    return 0.5 + s * h / 3
 
-    def cdf(t, n=20000):
-        h = t / n
-        s = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
-        return 0.5 + s * h / 3
 
+def t_quantile(q, df):
+    """Reference: solve CDF(t) = q (q > 0.5) by bisection on t_cdf, a second way to the tables."""
     lo, hi = 0.0, 20.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < 0.975 else (lo, mid)
+        lo, hi = (mid, hi) if t_cdf(mid, df, n=4000) < q else (lo, mid)
     return (lo + hi) / 2
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
-def test_t_table_matches_the_distribution(df):
-    assert T975[df - 1] == pytest.approx(t_quantile_975(df), abs=2e-3)
+def test_t_tables_match_the_distribution(df):
+    assert T975[df - 1] == pytest.approx(t_quantile(0.975, df), abs=2e-3)
+    assert T80[df - 1] == pytest.approx(t_quantile(0.80, df), abs=2e-3)
+
+
+def test_t_test_p_value():
+    # by hand: df 1 is Cauchy, P(|T| >= 1) = 1 - 2 atan(1) / pi = 0.5; df 2: P(|T| < t) = t / sqrt(2 + t^2)
+    assert t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-15)
+    assert t_two_sided_p(-math.sqrt(2), 2) == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-15)
+    assert t_two_sided_p(0.0, 7) == 1.0
+    for df in (1, 2, 3, 4, 5, 8, 9, 29):
+        for t in (0.4, 1.9, 3.3):
+            assert t_two_sided_p(t, df) == pytest.approx(2 * (1 - t_cdf(t, df)), abs=1e-9), (df, t)
+
+
+def test_paired_test_mdd_and_holm_by_hand():
+    d = paired_test([0.01, 0.03, 0.02, 0.04, 0.0])
+    s = math.sqrt(0.001 / 4)  # squared deviations from the mean 0.02 sum to 0.001
+    assert d["mean"] == pytest.approx(0.02) and d["n"] == 5
+    assert d["mdd"] == pytest.approx((2.776 + 0.941) * s / math.sqrt(5))  # 0.0263
+    assert d["p"] == pytest.approx(t_two_sided_p(0.02 / (s / math.sqrt(5)), 4))
+    assert math.isnan(paired_test([0.1])["mdd"]) and math.isnan(paired_test([0.1])["p"])
+    assert paired_test([0.0, 0.0])["p"] == 1.0 and paired_test([0.1, 0.1])["p"] == 0.0
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 -> x4 0.02, x3 0.03, x2 0.06, x1 0.04 -> running max 0.06
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": math.nan})
+    assert {k: v for k, v in adjusted.items() if k != "e"} == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06,
+                                                                             "d": 0.02})
+    assert math.isnan(adjusted["e"]) and holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # monotone
 
 
 def test_mean_ci():
@@ -160,3 +186,6 @@ def test_paired_differences():
     assert d["final_reward"]["mean"] == pytest.approx(0.075) and d["final_reward"]["n"] == 2
     assert d["final_reward"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
     assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
+    # one scheme compared: Holm leaves its p-value as it is
+    assert d["final_reward"]["p_holm"] == d["final_reward"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
+    assert math.isnan(d["val_acc"]["p_holm"])

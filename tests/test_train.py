@@ -259,7 +259,8 @@ class ScriptedEngine:
 
 def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp_path):
     """DAPO + overlong shaping: a group of correct answers, some overlong, has unequal rewards but mu = 1:
-    it is dropped. HA-DW's y_t counts every sampled response before the filter."""
+    it is dropped. HA-DW's y_t counts every sampled response before the filter, in both units (accuracy and
+    mean shaped reward)."""
     from data import PromptStream
     cfg = load_config(ROOT / "configs" / "dapo.yaml", TINY + ["G=4", "prompts_per_step=2", "rollout.max_tokens=6",
                                                               "reward.overlong_buffer=2",
@@ -273,6 +274,8 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
     assert [r["id"] for r in batch.rows] == ["b"] and len(batch.response_ids) == 4
     assert batch.correct.tolist() == [[True, False, True, False]] and batch.accuracy == info["accuracy"]
     assert info["accuracy"] == pytest.approx(6 / 8)  # before filtering: 4 + 2 correct of 8
+    # y_t in reward units, over the same 8 responses: p0 1 + 0 + 1 + 0.5 (shaped), p1 1 + 0 + 1 + 0
+    assert batch.reward_mean == pytest.approx(4.5 / 8)
     assert info["dynamic_sampling_gave_up"] == 1.0  # one round allowed, one group of two kept
     # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
     assert train.overlong_penalty(6, 6, 2) == -1.0 and train.overlong_penalty(5, 6, 2) == -0.5

@@ -110,6 +110,26 @@ def test_unknown_scheme_and_bad_rewards():
         scheme(torch.ones(3, 1), torch.ones(3, 1))
 
 
+def test_blind_hard_control_is_grpo_without_the_hardest_quarter():
+    G, P = 8, 4
+    # correct counts k = 1, 2, 3, 8: the first two prompts sit at mu <= 1/4 and get no weight
+    rewards = torch.tensor([[1.0] * k + [0.0] * (G - k) for k in (1, 2, 3, 8)])
+    lengths = torch.arange(1, P * G + 1, dtype=torch.float32).view(P, G)
+    control = make_scheme(SchemeConfig(name="blind_hard"), G=G, max_len=64)
+    A, W = control(rewards, lengths)
+    A_ref, W_ref = reference("grpo", rewards, lengths, 64)
+    np.testing.assert_allclose(A.numpy(), A_ref, rtol=1e-5, atol=1e-6)
+    assert (W[:2] == 0).all()
+    np.testing.assert_allclose(W[2:].numpy(), 1.0 / (lengths[2:].double().numpy() * G * P), rtol=1e-6)
+    # its buckets count verdicts: a correct answer shaped to reward 0 still counts (k = 3, so it keeps W)
+    shaped = rewards[2:3].clone()
+    shaped[0, 0] = 0.0
+    W = control.weights(shaped, lengths[2:3], correct=rewards[2:3] > 0.5)
+    assert (W > 0).all() and (control.weights(shaped, lengths[2:3]) == 0).all()  # fallback: k = 2
+    with pytest.raises(ValueError, match="needs G >= 4"):
+        make_scheme(SchemeConfig(name="blind_hard"), G=2, max_len=8)(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2))
+
+
 # ---------------------------------------------------------------- DARO
 
 def daro(**kw):
@@ -158,9 +178,12 @@ def test_daro_clamps_and_signed_variant():
     np.testing.assert_allclose(scheme.w[1:4].numpy(), [2.0, 3.0, 0.5], rtol=1e-3)  # 1/0.5; capped; floored
     signed = daro(loss_scale="signed", w_max=5.0)
     for _ in range(100):
-        # L < 0: the term w L - ln w has no minimum
-        bucket_step(signed, [0.0, -0.5, 0.0, 0.0, 0.0], tokens)
-    assert signed.w[1] == 5.0
+        # L <= 0: the term w L - ln w has no minimum, so w holds (it ran to w_max before the rule)
+        bucket_step(signed, [0.0, -0.5, 0.0, 0.25, 0.0], tokens)
+    assert signed.w[1] == signed.w[2] == 1.0  # w_init, held
+    np.testing.assert_allclose(float(signed.w[3]), 4.0, rtol=1e-4)  # 1 / 0.25
+    bucket_step(signed, [0.0, 0.5, 0.0, 0.25, 0.0], tokens)  # a positive L_mu: bucket 1 learns again
+    assert signed.w[1] == pytest.approx(math.exp(-0.1 * (1.0 * 0.5 - 1.0)))
 
 
 def test_daro_token_abs_equalises_buckets_where_abs_saturates():
@@ -185,6 +208,42 @@ def test_daro_token_abs_equalises_buckets_where_abs_saturates():
     mu = torch.tensor([1, 2, 3], dtype=torch.float64) / G
     torch.testing.assert_close(scheme.w[1:G], 1 / (2 * mu * (1 - mu)), rtol=1e-4, atol=0)
     assert saturated.w[1:G].tolist() == [10.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("loss_scale", ["token_abs", "signed"])
+def test_daro_on_policy_fixed_points_with_unequal_lengths(loss_scale):
+    """w learned through Scheme.update from loss.policy_loss's per-response sums (ratio 1) converges to
+    the closed forms of the DARO docstring, with Lc, Li the mean lengths of a bucket's correct and wrong answers:
+    token_abs (mu Lc + (1 - mu) Li) / (mu (1 - mu) (Lc + Li)); signed mu (1 - mu) (Li - Lc) / (mu Lc + (1 - mu) Li)
+    inverted where wrong answers run longer, held at w_init where they do not."""
+    from loss import LossConfig, policy_loss
+    G, T = 4, 8
+    rewards = torch.tensor([[1.0, 0, 0, 0], [0.0, 1, 0, 0], [1.0, 1, 0, 0], [1.0, 1, 1, 0]])  # k = 1, 1, 2, 3
+    lengths = torch.tensor([[1.0, 6, 6, 6], [5.0, 3, 7, 6],    # k = 1: correct 1 and 3 (Lc 2), wrong 6 (Li 6)
+                            [2.0, 2, 6, 6],                    # k = 2: Lc 2, Li 6
+                            [8.0, 8, 8, 4]])                   # k = 3: Lc 8, Li 4 (wrong answers shorter)
+    Lc, Li = {1: 2.0, 2: 2.0, 3: 8.0}, {1: 6.0, 2: 6.0, 3: 4.0}
+    scheme = daro(loss_scale=loss_scale, lr=0.2)
+    A = scheme.advantages(rewards).flatten().double()
+    mask = (torch.arange(T)[None, :] < lengths.flatten()[:, None]).double()
+    logp = -torch.rand(len(A), T, dtype=torch.float64)
+    _, stats = policy_loss(logp, logp, mask, A, torch.ones_like(A), LossConfig())
+    step = StepStats(surrogate=stats["surrogate"].view(-1, G), abs_surrogate=stats["abs_surrogate"].view(-1, G),
+                     W=torch.ones(4, G, dtype=torch.float64), epochs=1, optimizer_steps=1)
+    for _ in range(300):
+        scheme.begin_step(rewards, lengths)
+        scheme.update(step)
+    for k in (1, 2, 3):
+        mu, c, i = k / G, Lc[k], Li[k]
+        if loss_scale == "token_abs":
+            expected = (mu * c + (1 - mu) * i) / (mu * (1 - mu) * (c + i))  # 3.333, 2.0, 3.111
+        else:
+            L_mu = mu * (1 - mu) * (i - c) / (mu * c + (1 - mu) * i)         # 0.15, 0.25, -0.0833
+            assert scheme.metrics()[f"bucket_loss/{k}"] == pytest.approx(L_mu, rel=1e-12)
+            expected = 1 / L_mu if L_mu > 0 else 1.0                          # 6.667, 4.0, held at w_init
+        assert float(scheme.w[k]) == pytest.approx(expected, rel=1e-6), k
+    if loss_scale == "token_abs":  # lengths move it off the static control 1 / (2 mu (1 - mu)) = 2.667, 2, 2.667
+        assert float(scheme.w[1]) > 3.3 and float(scheme.w[3]) > 3.1
 
 
 def test_daro_weight_uses_bucket_token_counts():
@@ -380,14 +439,42 @@ def test_hadw_configs_reproduce_the_official_anchor_sequence():
         scheme = make_scheme(cfg.scheme, G=4, max_len=8)
         rewards = batch_with_accuracy(0.5)
         anchors = []
-        for y in history:
-            scheme.begin_step(rewards, torch.ones(4, 4), rewards > 0.5, accuracy=y)  # y before any filtering
+        for y in history:  # y_t before any filtering, in the official code's units: the mean reward
+            scheme.begin_step(rewards, torch.ones(4, 4), rewards > 0.5, accuracy=1 - y, reward_mean=y)
             scheme.advantages(rewards)
             anchors.append(scheme.metrics()["hadw_anchor"])
         # the official code: mean of the last 10 batch accuracies, the current one included
         expected = [sum(history[max(0, t - 9): t + 1]) / len(history[max(0, t - 9): t + 1]) for t in range(12)]
         assert anchors == pytest.approx(expected, abs=1e-12), name
         assert expected[11] == pytest.approx(sum(history[2:12]) / 10)
+
+
+def test_hadw_signal_reward_or_verdicts_with_overlong_shaping():
+    """p_hat and y_t in one unit: "reward" (official code) both from the shaped reward, "verdicts" both from
+    the verifier. Prompt 0: 3 correct of 4, one of them overlong (reward 1 - 1 = 0); prompt 1: 1 of 4."""
+    shaped = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    correct = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    A = torch.tensor([[1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, -1.0]])
+    lam = 1.5
+    for signal, y, p_hat in [("reward", 0.3, (0.5, 0.25)), ("verdicts", 0.6, (0.75, 0.25))]:
+        h = hadw(HADWConfig(enabled=True, anchor="moving_average", k=10, lambda_scale=lam, signal=signal))
+        # the trainer's y_t over every sampled response: accuracy 0.6, mean shaped reward 0.3
+        h.begin_step(shaped, torch.ones(2, 4), correct, accuracy=0.6, reward_mean=0.3)
+        phi = h.reweight(shaped, A) / A
+        assert h.last["hadw_anchor"] == pytest.approx(y)
+        for p in range(2):
+            d = p_hat[p] - y  # D = -sgn(A) sgn(d): a correct answer above the anchor is damped
+            assert phi[p, 0] == pytest.approx(lam * math.exp(-math.copysign(1, d) * abs(d)), rel=1e-6), (signal, p)
+            assert phi[p, 3] == pytest.approx(lam * math.exp(math.copysign(1, d) * abs(d)), rel=1e-6), (signal, p)
+    # without the trainer's numbers: the batch's own means in the chosen units (threshold 0.5 for verdicts)
+    h = hadw(HADWConfig(enabled=True, anchor="moving_average", signal="verdicts"))
+    h.reweight(shaped, A)
+    assert h.last["hadw_anchor"] == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="signal reward|verdicts"):
+        hadw(HADWConfig(enabled=True, signal="accuracy"))
+    h.begin_step(shaped, torch.ones(2, 4), correct)
+    with pytest.raises(ValueError, match="not the batch of begin_step"):
+        h.reweight(shaped[:1], A[:1])
 
 
 def test_every_scheme_logs_L_mu_and_loss_scale_per_bucket():
