@@ -139,6 +139,10 @@ def load_policy(path, model_cfg, temperature, device, trainable=True):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
     if model_cfg.gradient_checkpointing and trainable:
         model.gradient_checkpointing_enable()
+    # from_pretrained returns the model in eval mode, and transformers' decoder layers checkpoint only in train
+    # mode (GradientCheckpointingLayer: gradient_checkpointing and self.training). These models have no dropout
+    # (Qwen2, Llama: attention_dropout 0), so train mode changes nothing else; the KL reference stays in eval.
+    model.train(trainable)
     model.config.use_cache = False
     model.to(device)
     # (not under model.compile: inductor picks its own matmul kernels, and cannot lower the oneDNN op's backward)
