@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from data import DataConfig
-from loss import LossConfig
+from loss import LossConfig, logprob_precision
 from rollout import RolloutConfig
 from weights import SchemeConfig
 
@@ -184,6 +184,10 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'micro_batch_tokens' must be >= 0, got {cfg.micro_batch_tokens}")
     if cfg.loss.reg_weight not in ("token_mean", "scheme"):
         raise ConfigError(f"config key 'loss.reg_weight' must be token_mean or scheme, got {cfg.loss.reg_weight!r}")
+    try:
+        logprob_precision(cfg.loss)
+    except ValueError as e:
+        raise ConfigError(f"config key {e}") from None
     if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
         warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
                       "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")

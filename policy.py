@@ -22,9 +22,10 @@ class Policy(torch.nn.Module):
     Under FSDP2 this wrapper is the root module, so the LM head (and tied embedding) is unsharded
     while `forward` runs and the kernel can read its full weight."""
 
-    def __init__(self, model, temperature):
+    def __init__(self, model, temperature, precision="highest"):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.precision = precision  # the LM-head kernel's float32 matmuls: loss.logprob_precision()
         self.kernel_timer = None  # a KernelTimer while diagnostics measure the LM-head kernel
         if model.config._attn_implementation == "sdpa":  # the same, plus shared-prompt blocks when given
             register_block_attention()
@@ -41,9 +42,8 @@ class Policy(torch.nn.Module):
         hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                   **kw).last_hidden_state
         h = hidden[rows, cols]  # [n, H]: the states that predict the response tokens
-        if self.kernel_timer is not None:
-            return self.kernel_timer(h, self.model.lm_head.weight, targets, self.temperature)
-        return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+        kernel = token_logprobs if self.kernel_timer is None else self.kernel_timer
+        return kernel(h, self.model.lm_head.weight, targets, temperature=self.temperature, precision=self.precision)
 
 
 @dataclass
@@ -126,10 +126,10 @@ def use_onednn_linears(model):
                 module.forward = functools.partial(forward, module)
 
 
-def load_policy(path, model_cfg, temperature, device, trainable=True):
+def load_policy(path, model_cfg, temperature, device, trainable=True, logprob_precision="highest"):
     """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
     process) with a mixed-precision policy: compute in model_cfg.dtype, gradients reduced in float32, AdamW
-    state in float32, at every world size."""
+    state in float32, at every world size. logprob_precision: the LM-head kernel's (loss.logprob_precision)."""
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
@@ -149,7 +149,7 @@ def load_policy(path, model_cfg, temperature, device, trainable=True):
     onednn = model_cfg.onednn_linears and not model_cfg.compile and torch.backends.mkldnn.is_available()
     if onednn and device.type == "cpu":
         use_onednn_linears(model)
-    policy = Policy(model, temperature)
+    policy = Policy(model, temperature, logprob_precision)
     if not trainable:
         policy.requires_grad_(False)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -175,9 +175,9 @@ class KernelTimer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def __call__(self, h, weight, targets, temperature):
+    def __call__(self, h, weight, targets, *, temperature, precision):
         t0 = self._now()
-        logp, ent = token_logprobs(h, weight, targets, temperature=temperature)
+        logp, ent = token_logprobs(h, weight, targets, temperature=temperature, precision=precision)
         self.seconds += self._now() - t0
         if logp.requires_grad:
             start = []

@@ -36,7 +36,7 @@ from data import PromptStream, load_benchmark, load_rows
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
                          publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world, write_diagnostics)
-from loss import policy_loss
+from loss import logprob_precision, policy_loss
 from metrics import MetricsLog, batch_metrics, gather_metrics
 from plot import run_summary
 from policy import KernelTimer, Policy, load_policy, make_micro, pack_micro_batches, per_token, row_tokens
@@ -497,9 +497,10 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device)
-    ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False) \
-        if cfg.loss.kl_beta else None
+    precision = logprob_precision(cfg.loss)
+    policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device, logprob_precision=precision)
+    ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False,
+                             logprob_precision=precision) if cfg.loss.kl_beta else None
     # fused: one kernel over all parameters (CPU and CUDA); on the CPU 5-9x faster than the per-tensor default
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))

@@ -1,8 +1,8 @@
 """The distributed setup on the CPU (gloo), through the helpers the GPU path uses: one process and
 `torchrun --nproc_per_node 2`. DCP checkpoints round-trip the model and AdamW state bit for bit, also into
 another world size (1 -> 2, 2 -> 1); all ranks agree on the checkpoint or all stop, naming the rank that
-cannot read it; an over-long prompt is skipped and counted on every rank; benchmarks/gpu_check.py runs, and
-its run resumes in one process."""
+cannot read it; an over-long prompt is skipped and counted on every rank; weight sync casts shards to the
+engine's dtype before gathering them; benchmarks/gpu_check.py runs, and its run resumes in one process."""
 import json
 import os
 import subprocess
@@ -75,6 +75,8 @@ def test_checkpoints_agreement_and_long_prompts_on_two_ranks(tmp_path):
         assert "rank 0 cannot" not in c["error"]
         # rank 1 drew the over-long prompt: skipped there, counted on both ranks
         assert c["skipped"] == 1
+        # weight sync into a bf16 engine: bf16 shards gathered, the values of float32 gathered then cast
+        assert c["sync_cast"] == {"gathered": ["torch.bfloat16"], "names": True, "sharded": True, "differ": []}
     assert checks[0]["kept"] == ["1+2=", "3+4="] and checks[1]["kept"] == ["5+6="]
     assert checks[0]["groups"] == 2 and checks[1]["groups"] == 1
 

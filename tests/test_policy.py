@@ -80,6 +80,29 @@ def test_shared_prompt_rows_equal_one_row_per_response(model):
         torch.testing.assert_close(results[0][2][k], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
 
 
+def test_policy_runs_the_kernel_at_its_precision(model, monkeypatch):
+    """Policy hands its precision (loss.logprob_precision) to the LM-head kernel, directly and through the
+    diagnostics' KernelTimer."""
+    import loss
+    import policy as policy_module
+    from policy import KernelTimer
+    seen = []
+
+    def kernel(*args, precision, **kwargs):
+        seen.append(precision)
+        return loss.token_logprobs(*args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(policy_module, "token_logprobs", kernel)
+    prompts, outs, mask = responses(2, seed=5)
+    mb = make_micro(prompts, outs, mask, [[0], [1]], 0, torch.device("cpu"))
+    for precision in ("high", "highest"):
+        policy = Policy(model, temperature=1.0, precision=precision)
+        per_token(policy, mb, grad=False)
+        policy.kernel_timer = KernelTimer("cpu")
+        per_token(policy, mb, grad=False)
+    assert seen == ["high", "high", "highest", "highest"]
+
+
 def test_shared_prompt_blocks_by_hand():
     """The blocks of one row [p p | a a | b], written out: the prompt's own block, then each response's
     queries against the prompt's keys and its own, causal by position."""
