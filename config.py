@@ -89,8 +89,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = False
     diagnostics: bool = False       # per-rank out_dir/diagnostics/rank_R.jsonl: devices, collective backends,
-                                    # memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
-                                    # LM-head kernel share of the train time (syncs the GPU); gpu_check.py reads it
+                                    # peak memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
+                                    # the longest micro-batch the config allows (one extra forward + backward),
+                                    # checkpoint recomputes, LM-head kernel share of the train time (syncs the
+                                    # GPU); gpu_check.py reads it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -195,6 +195,57 @@ class KernelTimer:
         return logp, ent
 
 
+# ---------------------------------------------------------------------------------------------
+# Diagnostics (cfg.diagnostics, benchmarks/gpu_check.py): checkpoint recomputes, the longest micro-batch.
+
+class RecomputeCounter:
+    """Counts gradient-checkpoint recomputes of the decoder layers: their forward calls with autograd on, beyond
+    one per layer for each forward of the policy with autograd on (a checkpointed layer runs its forward again in
+    the backward). Forward pre-hooks: they fire on the recompute too, and wherever model.compile or
+    use_onednn_linears put a layer's forward."""
+
+    def __init__(self, policy):
+        self.layer_calls, self.passes = 0, 0
+        layers = policy.model.model.layers
+        self.n_layers = len(layers)
+        self.handles = [layer.register_forward_pre_hook(self._layer) for layer in layers]
+        self.handles.append(policy.register_forward_pre_hook(self._pass))
+
+    def _layer(self, module, args):
+        self.layer_calls += torch.is_grad_enabled()
+
+    def _pass(self, module, args):
+        self.passes += torch.is_grad_enabled()
+
+    def close(self):
+        """Remove the hooks; returns the recomputes counted."""
+        for h in self.handles:
+            h.remove()
+        return self.layer_calls - self.n_layers * self.passes
+
+
+def longest_pass(policy, rows, width, pad_id, gradient_sync):
+    """Forward + backward of `rows` packed rows of `width` tokens (two sequences each, half prompt and half
+    response, so the attention mask is the packed rows' [S, S] one) at zero loss weight: the activation memory
+    of the largest micro-batch a config allows. The gradients it leaves are exact zeros; `gradient_sync` False
+    (as between micro-batches under grad_sync "step") keeps them in FSDP2's unsharded float32 accumulation,
+    where the next real micro-batch adds to them, as in the update."""
+    if width < 4 or rows < 1:
+        raise ValueError(f"longest_pass needs rows >= 1 and width >= 4, got {rows} x {width}")
+    prompts, responses = [], []
+    for n in [width // 2, width - width // 2] * rows:  # a quarter of each sequence prompt (1024 of 4096)
+        prompts.append([pad_id] * max(1, n // 4))
+        responses.append([pad_id] * (n - max(1, n // 4)))
+    device = next(policy.parameters()).device
+    mb = make_micro(prompts, responses, [[1.0] * len(r) for r in responses],
+                    [[2 * r, 2 * r + 1] for r in range(rows)], pad_id, device)
+    if hasattr(policy, "set_requires_gradient_sync"):
+        policy.set_requires_gradient_sync(gradient_sync)
+    logp, ent = per_token(policy, mb, grad=True)
+    ((logp + ent) * mb.mask * 0.0).sum().backward()
+    return int(mb.input_ids.numel())
+
+
 @dataclass
 class Micro:
     """One micro-batch of B responses in R rows, ready for Policy.forward."""

@@ -39,7 +39,8 @@ from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_r
 from loss import logprob_precision, policy_loss
 from metrics import MetricsLog, batch_metrics, gather_metrics
 from plot import run_summary
-from policy import KernelTimer, Policy, load_policy, make_micro, pack_micro_batches, per_token, row_tokens
+from policy import (KernelTimer, Policy, RecomputeCounter, load_policy, longest_pass, make_micro, pack_micro_batches,
+                    per_token, row_tokens)
 from rollout import encode_prompts, make_engine
 from tiny import SYNTHETIC_CHARS, TINY_CHARS, build_tiny_model, first_char_scores, synthetic_rows
 from weights import Scheme, make_scheme, pass_counts
@@ -387,6 +388,19 @@ def diagnose_batch(tr: Trainer, batch: Batch):
             "logprob_delta_max": float(d.max()) if len(d) else None, "logprob_tokens": len(d)}
 
 
+def longest_micro_batch(tr: Trainer, max_model_len):
+    """diagnostics: as many rows as one micro-batch holds of the widest the config allows (data.max_prompt_tokens
+    + rollout.max_tokens, within the engine's max_model_len) through forward and backward at zero weight
+    (policy.longest_pass), so that the update's worst activation peak shows before a batch needs it. Returns
+    the tokens it ran."""
+    cfg = tr.cfg
+    width = min(cfg.data.max_prompt_tokens + cfg.rollout.max_tokens,
+                max_model_len or tr.policy.model.config.max_position_embeddings)
+    rows = max(1, min(cfg.micro_batch_size, cfg.micro_batch_tokens // width)) if cfg.micro_batch_tokens \
+        else cfg.micro_batch_size
+    return longest_pass(tr.policy, rows, width, tr.pad_id, gradient_sync=cfg.grad_sync == "micro_batch")
+
+
 # ---------------------------------------------------------------------------------------------
 # The learning-rate schedule and checkpoints.
 
@@ -528,11 +542,17 @@ def training_step(tr: Trainer, engine, stream, step):
     engine.sleep()
     batch = make_batch(cfg, groups, rewards, scores, gen_info["accuracy"])
     diag = diagnose_batch(tr, batch) if cfg.diagnostics else {}
+    recomputes = RecomputeCounter(tr.policy) if cfg.diagnostics else None  # over the longest pass and the update
+    if cfg.diagnostics:  # the config's largest micro-batch while the engine sleeps: the update's worst peak
+        diag["longest_micro_batch_tokens"] = longest_micro_batch(tr, engine.max_model_len)
+        mem["longest_micro_batch"] = memory_gib(tr.device)
     tr.policy.kernel_timer = KernelTimer(tr.device) if cfg.diagnostics else None
     t0 = time.perf_counter()
     train_m = train_on_batch(tr, batch)
     timers["train"] = time.perf_counter() - t0
     mem["train"] = memory_gib(tr.device)
+    if recomputes is not None:
+        diag["checkpoint_recomputes"] = recomputes.close()
     if tr.policy.kernel_timer is not None:
         diag["lm_head_share"] = tr.policy.kernel_timer.seconds / timers["train"]
         tr.policy.kernel_timer = None

@@ -114,6 +114,40 @@ def test_gpu_check_on_cpu_then_resume_in_one_process(tmp_path):
     assert [(r["step"], r["world_size"]) for r in rank0] == [(1, 2), (2, 2), (3, 1)]
 
 
+def test_gpu_check_real_shape_plumbing_on_cpu(tmp_path):
+    """gpu_check.py --real-shape under torchrun (2 gloo ranks): a config as it stands (tiny, with gradient
+    checkpointing on; the transformers engine, to keep it short) for 2 steps of 2 x 2 prompts; every rank forces
+    its longest micro-batch (micro_batch_tokens 1024 of rows 512 wide: 2 rows) through forward and backward, and
+    counts the checkpoint recomputes; then rank 0 resumes the run at world size 1 for a third step."""
+    proc = subprocess.run(torchrun(29645, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "run"),
+                                   "--real-shape", str(ROOT / "configs" / "tiny.yaml"), "--eval-limit", "4",
+                                   "model.gradient_checkpointing=true", "micro_batch_tokens=1024",
+                                   "rollout.engine=hf", "rollout.max_model_len=512"),
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    for r in (0, 1):
+        block = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(f"[rank {r}]"))
+        assert "world size 2" in block and "model tiny in float32" in block, block
+        # one forced pass and one update pass (in a grad-enabled forward each) x 2 layers, at both steps
+        assert "step 2: longest micro-batch 1024 tokens" in block and "checkpoint recomputes 4" in block, block
+    resumed = "\n".join(line for line in proc.stdout.splitlines() if line.startswith("[rank 0, resumed]"))
+    assert "world size 1" in resumed and "step 3: longest micro-batch 1024 tokens" in resumed, text
+    assert "[resume] step 3 from step 2's checkpoint at world size 1" in proc.stdout
+    rank0 = [json.loads(line) for line in (tmp_path / "run" / "diagnostics" / "rank_0.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"]) for r in rank0] == [(1, 2), (2, 2), (3, 1)]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "val/synthetic" in metrics[1]
+
+
+def test_gpu_check_fails_when_checkpointing_does_not_engage():
+    from gpu_check import check_recomputes
+    on, off = {"model": {"gradient_checkpointing": True}}, {"model": {"gradient_checkpointing": False}}
+    assert check_recomputes(0, {"checkpoint_recomputes": 0}, on) == 1
+    assert check_recomputes(0, {"checkpoint_recomputes": 56}, on) == 0
+    assert check_recomputes(0, {"checkpoint_recomputes": 0}, off) == 0
+
+
 def test_one_process_trains_bf16_with_fp32_master_weights(tmp_path):
     """python train.py (a group of one) shards the policy with FSDP2 as torchrun does: bfloat16 compute,
     float32 parameters and AdamW state. An AdamW step of lr 1e-6 moves the weights by about 1e-6, far below
