@@ -225,15 +225,15 @@ class RecomputeCounter:
 
 
 def longest_pass(policy, rows, width, pad_id, gradient_sync):
-    """Forward + backward of `rows` packed rows of `width` tokens (two sequences each, half prompt and half
-    response, so the attention mask is the packed rows' [S, S] one) at zero loss weight: the activation memory
-    of the largest micro-batch a config allows. The gradients it leaves are exact zeros; `gradient_sync` False
+    """Forward + backward of `rows` packed rows of `width` tokens (two sequences each, a quarter of each its
+    prompt, so the attention mask is the packed rows' [S, S] one) at zero loss weight: the activation memory
+    of the largest micro-batch a config allows. Returns the tokens it ran. The gradients it leaves are exact zeros; `gradient_sync` False
     (as between micro-batches under grad_sync "step") keeps them in FSDP2's unsharded float32 accumulation,
     where the next real micro-batch adds to them, as in the update."""
     if width < 4 or rows < 1:
         raise ValueError(f"longest_pass needs rows >= 1 and width >= 4, got {rows} x {width}")
     prompts, responses = [], []
-    for n in [width // 2, width - width // 2] * rows:  # a quarter of each sequence prompt (1024 of 4096)
+    for n in [width // 2, width - width // 2] * rows:  # (the configs' 1024 of 4096 tokens are prompt)
         prompts.append([pad_id] * max(1, n // 4))
         responses.append([pad_id] * (n - max(1, n // 4)))
     device = next(policy.parameters()).device

@@ -145,7 +145,7 @@ def prompt_seed(seed: int, call: Optional[int], prompt: int) -> int:
     so the seeds depend on (run seed, step, round, rank, prompt, sample) alone: a resume repeats them."""
     entropy = [seed, prompt] if call is None else [seed, call, prompt]
     h = int(np.random.SeedSequence(entropy + [1]).generate_state(1, np.uint64)[0])  # 1: not sampling_seed's stream
-    return (h >> (64 - 63 + SAMPLE_BITS)) << SAMPLE_BITS
+    return (h >> (1 + SAMPLE_BITS)) << SAMPLE_BITS  # 63 bits (vLLM keeps seeds in int64), the low ones zero
 
 
 def cpu_has_native_bf16() -> bool:

@@ -156,12 +156,13 @@ class Budget:
     gathered: float        # bf16 root (embedding = LM head) + two decoder layers unsharded (one prefetched), and
                            # one layer's bf16 gradients before FSDP2 reduces or accumulates them
     kernel: float          # the LM-head kernel's backward peak (fp32 weight copy and gradient, chunk buffers)
+    reference: float       # the KL reference's fp32 weights (loss.kl_beta > 0): 4 B per parameter / N
     engine_asleep: float   # vLLM at sleep level 2 keeps CUDA graphs and workspaces: an estimate, not measured
     cuda_context: float    # CUDA context and allocator slack: an estimate, not measured
     per_token: float       # activations: L x checkpointed layer + outside the layers + the backward's working set
 
     def fixed(self):
-        return (self.state + self.grads_sharded + self.grads_unsharded + self.gathered + self.kernel
+        return (self.state + self.grads_sharded + self.grads_unsharded + self.gathered + self.kernel + self.reference
                 + self.engine_asleep + self.cuda_context)
 
     def peak(self, tokens):
@@ -171,11 +172,14 @@ class Budget:
         return int(((1 - HEADROOM) * CARD_BYTES - self.fixed()) / self.per_token)
 
 
-def budget(counts, layers, act, kernel, n_gpus):
+def budget(counts, layers, act, kernel, n_gpus, *, kl_reference=False):
+    """The Budget at n_gpus from the parameter counts, the measured activations (bytes per token) and kernel peak.
+    Both gradient terms are counted in full: conservative at 1 GPU, where the reduce-scatter's sharded gradients
+    replace the accumulated ones layer by layer."""
     P = counts["total"]
     return Budget(state=12 * P / n_gpus, grads_sharded=4 * P / n_gpus, grads_unsharded=4 * P,
                   gathered=2 * (counts["root"] + 3 * counts["layer"]), kernel=kernel["backward_peak"],
-                  engine_asleep=2e9, cuda_context=1e9,
+                  reference=4 * P / n_gpus if kl_reference else 0.0, engine_asleep=2e9, cuda_context=1e9,
                   per_token=layers * act["layer"] + act["outside"] + act["backward"])
 
 
@@ -185,6 +189,7 @@ def main():
     ap.add_argument("--width", type=int, default=4096, help="tokens in the measured row (the configs' widest row: "
                                                             "prompt 1024 + response 3072)")
     ap.add_argument("--micro-batch-tokens", type=int, nargs="+", default=[32768], help="peaks to print")
+    ap.add_argument("--kl-reference", action="store_true", help="count a KL reference's weights (loss.kl_beta > 0)")
     args = ap.parse_args()
     shape = SHAPES[args.shape]
     L = shape["num_hidden_layers"]
@@ -221,11 +226,11 @@ def main():
           f"estimates): fixed(N) + {(L * act['layer'] + act['outside'] + act['backward']) / KIB:.1f} KiB x "
           f"micro-batch tokens")
     for n_gpus in (1, 8):
-        b = budget(counts, L, act, kernel, n_gpus)
+        b = budget(counts, L, act, kernel, n_gpus, kl_reference=args.kl_reference)
         peaks = ", ".join(f"{t} tokens {b.peak(t) / GB:.1f}" for t in args.micro_batch_tokens)
         print(f"  {n_gpus} GPU{'s' if n_gpus > 1 else ''}: state {b.state / GB:.2f} + grads {b.grads_sharded / GB:.2f}"
               f" + unsharded grads {b.grads_unsharded / GB:.2f} + gathered bf16 {b.gathered / GB:.2f} + kernel "
-              f"{b.kernel / GB:.2f} + engine asleep {b.engine_asleep / GB:.0f} + context {b.cuda_context / GB:.0f} = "
+              f"{b.kernel / GB:.2f} + KL reference {b.reference / GB:.2f} + engine asleep {b.engine_asleep / GB:.0f} + context {b.cuda_context / GB:.0f} = "
               f"fixed {b.fixed() / GB:.2f}; {peaks}; at most {b.max_tokens()} tokens for "
               f"{100 * HEADROOM:.0f}% headroom on {CARD_BYTES / GB:.0f} GB")
     no_ckpt = acts[(torch.bfloat16, False)]

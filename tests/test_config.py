@@ -79,5 +79,6 @@ def test_gpu_configs_micro_batch_tokens_leave_headroom(name):
     counts = bench_memory.parameter_counts(shape)
     act = {k: m[k] * 1024 for k in ("layer", "outside", "backward")}
     for n_gpus in (1, 8):
-        b = bench_memory.budget(counts, shape["num_hidden_layers"], act, {"backward_peak": m["kernel"]}, n_gpus)
+        b = bench_memory.budget(counts, shape["num_hidden_layers"], act, {"backward_peak": m["kernel"]}, n_gpus,
+                                kl_reference=cfg.loss.kl_beta > 0)
         assert b.peak(cfg.micro_batch_tokens) <= 0.85 * 80e9, (n_gpus, b.peak(cfg.micro_batch_tokens) / 1e9)
