@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from data import REWARDS, DataConfig
-from loss import LossConfig
+from loss import LossConfig, logprob_precision
 from rollout import RolloutConfig
 from weights import SCHEMES, SchemeConfig
 
@@ -110,8 +110,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = False
     diagnostics: bool = False       # per-rank out_dir/diagnostics/rank_R.jsonl: devices, collective backends,
-                                    # memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
-                                    # LM-head kernel share of the train time (syncs the GPU); gpu_check.py reads it
+                                    # peak memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
+                                    # the longest micro-batch the config allows (one extra forward + backward),
+                                    # checkpoint recomputes, LM-head kernel share of the train time (syncs the
+                                    # GPU); gpu_check.py reads it
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -271,6 +273,10 @@ def check_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'micro_batch_tokens' must be >= 0, got {cfg.micro_batch_tokens}")
     if cfg.loss.reg_weight not in ("token_mean", "scheme"):
         raise ConfigError(f"config key 'loss.reg_weight' must be token_mean or scheme, got {cfg.loss.reg_weight!r}")
+    try:
+        logprob_precision(cfg.loss)
+    except ValueError as e:
+        raise ConfigError(f"config key {e}") from None
     if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
         warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
                       "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")

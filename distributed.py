@@ -124,12 +124,16 @@ def interleaved(counts):
 
 
 def memory_gib(device):
-    """GiB on a CUDA device: allocated and reserved by this process's caching allocator, and in use on the
-    whole device (total - free, the engine's own allocations and other processes included); None on CPUs."""
+    """GiB on a CUDA device: the peak allocated by this process's caching allocator since the previous call
+    (torch.cuda.max_memory_allocated, whose counter this call resets: called after each phase, it gives that
+    phase's peak), allocated and reserved now, and in use on the whole device (total - free, the engine's own
+    allocations and other processes included); None on CPUs."""
     if torch.device(device).type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
-    return {"allocated": torch.cuda.memory_allocated(device) / 2**30,
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"peak": peak, "allocated": torch.cuda.memory_allocated(device) / 2**30,
             "reserved": torch.cuda.memory_reserved(device) / 2**30, "device_used": (total - free) / 2**30}
 
 

@@ -28,6 +28,27 @@ class LossConfig:
     entropy_coef: float = 0.0            # > 0 rewards entropy
     reg_weight: str = "token_mean"       # weight V_i of the KL and entropy terms: "token_mean" (the caller's
                                          # 1 / tokens, scheme-independent) | "scheme" (V_i = W_i)
+    logprob_precision: str = "auto"      # the LM-head kernel's float32 matmuls on GPUs: "high" (TF32: log pi off by
+                                         # ~4e-4, inside a 0.2 clip range), "highest" (IEEE: ~6e-7, needed by GSPO's
+                                         # 3e-4 clip on a per-sequence ratio); "auto": highest for ratio
+                                         # "sequence", else high. No effect on CPUs. See logprob_precision().
+
+
+PRECISIONS = ("auto", "high", "highest")
+
+
+def logprob_precision(cfg: LossConfig) -> str:
+    """The float32 matmul precision of the LM-head kernel (torch.set_float32_matmul_precision's names).
+
+    Per-token ratios clip at 0.2 (0.28): TF32's log pi error (see _fp32_matmuls) is far inside that, and TF32
+    runs the kernel's V x H GEMMs on tensor cores (about 5 per trained token, as many FLOPs as the whole bf16
+    trunk of a 1.5B model). GSPO's sequence ratio exp(mean_t log pi - log pi_old) clips at 3e-4, the size of
+    TF32's error, so it keeps IEEE float32."""
+    if cfg.logprob_precision not in PRECISIONS:
+        raise ValueError(f"loss.logprob_precision must be one of {PRECISIONS}, got {cfg.logprob_precision!r}")
+    if cfg.logprob_precision != "auto":
+        return cfg.logprob_precision
+    return "highest" if cfg.ratio == "sequence" else "high"
 
 
 def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_logp=None, entropy=None):
@@ -106,14 +127,17 @@ _CHUNK_ELEMENTS = 2**25  # default chunk: one chunk x V buffer of about 128 MB f
 
 
 @contextlib.contextmanager
-def _ieee_fp32_matmuls():
-    """The logits' matmuls in full float32, whatever the process chose: vLLM's worker (in this process)
-    sets "highest", a trainer may set "high" (TF32 on GPUs). TF32's 10-bit inputs move log pi by 4e-4 on
+def _fp32_matmuls(precision):
+    """The logits' matmuls at `precision` ("highest": IEEE float32; "high": TF32 on GPUs), whatever the process
+    chose (vLLM's worker, in this process, sets "highest"). TF32's 10-bit inputs move log pi by 4e-4 on
     average and 1.6e-3 at most against float64 (H 1536, V 151,936; bf16 inputs: 3e-3 and 1e-2), the
     size of GSPO's clip range (3e-4) on the ratio exp(log pi - log pi_old); IEEE float32: 6e-7 and 2e-6.
-    (`python benchmarks/bench_logprobs.py --precision` measures these on the CPU, TF32 emulated.)"""
+    (`python benchmarks/bench_logprobs.py --precision` measures these, TF32 emulated on the CPU; torch's
+    CPU matmuls ignore "high".) The forward and the backward run at the same precision."""
+    if precision not in ("high", "highest"):
+        raise ValueError(f"precision must be 'high' or 'highest', got {precision!r}")
     before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    torch.set_float32_matmul_precision(precision)
     try:
         yield
     finally:
@@ -186,7 +210,7 @@ def _chunks(n, chunk_size, vocab_size, device):
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, vocab_size, chunk_size, ignore_index):
+    def forward(ctx, hidden, weight, targets, temperature, vocab_size, chunk_size, ignore_index, precision):
         w = weight[:vocab_size].float()
         valid = targets != ignore_index
         n = hidden.shape[0]
@@ -196,12 +220,13 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 hidden[a:b], w, targets[a:b], valid[a:b], temperature, shifted, expd)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.settings = (temperature, vocab_size, chunk_size, ignore_index)
+        ctx.precision = precision
         ctx.set_materialize_grads(False)  # an unused output (entropy as a metric) gives None: cheaper backward
         return logp, entropy
 
     @staticmethod
     def backward(ctx, g_logp, g_entropy):
-        with _ieee_fp32_matmuls():
+        with _fp32_matmuls(ctx.precision):
             return _ChunkedTokenLogprobs._backward(ctx, g_logp, g_entropy)
 
     @staticmethod
@@ -226,11 +251,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             if need_w:
                 grad_w[:vocab_size].addmm_(grad.t(), h_chunk)
         return (None if grad_h is None else grad_h.to(hidden.dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None)
+                None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None)
 
 
 def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None, chunk_size=None,
-                   ignore_index=-100):
+                   ignore_index=-100, precision="highest"):
     """log pi(target) and the entropy of pi for every token, never holding N x V logits.
 
     hidden [..., H] (the model's final hidden states, any float dtype), weight [V, H] (lm_head.weight),
@@ -238,12 +263,14 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     over the first vocab_size rows. Returns (logprobs, entropy), float32, shaped like targets; both are
     differentiable w.r.t. hidden and weight (the backward recomputes logits chunk by chunk).
     chunk_size: tokens per chunk (default: about 128 MB of float32 logits per buffer).
+    precision: of the float32 matmuls, forward and backward: "highest" (IEEE) or "high" (TF32 on GPUs);
+    the trainer's choice is loss.logprob_precision.
     """
     shape = targets.shape
     h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
-    with _ieee_fp32_matmuls():
+    with _fp32_matmuls(precision):
         logp, entropy = _ChunkedTokenLogprobs.apply(h, weight, t, float(temperature), vocab_size, chunk_size,
-                                                    ignore_index)
+                                                    ignore_index, precision)
     if logp.shape != shape:  # flat inputs stay un-viewed: FSDP2 warns when its root module returns a view
         logp, entropy = logp.view(shape), entropy.view(shape)
     return logp, entropy

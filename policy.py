@@ -22,9 +22,10 @@ class Policy(torch.nn.Module):
     Under FSDP2 this wrapper is the root module, so the LM head (and tied embedding) is unsharded
     while `forward` runs and the kernel can read its full weight."""
 
-    def __init__(self, model, temperature):
+    def __init__(self, model, temperature, precision="highest"):
         super().__init__()
         self.model, self.temperature = model, temperature
+        self.precision = precision  # the LM-head kernel's float32 matmuls: loss.logprob_precision()
         self.kernel_timer = None  # a KernelTimer while diagnostics measure the LM-head kernel
         if model.config._attn_implementation == "sdpa":  # the same, plus shared-prompt blocks when given
             register_block_attention()
@@ -41,9 +42,8 @@ class Policy(torch.nn.Module):
         hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                   **kw).last_hidden_state
         h = hidden[rows, cols]  # [n, H]: the states that predict the response tokens
-        if self.kernel_timer is not None:
-            return self.kernel_timer(h, self.model.lm_head.weight, targets, self.temperature)
-        return token_logprobs(h, self.model.lm_head.weight, targets, temperature=self.temperature)
+        kernel = token_logprobs if self.kernel_timer is None else self.kernel_timer
+        return kernel(h, self.model.lm_head.weight, targets, temperature=self.temperature, precision=self.precision)
 
 
 @dataclass
@@ -125,10 +125,10 @@ def use_onednn_linears(model):
                 module.forward = functools.partial(forward, module)
 
 
-def load_policy(path, model_cfg, temperature, device, trainable=True):
+def load_policy(path, model_cfg, temperature, device, trainable=True, logprob_precision="highest"):
     """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
     process) with a mixed-precision policy: compute in model_cfg.dtype, gradients reduced in float32, AdamW
-    state in float32, at every world size."""
+    state in float32, at every world size. logprob_precision: the LM-head kernel's (loss.logprob_precision)."""
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
@@ -138,13 +138,17 @@ def load_policy(path, model_cfg, temperature, device, trainable=True):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
     if model_cfg.gradient_checkpointing and trainable:
         model.gradient_checkpointing_enable()
+    # from_pretrained returns the model in eval mode, and transformers' decoder layers checkpoint only in train
+    # mode (GradientCheckpointingLayer: gradient_checkpointing and self.training). These models have no dropout
+    # (Qwen2, Llama: attention_dropout 0), so train mode changes nothing else; the KL reference stays in eval.
+    model.train(trainable)
     model.config.use_cache = False
     model.to(device)
     # (not under model.compile: inductor picks its own matmul kernels, and cannot lower the oneDNN op's backward)
     onednn = model_cfg.onednn_linears and not model_cfg.compile and torch.backends.mkldnn.is_available()
     if onednn and device.type == "cpu":
         use_onednn_linears(model)
-    policy = Policy(model, temperature)
+    policy = Policy(model, temperature, logprob_precision)
     if not trainable:
         policy.requires_grad_(False)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
@@ -170,9 +174,9 @@ class KernelTimer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def __call__(self, h, weight, targets, temperature):
+    def __call__(self, h, weight, targets, *, temperature, precision):
         t0 = self._now()
-        logp, ent = token_logprobs(h, weight, targets, temperature=temperature)
+        logp, ent = token_logprobs(h, weight, targets, temperature=temperature, precision=precision)
         self.seconds += self._now() - t0
         if logp.requires_grad:
             start = []
@@ -188,6 +192,57 @@ class KernelTimer:
             ent.register_hook(begin)
             h.register_hook(end)
         return logp, ent
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics (cfg.diagnostics, benchmarks/gpu_check.py): checkpoint recomputes, the longest micro-batch.
+
+class RecomputeCounter:
+    """Counts gradient-checkpoint recomputes of the decoder layers: their forward calls with autograd on, beyond
+    one per layer for each forward of the policy with autograd on (a checkpointed layer runs its forward again in
+    the backward). Forward pre-hooks: they fire on the recompute too, and wherever model.compile or
+    use_onednn_linears put a layer's forward."""
+
+    def __init__(self, policy):
+        self.layer_calls, self.passes = 0, 0
+        layers = policy.model.model.layers
+        self.n_layers = len(layers)
+        self.handles = [layer.register_forward_pre_hook(self._layer) for layer in layers]
+        self.handles.append(policy.register_forward_pre_hook(self._pass))
+
+    def _layer(self, module, args):
+        self.layer_calls += torch.is_grad_enabled()
+
+    def _pass(self, module, args):
+        self.passes += torch.is_grad_enabled()
+
+    def close(self):
+        """Remove the hooks; returns the recomputes counted."""
+        for h in self.handles:
+            h.remove()
+        return self.layer_calls - self.n_layers * self.passes
+
+
+def longest_pass(policy, rows, width, pad_id, gradient_sync):
+    """Forward + backward of `rows` packed rows of `width` tokens (two sequences each, a quarter of each its
+    prompt, so the attention mask is the packed rows' [S, S] one) at zero loss weight: the activation memory
+    of the largest micro-batch a config allows. Returns the tokens it ran. The gradients it leaves are exact zeros; `gradient_sync` False
+    (as between micro-batches under grad_sync "step") keeps them in FSDP2's unsharded float32 accumulation,
+    where the next real micro-batch adds to them, as in the update."""
+    if width < 4 or rows < 1:
+        raise ValueError(f"longest_pass needs rows >= 1 and width >= 4, got {rows} x {width}")
+    prompts, responses = [], []
+    for n in [width // 2, width - width // 2] * rows:  # (the configs' 1024 of 4096 tokens are prompt)
+        prompts.append([pad_id] * max(1, n // 4))
+        responses.append([pad_id] * (n - max(1, n // 4)))
+    device = next(policy.parameters()).device
+    mb = make_micro(prompts, responses, [[1.0] * len(r) for r in responses],
+                    [[2 * r, 2 * r + 1] for r in range(rows)], pad_id, device)
+    if hasattr(policy, "set_requires_gradient_sync"):
+        policy.set_requires_gradient_sync(gradient_sync)
+    logp, ent = per_token(policy, mb, grad=True)
+    ((logp + ent) * mb.mask * 0.0).sum().backward()
+    return int(mb.input_ids.numel())
 
 
 @dataclass

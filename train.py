@@ -33,10 +33,10 @@ from data import PromptStream, load_benchmark, load_rows, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
                          publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world, write_diagnostics)
-from loss import policy_loss
+from loss import logprob_precision, policy_loss
 from metrics import MetricsLog, Progress, accumulate, batch_metrics, gather_metrics, gather_responses, update_metrics
 from plot import run_summary
-from policy import KernelTimer, Policy, load_policy, per_token, plan_micro_batches
+from policy import KernelTimer, Policy, RecomputeCounter, load_policy, longest_pass, per_token, plan_micro_batches
 from rollout import encode_prompts, make_engine
 from weights import Scheme, StepStats, make_scheme
 
@@ -297,12 +297,18 @@ def training_step(tr: Trainer, engine, stream, step):
     mem = {"rollout": memory_gib(tr.device)}  # engine awake; "train" and "sync" below: asleep, then awake again
     engine.sleep()
     diag = diagnose_batch(tr, batch) if cfg.diagnostics else {}
+    recomputes = RecomputeCounter(tr.policy) if cfg.diagnostics else None  # over the longest pass and the update
+    if cfg.diagnostics:  # the config's largest micro-batch while the engine sleeps: the update's worst peak
+        diag["longest_micro_batch_tokens"] = longest_micro_batch(tr, engine.max_model_len)
+        mem["longest_micro_batch"] = memory_gib(tr.device)
     tr.policy.kernel_timer = KernelTimer(tr.device) if cfg.diagnostics else None
     # ---- A, W -> plan -> update: the policy's optimiser steps, then the scheme's own update
     t0 = time.perf_counter()
     train_m = train_on_batch(tr, batch)
     timers["train"] = time.perf_counter() - t0
     mem["train"] = memory_gib(tr.device)
+    if recomputes is not None:
+        diag["checkpoint_recomputes"] = recomputes.close()
     if tr.policy.kernel_timer is not None:
         diag["lm_head_share"] = tr.policy.kernel_timer.seconds / timers["train"]
         tr.policy.kernel_timer = None
@@ -349,6 +355,19 @@ def diagnose_batch(tr: Trainer, batch: Batch):
     d = torch.cat(deltas) if deltas else torch.zeros(0, dtype=torch.float64)
     return {"logprob_delta_mean": float(d.mean()) if len(d) else None,
             "logprob_delta_max": float(d.max()) if len(d) else None, "logprob_tokens": len(d)}
+
+
+def longest_micro_batch(tr: Trainer, max_model_len):
+    """diagnostics: as many rows as one micro-batch holds of the widest the config allows (data.max_prompt_tokens
+    + rollout.max_tokens, within the engine's max_model_len) through forward and backward at zero weight
+    (policy.longest_pass), so that the update's worst activation peak shows before a batch needs it. Returns
+    the tokens it ran."""
+    cfg = tr.cfg
+    width = min(cfg.data.max_prompt_tokens + cfg.rollout.max_tokens,
+                max_model_len or tr.policy.model.config.max_position_embeddings)
+    rows = max(1, min(cfg.micro_batch_size, cfg.micro_batch_tokens // width)) if cfg.micro_batch_tokens \
+        else cfg.micro_batch_size
+    return longest_pass(tr.policy, rows, width, tr.pad_id, gradient_sync=cfg.grad_sync == "micro_batch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,9 +483,10 @@ def load_tokenizer(path):
 def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     tokenizer = load_tokenizer(model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device)
-    ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False) \
-        if cfg.loss.kl_beta else None
+    precision = logprob_precision(cfg.loss)
+    policy = load_policy(model_path, cfg.model, cfg.rollout.temperature, device, logprob_precision=precision)
+    ref_policy = load_policy(base_path, cfg.model, cfg.rollout.temperature, device, trainable=False,
+                             logprob_precision=precision) if cfg.loss.kl_beta else None
     # fused: one kernel over all parameters (CPU and CUDA) instead of a loop of kernels per tensor
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))

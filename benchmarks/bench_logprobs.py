@@ -2,6 +2,7 @@
 
     python benchmarks/bench_logprobs.py                       # H = 896, 1536; N = 2048, 4096; V = 151,936
     python benchmarks/bench_logprobs.py --hidden 896 --tokens 2048 --repeats 5
+    python benchmarks/bench_logprobs.py --precision --tokens 4096   # log pi error and time per logprob_precision
 
 Every measurement runs in a fresh subprocess (float32, CPU, torch's default threads). Peak memory: the
 kernel's VmHWM (resident high-water mark) is reset through /proc/self/clear_refs once the inputs exist,
@@ -186,11 +187,50 @@ def precision(hidden_size, vocab, n_tokens=64):
 
     ref = logp(h.double(), w.double())
     print(f"log pi against float64, H = {hidden_size}, V = {vocab}, {n_tokens} tokens")
-    for name, hh, ww in [("float32 (IEEE, what loss.py uses)", h, w),
-                         ("TF32 inputs (emulated)", round_mantissa(h, 10).double(), round_mantissa(w, 10).double()),
+    for name, hh, ww in [("float32 (IEEE: precision highest)", h, w),
+                         ("TF32 inputs (emulated: high on GPUs)", round_mantissa(h, 10).double(),
+                          round_mantissa(w, 10).double()),
                          ("bf16 inputs (emulated)", h.bfloat16().double(), w.bfloat16().double())]:
         err = (logp(hh, ww) - ref).abs()
         print(f"  {name:36} mean {err.mean():.1e}  max {err.max():.1e}")
+
+
+def kernel_precision(hidden_size, vocab, n_tokens, repeats):
+    """loss.token_logprobs at each loss.logprob_precision on this machine's device (CUDA when there is one):
+    |log pi - log pi_float64| over the first 64 tokens, and the median seconds of forward + backward (a
+    PPO-like weighted sum) over n_tokens. On a CPU the two precisions run the same float32 path."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    h = torch.randn(n_tokens, hidden_size, device=device).requires_grad_()
+    w = (torch.randn(vocab, hidden_size, device=device) * 0.05).requires_grad_()
+    targets = torch.randint(0, vocab, (n_tokens,), device=device)
+    coef = torch.randn(n_tokens, device=device)
+    k = min(64, n_tokens)
+    ref = torch.log_softmax(h[:k].detach().double().cpu() @ w.detach().double().cpu().T, -1).gather(
+        1, targets[:k].cpu()[:, None])[:, 0]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    print(f"loss.token_logprobs on {device}, H = {hidden_size}, V = {vocab}: forward + backward of {n_tokens} "
+          f"tokens (median of {repeats}); error over {k} tokens against float64")
+    for precision in ("highest", "high"):
+        with torch.no_grad():
+            logp, _ = token_logprobs(h[:k], w, targets[:k], precision=precision)
+        err = (logp.double().cpu() - ref).abs()
+        seconds = []
+        for _ in range(repeats + 1):  # the first run warms up (kernels, allocator) and is not counted
+            h.grad = w.grad = None
+            sync()
+            t0 = time.perf_counter()
+            logp, ent = token_logprobs(h, w, targets, precision=precision)
+            (coef * logp).sum().backward()
+            sync()
+            seconds.append(time.perf_counter() - t0)
+        seconds = seconds[1:]
+        print(f"  {precision:8} ({'IEEE float32' if precision == 'highest' else 'TF32 on GPUs'}): |error| mean "
+              f"{err.mean():.1e} max {err.max():.1e}; {statistics.median(seconds):.3f} s")
 
 
 def main():
@@ -203,13 +243,17 @@ def main():
     p.add_argument("--max-tries", type=int, default=6, help="rounds of runs at most per configuration")
     p.add_argument("--methods", nargs="+", default=METHODS[:4], choices=METHODS)
     p.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: loss.py's)")
-    p.add_argument("--precision", action="store_true", help="only the logits' precision against float64")
+    p.add_argument("--precision", action="store_true",
+                   help="only the precision: the logits' error against float64 at three input precisions "
+                        "(emulated), then the kernel's error and time at each loss.logprob_precision "
+                        "(H = the last --hidden, N = the first --tokens)")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.hidden[0], args.tokens[0], args.vocab, args.chunk_size)
     if args.precision:
-        return precision(args.hidden[-1], args.vocab)
+        precision(args.hidden[-1], args.vocab)
+        return kernel_precision(args.hidden[-1], args.vocab, args.tokens[0], args.repeats)
 
     gb = 1e9
     print(f"V = {args.vocab}, float32, CPU, {os.cpu_count()} cores, medians of {args.repeats} runs "

@@ -1,7 +1,8 @@
 """The distributed paths of train.py, run in one process or under torchrun; tests/test_distributed.py reads
 the JSON each rank writes. Modes:
   save     train one step from the base model, checkpoint it (DCP + HF export), dump the full states
-  checks   (2 ranks) the backends, all ranks agreeing on the checkpoint, an over-long prompt skipped and counted
+  checks   (2 ranks) the backends, all ranks agreeing on the checkpoint, an over-long prompt skipped and counted,
+           the weight sync's cast to the engine's dtype before the gather
   load     load a checkpoint written at any world size into a fresh trainer, compare the full model and AdamW
            states with the saved ones bit for bit, take one more step and dump the states after it
 
@@ -127,10 +128,34 @@ def long_prompt(model_dir):
             "skipped": batch.info["skipped_prompts"]}
 
 
+def sync_cast(model_dir, device):
+    """Weight sync into a bfloat16 engine: iter_full_parameters casts each rank's float32 shard before the
+    gather (the dtypes full_tensor() gathers are recorded), and the full tensors equal the float32 ones
+    gathered first and cast afterwards."""
+    from torch.distributed.tensor import DTensor
+
+    from config import ModelConfig
+    from policy import load_policy
+    from rollout import iter_full_parameters
+    policy = load_policy(model_dir, ModelConfig(), 1.0, device)
+    gathered, full_tensor = [], DTensor.full_tensor
+    DTensor.full_tensor = lambda self, **kw: gathered.append(str(self.to_local().dtype)) or full_tensor(self, **kw)
+    try:
+        cast = list(iter_full_parameters(policy.model, torch.bfloat16))
+    finally:
+        DTensor.full_tensor = full_tensor
+    plain = list(iter_full_parameters(policy.model))
+    return {"gathered": sorted(set(gathered)), "names": [n for n, _ in cast] == [n for n, _ in plain],
+            "sharded": any(p.to_local().shape != p.shape for p in policy.parameters()),
+            "differ": [n for (n, a), (_, b) in zip(cast, plain)
+                       if a.dtype != torch.bfloat16 or not torch.equal(a, b.to(torch.bfloat16))]}
+
+
 def mode_checks(work, model_dir, device):
     out = {"backend": dist.get_backend(), "cpu_backend": backend_of("cpu")}
     out.update(agreement(work))
     out.update(long_prompt(model_dir))
+    out["sync_cast"] = sync_cast(model_dir, device)
     all_reduce(torch.ones(1))
     out["used"] = dict(BACKENDS_USED)
     return out

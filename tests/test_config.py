@@ -228,3 +228,33 @@ def test_print_config_shows_the_merged_config():
     assert printed["loss"]["ratio"] == "sequence" and printed["scheme"]["hadw"]["enabled"] is True
     assert printed["loss"]["eps_high"] == 0.0005 and printed["model"]["path"] == "Qwen/Qwen2.5-Math-1.5B"
     assert config.from_dict(config.TrainConfig, printed) == expected  # the printed yaml is a config itself
+
+
+GPU_CONFIGS = ["grpo", "drgrpo", "dapo", "lipo", "gspo", "daro", "grpo_hadw", "gspo_hadw", "dapo_hadw", "qwen05_gsm8k"]
+# benchmarks/bench_memory.py's figures (measured on the CPU, bf16 with gradient checkpointing; docs/GPU.md): KiB per
+# token per layer (checkpointed input), outside the layers, the backward's working set; the LM-head kernel's
+# backward peak in bytes; the row width they were measured at
+MEASURED = {"Qwen/Qwen2.5-Math-1.5B": dict(layer=3.00, outside=16.50, backward=143.05, kernel=2.605e9, width=4096),
+            "Qwen/Qwen2.5-0.5B-Instruct": dict(layer=1.75, outside=8.75, backward=77.56, kernel=1.632e9, width=1536)}
+
+
+@pytest.mark.parametrize("name", GPU_CONFIGS)
+def test_gpu_configs_micro_batch_tokens_leave_headroom(name):
+    """docs/GPU.md's formula: the update's peak per GPU, fixed(N) + per-token activations x micro_batch_tokens,
+    stays under 85% of an 80 GB card at 1 and at 8 GPUs; and micro_batch_size rows of the widest sequence the
+    config allows can fill micro_batch_tokens (else the row cap, not the token budget, sets the micro-batch)."""
+    import sys
+    sys.path.insert(0, str(CONFIGS.parent / "benchmarks"))
+    import bench_memory
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    m = MEASURED[cfg.model.path]
+    width = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens
+    assert width == m["width"] and cfg.model.gradient_checkpointing and cfg.model.dtype == "bfloat16"
+    assert cfg.micro_batch_size * width >= cfg.micro_batch_tokens
+    shape = bench_memory.SHAPES["qwen2.5-1.5b" if "1.5B" in cfg.model.path else "qwen2.5-0.5b"]
+    counts = bench_memory.parameter_counts(shape)
+    act = {k: m[k] * 1024 for k in ("layer", "outside", "backward")}
+    for n_gpus in (1, 8):
+        b = bench_memory.budget(counts, shape["num_hidden_layers"], act, {"backward_peak": m["kernel"]}, n_gpus,
+                                kl_reference=cfg.loss.kl_beta > 0)
+        assert b.peak(cfg.micro_batch_tokens) <= 0.85 * 80e9, (n_gpus, b.peak(cfg.micro_batch_tokens) / 1e9)

@@ -1,8 +1,8 @@
 """The distributed setup on the CPU (gloo), through the helpers the GPU path uses: one process and
 `torchrun --nproc_per_node 2`. DCP checkpoints round-trip the model and AdamW state bit for bit, also into
 another world size (1 -> 2, 2 -> 1); all ranks agree on the checkpoint or all stop, naming the rank that
-cannot read it; an over-long prompt is skipped and counted on every rank; benchmarks/gpu_check.py runs, and
-its run resumes in one process."""
+cannot read it; an over-long prompt is skipped and counted on every rank; weight sync casts shards to the
+engine's dtype before gathering them; benchmarks/gpu_check.py runs, and its run resumes in one process."""
 import json
 import os
 import subprocess
@@ -75,6 +75,8 @@ def test_checkpoints_agreement_and_long_prompts_on_two_ranks(tmp_path):
         assert "rank 0 cannot" not in c["error"]
         # rank 1 drew the over-long prompt: skipped there, counted on both ranks
         assert c["skipped"] == 1
+        # weight sync into a bf16 engine: bf16 shards gathered, the values of float32 gathered then cast
+        assert c["sync_cast"] == {"gathered": ["torch.bfloat16"], "names": True, "sharded": True, "differ": []}
     assert checks[0]["kept"] == ["1+2=", "3+4="] and checks[1]["kept"] == ["5+6="]
     assert checks[0]["groups"] == 2 and checks[1]["groups"] == 1
 
@@ -110,6 +112,41 @@ def test_gpu_check_on_cpu_then_resume_in_one_process(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     rank0 = [json.loads(line) for line in (out / "diagnostics" / "rank_0.jsonl").read_text().splitlines()]
     assert [(r["step"], r["world_size"]) for r in rank0] == [(1, 2), (2, 2), (3, 1)]
+
+
+def test_gpu_check_real_shape_plumbing_on_cpu(tmp_path, tiny_model):
+    """gpu_check.py --real-shape under torchrun (2 gloo ranks): a config as it stands (tiny, with gradient
+    checkpointing on; the transformers engine, to keep it short) for 2 steps of 2 x 2 prompts; every rank forces
+    its longest micro-batch (micro_batch_tokens 1024 of rows 512 wide: 2 rows) through forward and backward, and
+    counts the checkpoint recomputes; then rank 0 resumes the run at world size 1 for a third step."""
+    proc = subprocess.run(torchrun(29645, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "run"),
+                                   "--real-shape", str(ROOT / "configs" / "tiny.yaml"), "--eval-limit", "4",
+                                   f"model.path={tiny_model}", f"eval.benchmarks=[{tiny_model}/synthetic.jsonl]",
+                                   "model.gradient_checkpointing=true", "micro_batch_tokens=1024",
+                                   "rollout.engine=hf", "rollout.max_model_len=512"),
+                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    for r in (0, 1):
+        block = "\n".join(line for line in proc.stdout.splitlines() if line.startswith(f"[rank {r}]"))
+        assert "world size 2" in block and f"model {tiny_model} in float32" in block, block
+        # one forced pass and one update pass (in a grad-enabled forward each) x 2 layers, at both steps
+        assert "step 2: longest micro-batch 1024 tokens" in block and "checkpoint recomputes 4" in block, block
+    resumed = "\n".join(line for line in proc.stdout.splitlines() if line.startswith("[rank 0, resumed]"))
+    assert "world size 1" in resumed and "step 3: longest micro-batch 1024 tokens" in resumed, text
+    assert "[resume] step 3 from step 2's checkpoint at world size 1" in proc.stdout
+    rank0 = [json.loads(line) for line in (tmp_path / "run" / "diagnostics" / "rank_0.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"]) for r in rank0] == [(1, 2), (2, 2), (3, 1)]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "val/synthetic" in metrics[1]
+
+
+def test_gpu_check_fails_when_checkpointing_does_not_engage():
+    from gpu_check import check_recomputes
+    on, off = {"model": {"gradient_checkpointing": True}}, {"model": {"gradient_checkpointing": False}}
+    assert check_recomputes(0, {"checkpoint_recomputes": 0}, on) == 1
+    assert check_recomputes(0, {"checkpoint_recomputes": 56}, on) == 0
+    assert check_recomputes(0, {"checkpoint_recomputes": 0}, off) == 0
 
 
 def test_one_process_trains_bf16_with_fp32_master_weights(tmp_path):

@@ -203,3 +203,46 @@ def test_autograd_graph_keeps_nothing_of_size_n_by_v():
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             fn(hidden, weight, targets, temperature=1.0)
         assert (max(saved) >= n * V_REAL) == expect_n_by_v, (fn.__name__, max(saved))
+
+
+def test_logprob_precision_follows_the_ratio():
+    """loss.logprob_precision "auto": TF32 ("high") for per-token ratios, IEEE ("highest") for GSPO's sequence
+    ratio; an explicit choice is kept; anything else is a config error naming the key."""
+    from config import ConfigError, check_config, load_config
+    from loss import LossConfig, logprob_precision
+    cases = {("auto", "token"): "high", ("auto", "sequence"): "highest", ("highest", "token"): "highest",
+             ("high", "sequence"): "high"}
+    for (precision, ratio), want in cases.items():
+        assert logprob_precision(LossConfig(logprob_precision=precision, ratio=ratio)) == want
+    with pytest.raises(ConfigError, match="loss.logprob_precision must be one of .* got 'medium'"):
+        check_config(load_config(None, ["loss.logprob_precision=medium"]))
+
+
+@pytest.mark.parametrize("precision", ["high", "highest"])
+def test_kernel_matmuls_run_at_the_chosen_precision(precision, monkeypatch):
+    """The forward's and the backward's matmuls run at `precision`, and the process's own setting comes back
+    afterwards; on the CPU both precisions give the float64 reference's values (torch's CPU matmuls ignore
+    "high")."""
+    import loss
+    seen = []
+    for name in ("_chunk_softmax", "_chunk_logit_grad"):  # the forward's chunks, the backward's chunks
+        fn = getattr(loss, name)
+        monkeypatch.setattr(loss, name, lambda *a, fn=fn, name=name, **k: seen.append(
+            (name, torch.get_float32_matmul_precision())) or fn(*a, **k))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        hidden, weight, targets = make_inputs(10, ignored=(2,))
+        logp, entropy = token_logprobs(hidden, weight, targets, vocab_size=V_REAL, chunk_size=4, precision=precision)
+        assert torch.get_float32_matmul_precision() == "medium"
+        g_h, g_w = grads((logp, entropy), (hidden, weight), (torch.ones(10), torch.ones(10)))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen == [("_chunk_softmax", precision)] * 3 + [("_chunk_logit_grad", precision)] * 3
+    ref_logp, ref_entropy = reference(hidden, weight, targets, 1.0)
+    ref_g_h, ref_g_w = grads((ref_logp, ref_entropy), (hidden, weight), (torch.ones(10), torch.ones(10)))
+    for mine, ref in ((logp, ref_logp), (entropy, ref_entropy), (g_h, ref_g_h), (g_w, ref_g_w)):
+        close(mine, ref)
+    with pytest.raises(ValueError, match="precision must be 'high' or 'highest'"):
+        token_logprobs(hidden, weight, targets, vocab_size=V_REAL, precision="medium")

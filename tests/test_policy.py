@@ -80,6 +80,29 @@ def test_shared_prompt_rows_equal_one_row_per_response(model):
         torch.testing.assert_close(results[0][2][k], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()))
 
 
+def test_policy_runs_the_kernel_at_its_precision(model, monkeypatch):
+    """Policy hands its precision (loss.logprob_precision) to the LM-head kernel, directly and through the
+    diagnostics' KernelTimer."""
+    import loss
+    import policy as policy_module
+    from policy import KernelTimer
+    seen = []
+
+    def kernel(*args, precision, **kwargs):
+        seen.append(precision)
+        return loss.token_logprobs(*args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(policy_module, "token_logprobs", kernel)
+    prompts, outs, mask = responses(2, seed=5)
+    mb = make_micro(prompts, outs, mask, [[0], [1]], 0, torch.device("cpu"))
+    for precision in ("high", "highest"):
+        policy = Policy(model, temperature=1.0, precision=precision)
+        per_token(policy, mb, grad=False)
+        policy.kernel_timer = KernelTimer("cpu")
+        per_token(policy, mb, grad=False)
+    assert seen == ["high", "high", "highest", "highest"]
+
+
 def test_shared_prompt_blocks_by_hand():
     """The blocks of one row [p p | a a | b], written out: the prompt's own block, then each response's
     queries against the prompt's keys and its own, causal by position."""
@@ -144,3 +167,48 @@ def test_onednn_linears_give_the_same_logprobs_and_gradients(tmp_path):
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
     for k, grad in results[0][2].items():
         torch.testing.assert_close(results[1][2][k], grad, rtol=1e-4, atol=1e-6)
+
+
+def layer_calls_and_grads(model_dir, checkpointing, compile_layers=False):
+    """Through load_policy (FSDP2 in a group of one, float32) and per_token: how often each decoder layer's
+    forward ran in one forward + backward, counted by forward pre-hooks (they fire on the recompute too, and
+    wherever model.compile or use_onednn_linears put the layer's forward), and the full parameter gradients."""
+    from config import ModelConfig
+    from distributed import init_distributed, shutdown_distributed
+    from policy import load_policy
+    device = init_distributed()
+    policy = None
+    try:
+        cfg = ModelConfig(path=str(model_dir), gradient_checkpointing=checkpointing, compile=compile_layers)
+        policy = load_policy(model_dir, cfg, temperature=0.9, device=device)
+        calls = [0] * len(policy.model.model.layers)
+        for i, layer in enumerate(policy.model.model.layers):
+            layer.register_forward_pre_hook(lambda module, args, i=i: calls.__setitem__(i, calls[i] + 1))
+        prompts, outs, mask = responses(5, seed=7)
+        mb = make_micro(prompts, outs, mask, [[i] for i in range(5)], 0, device)
+        logp, ent = per_token(policy, mb, grad=True)
+        ((logp * torch.linspace(-1, 1, logp.shape[1]) + 0.1 * ent) * mb.mask).sum().backward()
+        grads = {k: p.grad.full_tensor().clone() for k, p in policy.named_parameters()}
+        return calls, grads, all(m.training for m in policy.modules())
+    finally:
+        import gc
+        del policy
+        gc.collect()
+        shutdown_distributed()
+
+
+@pytest.mark.parametrize("compile_layers", [False, True])
+def test_gradient_checkpointing_recomputes_each_layer_once(tmp_path, compile_layers):
+    """model.gradient_checkpointing: each decoder layer's forward runs twice per forward + backward (the second
+    time to recompute its activations for the backward), once without; the gradients are the same either way.
+    load_policy must put the trainable policy in train mode: transformers' from_pretrained returns it in eval
+    mode, where decoder layers never checkpoint (GradientCheckpointingLayer checks self.training)."""
+    model_dir = build_tiny_model(tmp_path / "model", seed=3)
+    on_calls, on_grads, on_training = layer_calls_and_grads(model_dir, True, compile_layers)
+    off_calls, off_grads, _ = layer_calls_and_grads(model_dir, False, compile_layers)
+    assert on_calls == [2, 2] and off_calls == [1, 1]
+    assert on_training  # every module, the decoder layers included
+    assert on_grads.keys() == off_grads.keys() and len(on_grads) > 0
+    for k, grad in off_grads.items():
+        assert float(grad.abs().max()) > 0 or "bias" in k, k
+        torch.testing.assert_close(on_grads[k], grad, rtol=1e-5, atol=1e-7)

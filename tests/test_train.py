@@ -379,3 +379,50 @@ def test_a_new_stateful_scheme_trains_through_the_step(tmp_path):
     torch.testing.assert_close(first.surrogate, -A * lengths, rtol=1e-5, atol=1e-6)  # zero-A groups: skipped, 0
     torch.testing.assert_close(first.W, GRPO(cfg.scheme, G=4, max_len=8).weights(rewards, lengths.float()).double())
     assert tr.scheme.factor == 0.25 and losses[1] == pytest.approx(losses[0] / 2, rel=1e-5)
+
+
+def test_per_request_sampling_seeds_on_gpus_only():
+    """GPUs: every prompt's request carries a seed, and through vLLM's rule for n samples (the installed
+    vLLM's ParentRequest gives sample j the seed + j) every sample of every prompt, rank and step draws from
+    its own seed; a resumed run (a fresh engine, its call counter at 0) gets the same ones, since the trainer
+    passes seed = hash_seed(run seed, step, round, rank). CPUs: no request carries a seed (the CPU build
+    crashes on them under chunked prefill)."""
+    from types import SimpleNamespace
+
+    ParentRequest = pytest.importorskip("vllm.v1.engine.parallel_sampling").ParentRequest
+    from rollout import SAMPLE_BITS, RolloutConfig, _begin_call, vllm_sampling_params
+
+    def engine(calls):  # what _begin_call reads of an engine; a tokenizer of one id per character
+        tokenizer = lambda text, add_special_tokens: {"input_ids": [ord(c) for c in text]}  # noqa: E731
+        return SimpleNamespace(cfg=RolloutConfig(template="plain"), tokenizer=tokenizer, max_model_len=64,
+                               calls=calls, seed=99)
+
+    def sample_seeds(calls, seed, on_gpu, prompts=("1+1=", "2+2=", "3+3=")):
+        c = _begin_call(engine(calls), list(prompts), 8, 1.0, 1.0, 16, seed)
+        params = vllm_sampling_params(c, engine(0).cfg, 64, logprobs=False, on_gpu=on_gpu)
+        seeds = []
+        for sp in params:
+            parent = ParentRequest.__new__(ParentRequest)  # only the child-seed rule, without a request
+            parent.sampling_params, parent.cached_child_sampling_params = sp, None
+            seeds.append([parent._get_child_sampling_params(j).seed for j in range(sp.n)])
+        return seeds
+
+    seeds = {(run, step, rank): sample_seeds(0, train.hash_seed(run, step, 0, rank), True)
+             for run in (0, 1) for step in range(3) for rank in range(4)}
+    flat = [s for per_prompt in seeds.values() for samples in per_prompt for s in samples]
+    assert len(flat) == 2 * 3 * 4 * 3 * 8 and len(set(flat)) == len(flat)  # distinct over runs, steps, ranks,
+    assert all(0 <= s < 2 ** 63 for s in flat)                               # prompts and samples
+    assert all(samples[0] % 2 ** SAMPLE_BITS == 0 for per_prompt in seeds.values() for samples in per_prompt)
+    assert sample_seeds(17, train.hash_seed(0, 2, 0, 1), True) == seeds[(0, 2, 1)]  # resumed: same seeds
+    assert sample_seeds(0, train.hash_seed(0, 2, 1, 1), True) != seeds[(0, 2, 1)]   # next dynamic-sampling round
+    # the same prompt text at another position in the call is another request: another seed
+    assert sample_seeds(0, 5, True, ("1+1=", "1+1="))[0] != sample_seeds(0, 5, True, ("1+1=", "1+1="))[1]
+    # an engine's own counter (no seed passed) moves the seeds from call to call
+    assert sample_seeds(0, None, True) != sample_seeds(1, None, True)
+    assert sample_seeds(0, 5, False) == [[None] * 8] * 3
+    # everything but the seed is the same on both devices
+    c = _begin_call(engine(0), ["1+1="], 4, 0.7, 0.9, 16, 3)
+    gpu, cpu = (vllm_sampling_params(c, engine(0).cfg, 64, logprobs=True, on_gpu=d)[0] for d in (True, False))
+    fields = lambda sp: {f: getattr(sp, f) for f in sp.__struct_fields__ if f != "seed"}  # noqa: E731
+    assert gpu.seed is not None and cpu.seed is None and fields(gpu) == fields(cpu)
+    assert (cpu.n, cpu.temperature, cpu.top_p, cpu.max_tokens, cpu.logprobs) == (4, 0.7, 0.9, 16, 0)
