@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
-from distributed import note_backend
+from distributed import all_reduce, note_backend
 from loss import token_logprobs
 
 
@@ -280,8 +281,6 @@ def plan_micro_batches(batch, trained, cfg, *, pad_id, device):
     zero-weight pass, and every optimiser step's backward leaves gradients (maybe zero), as the full batch
     would. `batch` needs prompt_ids, response_ids, loss_mask (lists per response), A, W, W_reg ([n] tensors)
     and mini; cfg: G, share_prompt, micro_batch_size, micro_batch_tokens."""
-    import torch.distributed as dist
-    from distributed import all_reduce
     G, share = cfg.G, cfg.share_prompt
     row_len = lambda row: row_tokens(row, batch.prompt_ids, batch.response_ids, share)  # noqa: E731
     plan = []
@@ -292,7 +291,7 @@ def plan_micro_batches(batch, trained, cfg, *, pad_id, device):
                                            cfg.micro_batch_size, cfg.micro_batch_tokens)
         chunks = [[[i for u in row for i in items[u]] for row in rows] for rows in rows_of_items]
         n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), dist.ReduceOp.MAX if dist.is_initialized()
-                               else None))
+                               else None))  # every rank: the most micro-batches any rank has
         micros = []
         for rows in chunks:
             mb = make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, pad_id, device,
