@@ -220,7 +220,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path, tiny_model):
     (["G=1"], "config key 'G' must be >= 2"),
     (["data.train=/nonexistent/train.jsonl"], "error: data.train: benchmark file /nonexistent/train.jsonl not found"),
     (["rollout.tensor_parallel_size=2"], "config key 'rollout.tensor_parallel_size' must be 1"),
-    (["scheme.name=grpoo"], "config key 'scheme.name' must be one of grpo, drgrpo, dapo, lipo, daro, got 'grpoo'"),
+    (["scheme.name=grpoo"], "config key 'scheme.name' must be one of grpo, drgrpo, dapo, lipo, daro"),
     (["eval.every=1", "eval.benchmarks=[/nonexistent/val.jsonl]"],
      "error: eval.benchmarks: benchmark file /nonexistent/val.jsonl not found"),
     (["model.path=/nonexistent/model"], "error: model.path '/nonexistent/model' is not a local model directory"),
