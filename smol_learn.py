@@ -145,6 +145,7 @@ def main(argv=None):
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "load_average_1_5_15": {"start": load_start, "end": load_average()},
+        "threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
         "wall_s": round(wall, 1),
         "parts": parts,
         "before": levels_before, "after": levels_after,
