@@ -98,10 +98,6 @@ def run(cmd, log):
         sys.exit(f"smol_learn: '{' '.join(cmd[:3])} ...' failed with exit code {proc.returncode}")
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
@@ -133,8 +129,9 @@ def main(argv=None):
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
 
-    before, after = read_jsonl(run_dir / "eval_before" / "records.jsonl"), read_jsonl(run_dir / "eval_after" / "records.jsonl")
-    metrics = read_jsonl(train_dir / "metrics.jsonl")
+    before = plot.read_metrics(run_dir / "eval_before" / "records.jsonl")  # any JSON Lines file
+    after = plot.read_metrics(run_dir / "eval_after" / "records.jsonl")
+    metrics = plot.read_metrics(train_dir / "metrics.jsonl")
     levels_before, levels_after = level_accuracy(before), level_accuracy(after)
     last_eval = next(r for r in reversed(metrics) if any(k.startswith("val/") for k in r))
     rewards = [r["reward_mean"] for r in metrics if "reward_mean" in r]
