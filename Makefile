@@ -21,4 +21,10 @@ tiny: install
 smol: install
 	$(PY) smol.py
 
-.PHONY: install test tiny smol
+# The 10-minute demo: SmolLM2 before, a short GRPO run on the leveled arithmetic task, after, figures and a
+# summary in docs/smol_learn/seed_$(SEED)/ (smol_learn.py; the model is built when missing).
+SEED ?= 0
+smol-learn: install
+	$(PY) smol_learn.py --seed $(SEED)
+
+.PHONY: install test tiny smol smol-learn

@@ -16,7 +16,8 @@ import numpy as np
 
 @dataclass
 class DataConfig:
-    # a task of tiny.py (synthetic | boxed | word_problems), a JSON Lines path, or hf:owner/name/file.jsonl
+    # a task of tiny.py (synthetic | boxed | word_problems | arith | arith:1-2), a JSON Lines path, or
+    # hf:owner/name/file.jsonl
     train: str = "synthetic"
     problem_key: str = "problem"
     answer_key: str = "answer"
@@ -100,11 +101,15 @@ def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer
 
 def load_rows(cfg: DataConfig, seed):
     """Training rows: a task of tiny.py ("synthetic": one-token sums; "boxed": worked sums in \\boxed{};
-    "word_problems": short arithmetic stories, for SmolLM2), or a JSON Lines / hub file (load_benchmark)."""
+    "word_problems": short arithmetic stories, for SmolLM2; "arith": the leveled arithmetic task, "arith:1-2"
+    its levels 1 and 2 only), or a JSON Lines / hub file (load_benchmark)."""
     import tiny
     tasks = {"synthetic": tiny.synthetic_rows, "boxed": tiny.boxed_rows, "word_problems": tiny.word_problem_rows}
     if cfg.train in tasks:
         return tasks[cfg.train](100_000, seed)
+    name, _, levels = cfg.train.partition(":")
+    if name == "arith":
+        return tiny.arith_rows(100_000, seed, tiny.parse_levels(levels))
     return load_benchmark(cfg.train, problem_key=cfg.problem_key, answer_key=cfg.answer_key)
 
 

@@ -5,7 +5,8 @@
 
 Figures: reward and validation accuracy; DARO's weight per difficulty (DARO Fig. 1); loss scale per
 difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and incorrect responses
-(Fig. 3); entropy, length and reward (Fig. 4). A figure is drawn only when some run logged its metric.
+(Fig. 3); entropy, length, truncated share and reward (Fig. 4). A figure is drawn only when some run
+logged its metric.
 """
 import argparse
 import json
@@ -117,8 +118,9 @@ def plot_main(argv):
     # reward and validation accuracy
     fig, ax = plt.subplots(figsize=(6, 4))
     group_line(ax, "reward_mean", " reward")
-    for k in keys("val/"):
-        group_line(ax, k, f" {k}", smooth=False, marker="o", ls="--")
+    for k in keys("val/"):  # a benchmark named by its path (val/runs/arith/level1.jsonl) is shown by its file name
+        group_line(ax, k, f" val/{Path(k).stem}" if k.endswith(".jsonl") else f" {k}", smooth=False, marker="o",
+                   ls="--")
     ax.set(xlabel="step", ylabel="reward / accuracy", title="reward and validation accuracy")
     ax.legend(fontsize=7)
     save(fig, "reward.png")
@@ -149,9 +151,9 @@ def plot_main(argv):
     ax.legend(fontsize=7)
     save(fig, "lengths.png")
 
-    # entropy, length and reward (Figure 4)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key in zip(axes, ["entropy", "len_mean", "reward_mean"]):
+    # entropy, length and reward (Figure 4), and the share of responses cut at rollout.max_tokens
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for ax, key in zip(axes, ["entropy", "len_mean", "truncated_frac", "reward_mean"]):
         group_line(ax, key)
         ax.set(xlabel="step", title=key)
         if ax.lines:

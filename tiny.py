@@ -3,8 +3,9 @@
 
 Used by configs/tiny.yaml (model.path: tiny, data.train: synthetic, reward.kind: first_char), the
 tests and the benchmarks. Also the short word problems of configs/smol.yaml (data.train: word_problems),
-a task a small pretrained model (SmolLM2-135M-Instruct) partly solves. Nothing here imports the rest of
-the project.
+a task a small pretrained model (SmolLM2-135M-Instruct) partly solves, and the leveled arithmetic task
+of configs/smol_learn.yaml (data.train: arith; `python tiny.py arith` writes its held-out rows per level).
+Nothing here imports the rest of the project.
 """
 import dataclasses
 import hashlib
@@ -44,6 +45,33 @@ WORD_PROBLEM_NAMES = {"Tom": "He", "Anna": "She", "Sam": "He", "Lily": "She", "B
 WORD_PROBLEM_ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "cards"]
 
 
+def word_problem(rng, max_steps, steps=None):
+    """One story of word_problem_rows: (problem, answer, number of operations); `steps` fixes the number
+    of operations, else it is drawn from 1..max_steps."""
+    name, other = rng.sample(sorted(WORD_PROBLEM_NAMES), 2)
+    pronoun, item = WORD_PROBLEM_NAMES[name], rng.choice(WORD_PROBLEM_ITEMS)
+    count = rng.randint(2, 20)
+    steps = rng.randint(1, max_steps) if steps is None else steps
+    sentences = [f"{name} has {count} {item}"]
+    for step in range(steps):
+        kind = rng.choice(["buy", "give", "boxes"] if count >= 2 else ["buy", "boxes"])
+        if kind == "buy":
+            x = rng.randint(1, 20)
+            count, phrase = count + x, f"buys {x} more"
+        elif kind == "give":
+            x = rng.randint(1, count - 1)  # keeps at least one: no "has 0" stories
+            count, phrase = count - x, f"gives {x} to {other}"
+        else:
+            k, m = rng.randint(2, 5), rng.randint(2, 10)
+            count, phrase = count + k * m, f"gets {k} boxes with {m} {item} in each box"
+        if step == 0:
+            sentences[0] += f" and {phrase}."
+        else:
+            sentences.append(f"Then {pronoun.lower()} {phrase}.")
+    sentences.append(f"How many {item} does {name} have now?")
+    return " ".join(sentences), count, steps
+
+
 def word_problem_rows(n, seed, max_steps=3):
     """Short arithmetic word problems with whole-number answers, e.g. "Tom has 3 apples and buys 4 more.
     How many apples does Tom have now?" (7). Level = the number of operations, 1 to max_steps: buying
@@ -53,30 +81,115 @@ def word_problem_rows(n, seed, max_steps=3):
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        name, other = rng.sample(sorted(WORD_PROBLEM_NAMES), 2)
-        pronoun, item = WORD_PROBLEM_NAMES[name], rng.choice(WORD_PROBLEM_ITEMS)
-        count = rng.randint(2, 20)
-        steps = rng.randint(1, max_steps)
-        sentences = [f"{name} has {count} {item}"]
-        for step in range(steps):
-            kind = rng.choice(["buy", "give", "boxes"] if count >= 2 else ["buy", "boxes"])
-            if kind == "buy":
-                x = rng.randint(1, 20)
-                count, phrase = count + x, f"buys {x} more"
-            elif kind == "give":
-                x = rng.randint(1, count - 1)  # keeps at least one: no "has 0" stories
-                count, phrase = count - x, f"gives {x} to {other}"
-            else:
-                k, m = rng.randint(2, 5), rng.randint(2, 10)
-                count, phrase = count + k * m, f"gets {k} boxes with {m} {item} in each box"
-            if step == 0:
-                sentences[0] += f" and {phrase}."
-            else:
-                sentences.append(f"Then {pronoun.lower()} {phrase}.")
-        sentences.append(f"How many {item} does {name} have now?")
-        rows.append({"id": f"word-{seed}-{i}", "problem": " ".join(sentences), "answer": str(count),
-                     "level": steps})
+        problem, answer, steps = word_problem(rng, max_steps)
+        rows.append({"id": f"word-{seed}-{i}", "problem": problem, "answer": str(answer), "level": steps})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The leveled arithmetic task for SmolLM2 (data.train: arith, or arith:1-2 for some levels): questions
+# a small pretrained model answers more rarely as the level rises, with held-out rows per level that
+# training never sees.
+
+ARITH_LEVELS = {
+    1: "a + b, one-digit operands",
+    2: "a + b or a - b, two-digit operands (never negative)",
+    3: "three two-digit operands joined by + and - (every running result >= 0)",
+    4: "a two-digit number times a one-digit number (3 to 9)",
+    5: "a word problem with two operations (word_problem: buy, give away, boxes of m)",
+}
+# Held-out rows per level, from their own seed stream; training rows never equal one of them. Level 1
+# has only 100 distinct problems: 30 held out leaves 70 to train on.
+ARITH_HELDOUT_SEED = 7_000_005
+ARITH_HELDOUT_ROWS = {1: 30, 2: 100, 3: 100, 4: 100, 5: 100}
+
+
+def arith_problem(level, rng):
+    """One problem of `level` drawn with `rng` (random.Random): (question, answer as an int)."""
+    if level == 1:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return f"What is {a} + {b}?", a + b
+    if level == 2:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        if rng.random() < 0.5:
+            return f"What is {a} + {b}?", a + b
+        return f"What is {max(a, b)} - {min(a, b)}?", max(a, b) - min(a, b)
+    if level == 3:
+        total = rng.randint(10, 99)
+        text = str(total)
+        for _ in range(2):
+            x = rng.randint(10, 99)
+            if x <= total and rng.random() < 0.5:
+                total, text = total - x, f"{text} - {x}"
+            else:
+                total, text = total + x, f"{text} + {x}"
+        return f"What is {text}?", total
+    if level == 4:
+        a, b = rng.randint(11, 99), rng.randint(3, 9)
+        return f"What is {a} * {b}?", a * b
+    if level == 5:
+        problem, answer, _ = word_problem(rng, 2, steps=2)
+        return problem, answer
+    raise ValueError(f"unknown arith level {level!r}; levels are {sorted(ARITH_LEVELS)}")
+
+
+def arith_heldout_rows(level):
+    """The held-out rows of one level (ARITH_HELDOUT_ROWS[level] distinct problems), the same for every run."""
+    if level not in ARITH_LEVELS:
+        raise ValueError(f"unknown arith level {level!r}; levels are {sorted(ARITH_LEVELS)}")
+    rng = random.Random(ARITH_HELDOUT_SEED + level)
+    rows, seen = [], set()
+    while len(rows) < ARITH_HELDOUT_ROWS[level]:
+        problem, answer = arith_problem(level, rng)
+        if problem not in seen:
+            seen.add(problem)
+            rows.append({"id": f"arith-heldout-{level}-{len(rows)}", "problem": problem, "answer": str(answer),
+                         "level": level})
+    return rows
+
+
+def parse_levels(spec):
+    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); '' -> every level."""
+    if not spec:
+        return tuple(ARITH_LEVELS)
+    levels = []
+    for part in spec.split(","):
+        lo, dash, hi = part.partition("-")
+        if not (lo.strip().isdigit() and (not dash or hi.strip().isdigit())):
+            raise ValueError(f"arith levels {spec!r}: write them as 1-3 or 1,2,5")
+        levels += range(int(lo), int(hi if dash else lo) + 1)
+    unknown = sorted(set(levels) - set(ARITH_LEVELS))
+    if unknown or not levels:
+        raise ValueError(f"arith levels {spec!r}: no level {unknown or spec}; levels are {sorted(ARITH_LEVELS)}")
+    return tuple(sorted(set(levels)))
+
+
+def arith_rows(n, seed, levels=tuple(ARITH_LEVELS)):
+    """Training rows of the leveled arithmetic task: each row's level drawn uniformly from `levels`,
+    its problem from the run's seed stream, skipping any problem held out at any level."""
+    heldout = {r["problem"] for level in ARITH_LEVELS for r in arith_heldout_rows(level)}
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        level = rng.choice(levels)
+        problem, answer = arith_problem(level, rng)
+        if problem not in heldout:
+            rows.append({"id": f"arith-{seed}-{len(rows)}", "problem": problem, "answer": str(answer),
+                         "level": level})
+    return rows
+
+
+def write_arith_heldout(out_dir):
+    """Each level's held-out rows as JSON Lines, out_dir/level<L>.jsonl (eval.py and eval.benchmarks read
+    them by path; every row has its `level`). Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for level in ARITH_LEVELS:
+        path = out_dir / f"level{level}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in arith_heldout_rows(level)))
+        paths.append(path)
+    return paths
 
 
 def build_tiny_model(out_dir, *, chars=TINY_CHARS, seed=0, hidden=128, layers=2, heads=2, head_dim=64,
@@ -254,15 +367,19 @@ def build_synthetic(out_dir, seed=0, val_rows=200):
 
 if __name__ == "__main__":
     import argparse
-    ap = argparse.ArgumentParser(description="Build the tiny tasks' models before training: `synthetic` (random init, "
-                                 "held-out synthetic.jsonl beside it) or `warmstart` (the boxed task's, cached).")
-    ap.add_argument("command", choices=["synthetic", "warmstart"])
-    ap.add_argument("--out", help="directory (default runs/cache/tiny, runs/cache/boxed: what configs/ read)")
+    ap = argparse.ArgumentParser(description="Build what the tiny tasks read before training: `synthetic` (the random-init "
+                                 "model, held-out synthetic.jsonl beside it), `warmstart` (the boxed task's model, "
+                                 "cached by settings), `arith` (the arith task's held-out rows, OUT/level<L>.jsonl).")
+    ap.add_argument("command", choices=["synthetic", "warmstart", "arith"])
+    ap.add_argument("--out", help="directory (default runs/cache/tiny, runs/cache/boxed, runs/arith: what configs/ read)")
     for f in dataclasses.fields(WarmStart):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)  # --seed: both
     args = ap.parse_args()
     if args.command == "synthetic":
         print(build_synthetic(args.out or "runs/cache/tiny", seed=args.seed))
+    elif args.command == "arith":
+        for path in write_arith_heldout(args.out or "runs/arith"):
+            print(path)
     else:
         ws = WarmStart(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WarmStart)})
         print(warm_start_model(args.out or "runs/cache/boxed", ws))

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,18 @@ DATA_DIR = _find_data_dir()
 needs_data = pytest.mark.skipif(not (DATA_DIR / "math500.jsonl").is_file(),
                                 reason=f"benchmark data not found (looked for {DATA_DIR}/math500.jsonl; "
                                        "set RLVR_DATA_DIR)")
+
+
+def recompute_answer(problem):
+    """A word problem's (answer, number of operations) read back from its text with regular expressions
+    (independent of tiny.word_problem, which wrote it)."""
+    count = int(re.match(r"\w+ has (\d+) ", problem).group(1))
+    ops = 0
+    for m in re.finditer(r"buys (\d+) more|gives (\d+) to|gets (\d+) boxes with (\d+) ", problem):
+        buy, give, boxes, each = m.groups()
+        count += int(buy) if buy else -int(give) if give else int(boxes) * int(each)
+        ops += 1
+    return count, ops
 
 
 def pytest_configure(config):

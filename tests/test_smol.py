@@ -8,13 +8,12 @@ One vLLM engine serves the module: engine starts are what makes these tests slow
 """
 import json
 import os
-import re
 import time
 
 import pytest
 import torch
 
-from conftest import DATA_DIR, ROOT
+from conftest import DATA_DIR, ROOT, recompute_answer
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -107,17 +106,6 @@ def test_converted_weights_equal_the_gguf_dequantized_by_the_gguf_package(smol_d
 
 # ---------------------------------------------------------------------------------------------
 # The word-problem task
-
-def recompute_answer(problem):
-    """The answer read back from the text with regular expressions (independent of the generator)."""
-    count = int(re.match(r"\w+ has (\d+) ", problem).group(1))
-    ops = 0
-    for m in re.finditer(r"buys (\d+) more|gives (\d+) to|gets (\d+) boxes with (\d+) ", problem):
-        buy, give, boxes, each = m.groups()
-        count += int(buy) if buy else -int(give) if give else int(boxes) * int(each)
-        ops += 1
-    return count, ops
-
 
 def test_word_problem_rows():
     rows = word_problem_rows(3000, seed=5)

@@ -1,17 +1,98 @@
-"""The boxed task (tiny.py): rows, worked answers that verify.py scores, the warm start's accuracy in
-its intended range (20-40% greedy), and RL through train.py raising validation accuracy on it."""
+"""The tasks of tiny.py. The leveled arithmetic task: each level is what it claims (answers recomputed
+by verify.py's parser), training rows never equal a held-out row, rows are deterministic per seed. The
+boxed task: rows, worked answers that verify.py scores, the warm start's accuracy in its intended range
+(20-40% greedy), and RL through train.py raising validation accuracy on it."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+import eval as ev
 import rollout
 import tiny
 import verify
-from conftest import ROOT
+from conftest import ROOT, recompute_answer
 from data import DataConfig, load_benchmark, load_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The leveled arithmetic task
+
+def check_arith_row(row):
+    """The row's level is what ARITH_LEVELS says, and its answer is right, computed a second way:
+    verify.py's own expression parser evaluates the question's arithmetic (exact rationals)."""
+    level, answer = row["level"], int(row["answer"])
+    if level == 5:
+        assert recompute_answer(row["problem"]) == (answer, 2), row
+        return
+    expr = re.fullmatch(r"What is (.+)\?", row["problem"]).group(1)
+    operands, ops = [int(x) for x in re.findall(r"\d+", expr)], re.findall(r"[-+*]", expr)
+    digits = [len(str(x)) for x in operands]
+    if level == 1:
+        assert digits == [1, 1] and ops == ["+"], row
+    elif level == 2:
+        assert digits == [2, 2] and ops in (["+"], ["-"]) and answer >= 0, row
+    elif level == 3:
+        assert digits == [2, 2, 2] and set(ops) <= {"+", "-"} and len(ops) == 2, row
+        running = operands[0] - operands[1] if ops[0] == "-" else operands[0] + operands[1]
+        assert running >= 0 and answer >= 0, row
+    else:
+        assert level == 4 and digits == [2, 1] and ops == ["*"] and 3 <= operands[1] <= 9, row
+    assert verify.is_equivalent(expr, str(answer)) and not verify.is_equivalent(expr, str(answer + 1)), row
+
+
+def test_arith_levels_are_what_they_claim():
+    rows = tiny.arith_rows(3000, seed=11)
+    assert {r["level"] for r in rows} == set(tiny.ARITH_LEVELS)
+    for r in rows + [h for lv in tiny.ARITH_LEVELS for h in tiny.arith_heldout_rows(lv)]:
+        check_arith_row(r)
+    assert {r["level"] for r in tiny.arith_rows(500, seed=11, levels=(1, 2))} == {1, 2}
+    # parsing of data.train's level list, and the errors that name the problem
+    assert tiny.parse_levels("1-3") == (1, 2, 3) and tiny.parse_levels("5,1,2") == (1, 2, 5)
+    assert tiny.parse_levels("") == tuple(tiny.ARITH_LEVELS)
+    with pytest.raises(ValueError, match="no level"):
+        tiny.parse_levels("2-9")
+    with pytest.raises(ValueError, match="1-3 or 1,2,5"):
+        tiny.parse_levels("easy")
+    with pytest.raises(ValueError, match="unknown arith level"):
+        tiny.arith_heldout_rows(0)
+
+
+def test_arith_train_and_heldout_never_overlap():
+    heldout = {lv: tiny.arith_heldout_rows(lv) for lv in tiny.ARITH_LEVELS}
+    for lv, rows in heldout.items():
+        assert len(rows) == tiny.ARITH_HELDOUT_ROWS[lv] == len({r["problem"] for r in rows})
+        assert all(r["level"] == lv for r in rows)
+    held = {r["problem"] for rows in heldout.values() for r in rows}
+    train = tiny.arith_rows(20_000, seed=0)
+    assert not held & {r["problem"] for r in train}
+    # level 1 has 10 x 10 problems: training sees exactly the 70 that are not held out (so the generator
+    # does draw held-out problems, and they are the ones skipped)
+    all_level1 = {f"What is {a} + {b}?" for a in range(10) for b in range(10)}
+    assert {r["problem"] for r in train if r["level"] == 1} == all_level1 - held
+    assert len(all_level1 - held) == 70
+
+
+def test_arith_rows_are_deterministic_and_load_by_name(tmp_path):
+    rows = tiny.arith_rows(2000, seed=3)
+    assert rows == tiny.arith_rows(2000, seed=3) and rows != tiny.arith_rows(2000, seed=4)
+    assert len({r["id"] for r in rows}) == 2000
+    assert load_rows(DataConfig(train="arith"), seed=3)[:2000] == rows
+    assert load_rows(DataConfig(train="arith:1-2"), seed=3)[:500] == tiny.arith_rows(500, seed=3, levels=(1, 2))
+    # the held-out files: one per level, read back by path with their level, broken down by eval.py
+    paths = tiny.write_arith_heldout(tmp_path / "a")
+    assert [p.name for p in paths] == [f"level{lv}.jsonl" for lv in tiny.ARITH_LEVELS]
+    tiny.write_arith_heldout(tmp_path / "b")
+    for p in paths:
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
+    both = load_benchmark(str(paths[0])) + load_benchmark(str(paths[1]))
+    assert both == tiny.arith_heldout_rows(1) + tiny.arith_heldout_rows(2)
+    scores = [[1.0] if r["level"] == 1 else [0.0] for r in both]
+    metrics = ev.benchmark_metrics(both, scores, [[5]] * len(both))
+    assert metrics["by_level"]["1"]["avg@n"] == 1.0 and metrics["by_level"]["2"]["avg@n"] == 0.0
 
 
 def test_boxed_rows_and_worked_answers():

@@ -1,0 +1,168 @@
+"""The 10-minute demo: a real pretrained model (SmolLM2-135M-Instruct) learning arithmetic by GRPO on the CPU.
+
+    python smol_learn.py [--seed 0]          (make smol-learn SEED=0)
+
+One command, five parts, each its own process: the model (smol.py, if missing); the held-out rows of the
+leveled arithmetic task (tiny.py arith: runs/arith/level<L>.jsonl); eval.py on the base model (T = 1, n = 4,
+the first --limit problems of each level); train.py with configs/smol_learn.yaml; eval.py again, the same
+command, on the final checkpoint; then plot.py. It writes docs/smol_learn/seed_<S>/: summary.json (accuracy
+per level before and after with 95% intervals, the gain with a paired interval, the commands, date, machine,
+load and wall times), metrics.jsonl (the training run's log) and the figures. Checkpoints and eval records
+stay under runs/smol_learn/seed_<S>/ (git-ignored).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import plot
+import smol
+import tiny
+
+ROOT = Path(__file__).resolve().parent
+Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
+
+
+def level_accuracy(records):
+    """{level: {"accuracy", "ci95", "problems", "n"}} from eval.py's records.jsonl rows (one per sample).
+    A problem's accuracy is the mean score of its n samples; the interval is the 95% t-interval over
+    problems (float64), so samples of one problem are not counted as independent."""
+    per_problem = {}
+    for r in records:
+        per_problem.setdefault(r["benchmark"], {}).setdefault(r["id"], []).append(float(r["score"]))
+    out = {}
+    for bench, problems in per_problem.items():
+        means = [sum(s) / len(s) for s in problems.values()]
+        mean, half = plot.mean_ci(means)
+        out[Path(bench).stem] = {"accuracy": mean, "ci95": half, "problems": len(means),
+                                 "n": len(next(iter(problems.values())))}
+    return out
+
+
+def paired_gain(before, after):
+    """{level: {"gain", "ci95"}}: the mean over problems of (after - before) per problem, with its 95%
+    t-interval (the same problems were asked before and after)."""
+    def by_problem(records):
+        acc = {}
+        for r in records:
+            acc.setdefault((Path(r["benchmark"]).stem, r["id"]), []).append(float(r["score"]))
+        return {k: sum(v) / len(v) for k, v in acc.items()}
+    b, a = by_problem(before), by_problem(after)
+    if set(a) != set(b):
+        raise ValueError("the evaluations before and after did not ask the same problems")
+    diffs = {}
+    for (level, pid), acc in a.items():
+        diffs.setdefault(level, []).append(acc - b[(level, pid)])
+    return {level: dict(zip(("gain", "ci95"), plot.mean_ci(d))) for level, d in diffs.items()}
+
+
+def macro(levels):
+    """The mean over levels and its 95% interval: levels are independent samples, so the variances of
+    their means add (half-widths back to standard errors by the t quantile each level used)."""
+    accs = [v["accuracy"] for v in levels.values()]
+    se2 = 0.0
+    for v in levels.values():
+        t = plot.T975[v["problems"] - 2] if v["problems"] - 1 <= len(plot.T975) else Z975
+        se2 += (v["ci95"] / t) ** 2
+    return {"accuracy": sum(accs) / len(accs), "ci95": Z975 * math.sqrt(se2) / len(accs)}
+
+
+def machine():
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), None)
+    except OSError:
+        name = None
+    return {"cpu": name or platform.processor(), "cores": os.cpu_count()}
+
+
+def load_average():
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run(cmd, log):
+    """Run one part as a subprocess (its output to the console), record its command, wall time and the
+    load average at its end; stop the demo if it fails."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    print("+ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    log.append({"command": " ".join(cmd), "wall_s": round(time.perf_counter() - t0, 1), "load_after": load_average()})
+    if proc.returncode:
+        sys.exit(f"smol_learn: '{' '.join(cmd[:3])} ...' failed with exit code {proc.returncode}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="configs/smol_learn.yaml")
+    ap.add_argument("--limit", type=int, default=16, help="held-out problems per level evaluated before and after")
+    ap.add_argument("--n", type=int, default=4, help="samples per problem (temperature 1)")
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--heldout", default="runs/arith", help="where tiny.py arith writes the held-out rows")
+    ap.add_argument("--runs", default="runs/smol_learn", help="checkpoints and eval records (git-ignored)")
+    ap.add_argument("--docs", default="docs/smol_learn", help="summary, metrics and figures (committed)")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides for train.py")
+    args = ap.parse_args(argv)
+    run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.docs) / f"seed_{args.seed}"
+    doc_dir.mkdir(parents=True, exist_ok=True)
+    started, t0, load_start = datetime.now(timezone.utc), time.perf_counter(), load_average()
+    py, parts = sys.executable, []
+
+    run([py, "smol.py", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
+    heldout = tiny.write_arith_heldout(args.heldout)
+    evaluate = [py, "eval.py", "--benchmarks", ",".join(map(str, heldout)), "--n", str(args.n),
+                "--temperature", "1.0", "--max-tokens", str(args.max_tokens), "--template", "chat",
+                "--dtype", "float32", "--limit", str(args.limit), "--seed", str(args.seed)]
+    run(evaluate + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "eval_before")], parts)
+    train_dir = run_dir / "train"
+    run([py, "train.py", "--config", args.config, f"seed={args.seed}", f"out_dir={train_dir}",
+         f"model.path={smol.DEFAULT_DIR}", *args.overrides], parts)
+    final = sorted((train_dir / "checkpoints").glob("step_*"))[-1] / "model"
+    run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts)
+    run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
+    wall = time.perf_counter() - t0
+
+    before = plot.read_metrics(run_dir / "eval_before" / "records.jsonl")  # any JSON Lines file
+    after = plot.read_metrics(run_dir / "eval_after" / "records.jsonl")
+    metrics = plot.read_metrics(train_dir / "metrics.jsonl")
+    levels_before, levels_after = level_accuracy(before), level_accuracy(after)
+    last_eval = next(r for r in reversed(metrics) if any(k.startswith("val/") for k in r))
+    rewards = [r["reward_mean"] for r in metrics if "reward_mean" in r]
+    summary = {
+        "what": "SmolLM2-135M-Instruct, GRPO on the arith task (tiny.arith_rows); held-out accuracy per level "
+                f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
+        "command": f"python smol_learn.py --seed {args.seed}" + "".join(f" {o}" for o in args.overrides),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "load_average_1_5_15": {"start": load_start, "end": load_average()},
+        "threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
+        "wall_s": round(wall, 1),
+        "parts": parts,
+        "before": levels_before, "after": levels_after,
+        "gain": paired_gain(before, after),
+        "macro": {"before": macro(levels_before), "after": macro(levels_after)},
+        "greedy_during_run": {"step": last_eval["step"],
+                              **{Path(k).stem: v for k, v in last_eval.items() if k.startswith("val/")}},
+        "train_reward": {"first_3_steps": sum(rewards[:3]) / 3, "last_3_steps": sum(rewards[-3:]) / 3},
+        "steps": len(metrics),
+    }
+    (doc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (doc_dir / "metrics.jsonl").write_text((train_dir / "metrics.jsonl").read_text())
+    print(f"held-out accuracy (T = 1, n = {args.n}, {args.limit} problems per level), before -> after:")
+    for level in levels_before:
+        b, a = levels_before[level], levels_after[level]
+        print(f"  {level}: {b['accuracy']:.3f} ± {b['ci95']:.3f} -> {a['accuracy']:.3f} ± {a['ci95']:.3f}")
+    m = summary["macro"]
+    print(f"  macro: {m['before']['accuracy']:.3f} -> {m['after']['accuracy']:.3f}; "
+          f"{wall / 60:.1f} min in all, load {load_start} -> {load_average()}; wrote {doc_dir}/summary.json")
+
+
+if __name__ == "__main__":
+    main()
