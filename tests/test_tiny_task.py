@@ -1,5 +1,5 @@
 """The tasks of tiny.py. The leveled arithmetic task: each level is what it claims (answers recomputed
-by verify.py's parser), training rows never equal a held-out row, rows are deterministic per seed. The
+by mathparse.py's parser), training rows never equal a held-out row, rows are deterministic per seed. The
 boxed task: rows, worked answers that verify.py scores, the warm start's accuracy in its intended range
 (20-40% greedy), and RL through train.py raising validation accuracy on it."""
 import json
@@ -13,6 +13,7 @@ import pytest
 import eval as ev
 import rollout
 import tiny
+import mathparse
 import verify
 from conftest import ROOT, recompute_answer
 from data import DataConfig, load_benchmark, load_rows
@@ -23,7 +24,7 @@ from data import DataConfig, load_benchmark, load_rows
 
 def check_arith_row(row):
     """The row's level is what ARITH_LEVELS says, and its answer is right, computed a second way:
-    verify.py's own expression parser evaluates the question's arithmetic (exact rationals)."""
+    mathparse.py's expression parser evaluates the question's arithmetic (exact rationals)."""
     level, answer = row["level"], int(row["answer"])
     if level == 5:
         assert recompute_answer(row["problem"]) == (answer, 2), row
@@ -41,7 +42,7 @@ def check_arith_row(row):
         assert running >= 0 and answer >= 0, row
     else:
         assert level == 4 and digits == [2, 1] and ops == ["*"] and 3 <= operands[1] <= 9, row
-    assert verify.is_equivalent(expr, str(answer)) and not verify.is_equivalent(expr, str(answer + 1)), row
+    assert mathparse.is_equivalent(expr, str(answer)) and not mathparse.is_equivalent(expr, str(answer + 1)), row
 
 
 def test_arith_levels_are_what_they_claim():
