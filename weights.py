@@ -336,13 +336,13 @@ class DARO(Scheme):
         if rewards.shape[1] != self.G:
             raise ValueError(f"DARO was built for G={self.G}, got rewards with G={rewards.shape[1]}")
         d, k = self.cfg.daro, pass_counts(self.correct(rewards, correct))
-        tokens = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, lengths.double().sum(1))
+        tokens = per_bucket(k, lengths.double().sum(1), self.G)
         w = self.w
         if d.normalize:
             present = (tokens > 0) & (w > 0)
             w = w / w[present].mean() if present.any() else w
         if d.omega == "response":
-            responses = torch.zeros(self.G + 1, dtype=torch.float64).index_add_(0, k, torch.full_like(tokens[k], 1.0))
+            responses = per_bucket(k, torch.ones(len(k)), self.G)
             per_response = (w / (responses * self.G).clamp(min=1.0))[k][:, None]
             return (per_response / lengths.double().clamp(min=1.0)).float()
         if d.omega == "step":
