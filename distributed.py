@@ -235,12 +235,15 @@ def check_every_rank_reads(ckpt, context):
 
 
 def publish(ckpt_root, tmp, final, keep):
-    """Rank 0: rename the finished temp dir, point `latest` at it, drop all but the `keep` newest."""
+    """Rank 0: rename the finished temp dir, point `latest` at it, and keep it and the `keep` - 1 others
+    of highest step (a fresh run into an earlier run's out_dir may find higher steps there: the checkpoint
+    just written is never the one dropped)."""
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (ckpt_root / "latest.tmp").write_text(final.name)
     os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
-    for old in (sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []):
+    others = [p for p in sorted(ckpt_root.glob("step_*")) if p.name != final.name]
+    for old in (others[:len(others) - (keep - 1)] if keep > 0 else []):
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -31,8 +31,9 @@ import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 from config import ConfigError, TrainConfig, check_config, load_config
 from data import PromptStream, load_benchmark, load_rows, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
-                         free_cached_memory, full_model_state, init_distributed, interleaved, load_sharded, memory_gib,
-                         publish, restore_rng, rng_state, save_sharded, shutdown_distributed, world, write_diagnostics)
+                         free_cached_memory, full_model_state, init_distributed, interleaved, latest_checkpoint,
+                         load_sharded, memory_gib, publish, restore_rng, rng_state, save_sharded, shutdown_distributed,
+                         world, write_diagnostics)
 from loss import logprob_precision, policy_loss
 from metrics import MetricsLog, Progress, accumulate, batch_metrics, gather_metrics, gather_responses, update_metrics
 from plot import run_summary
@@ -464,6 +465,9 @@ def setup_run(cfg: TrainConfig, resume):
     ckpt = agree_on_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and rank == 0:
         print(f"--resume: no checkpoint in {run_dir}/checkpoints, starting fresh", file=sys.stderr)
+    if not resume and rank == 0 and latest_checkpoint(run_dir) is not None:
+        print(f"warning: {run_dir} holds an earlier run's checkpoints ({latest_checkpoint(run_dir).name}); this "
+              "run starts fresh beside them (--resume continues that run)", file=sys.stderr)
     if rank == 0:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     return run_dir, ckpt

@@ -44,6 +44,21 @@ def read(work, name):
     return json.loads((work / name).read_text())
 
 
+def test_publish_keeps_the_checkpoint_it_just_wrote(tmp_path):
+    """A fresh run into an earlier, longer run's out_dir: its step 24 sorts below the stale step 30, and
+    rotation by name used to drop the checkpoint just written (`latest` then named a missing dir)."""
+    from distributed import latest_checkpoint, publish
+    root = tmp_path / "checkpoints"
+    for name in ("step_000010", "step_000030", "tmp_new"):
+        (root / name).mkdir(parents=True)
+    publish(root, root / "tmp_new", root / "step_000024", keep=1)
+    assert latest_checkpoint(tmp_path) == root / "step_000024" and latest_checkpoint(tmp_path).is_dir()
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_000024"]  # keep 1: the one just written
+    (root / "tmp_new").mkdir()
+    publish(root, root / "tmp_new", root / "step_000025", keep=2)  # keep 2: it and the highest other
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_000024", "step_000025"]
+
+
 def test_checkpoints_agreement_and_long_prompts_on_two_ranks(tmp_path):
     model_dir = build_tiny_model(tmp_path / "model")
     script = [str(ROOT / "tests" / "dist_checks.py"), str(tmp_path), str(model_dir)]
