@@ -39,6 +39,23 @@ def mean_ci(values):
     return m, t * s / math.sqrt(len(xs))
 
 
+def provenance():
+    """Where and when a result was made, for the files committed beside it: UTC date, CPU model (lscpu),
+    cores and the load average (1, 5, 15 min) now."""
+    import os
+    import platform
+    import subprocess
+    from datetime import datetime, timezone
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), None)
+    except OSError:
+        name = None
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": {"cpu": name or platform.processor(), "cores": os.cpu_count()},
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+
+
 def run_label(path):
     """A run's name on figures: its directory, with the parent's for sweep runs (runs/sweep/grpo/seed0)."""
     d = Path(path).parent

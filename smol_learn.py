@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import plot
 import smol
 import tiny
+from distributed import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
@@ -73,15 +73,6 @@ def macro(levels):
     return {"accuracy": sum(accs) / len(accs), "ci95": Z975 * math.sqrt(se2) / len(accs)}
 
 
-def machine():
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), None)
-    except OSError:
-        name = None
-    return {"cpu": name or platform.processor(), "cores": os.cpu_count()}
-
-
 def load_average():
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -102,7 +93,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="configs/smol_learn.yaml")
-    ap.add_argument("--limit", type=int, default=16, help="held-out problems per level evaluated before and after")
+    ap.add_argument("--limit", type=int, default=12, help="held-out problems per level evaluated before and after")
     ap.add_argument("--n", type=int, default=4, help="samples per problem (temperature 1)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--heldout", default="runs/arith", help="where tiny.py arith writes the held-out rows")
@@ -124,7 +115,7 @@ def main(argv=None):
     train_dir = run_dir / "train"
     run([py, "train.py", "--config", args.config, f"seed={args.seed}", f"out_dir={train_dir}",
          f"model.path={smol.DEFAULT_DIR}", *args.overrides], parts)
-    final = sorted((train_dir / "checkpoints").glob("step_*"))[-1] / "model"
+    final = latest_checkpoint(train_dir) / "model"  # this run's last save (not an earlier run's higher step)
     run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts)
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
@@ -140,7 +131,7 @@ def main(argv=None):
                 f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
         "command": f"python smol_learn.py --seed {args.seed}" + "".join(f" {o}" for o in args.overrides),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": plot.provenance()["machine"],
         "load_average_1_5_15": {"start": load_start, "end": load_average()},
         "threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
         "wall_s": round(wall, 1),
