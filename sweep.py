@@ -12,16 +12,19 @@ in a subprocess (nothing imports train.py), with one progress line per run. Resu
 `done.json` exists is not redone, and a killed run continues from its last checkpoint (--resume).
 
 Writes OUT/table.md and OUT/table.json: per scheme, the mean and 95% t-interval over seeds of the
-final train reward, validation accuracy, steps to a reward threshold, and the final mean length of
-correct and incorrect responses; and OUT/figures/*.png, one per metric with a band per scheme.
-Each scheme is also compared with the first (the baseline) seed by seed: the mean difference and its 95%
-interval, the minimum detectable difference at these seeds (power 0.8), and the paired t-test's p-value
-with Holm's correction across the schemes compared.
+final train reward (shaping included) and train accuracy (the verifier's verdicts), validation accuracy
+(the mean over the benchmarks, and each benchmark: a level of a leveled task), steps to a train-accuracy
+threshold, and the final mean length of correct and incorrect responses; and OUT/figures/*.png, one per
+metric with a band per scheme. Each scheme is also compared with the first (the baseline) seed by seed:
+the mean difference and its 95% interval, the minimum detectable difference at these seeds (power 0.8),
+and the paired t-test's p-value with Holm's correction across the schemes compared.
 """
 import argparse
 import json
 import math
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,16 +33,25 @@ from pathlib import Path
 
 import yaml
 
-from plot import T975, mean_ci, read_metrics
+from plot import T975, mean_ci, provenance, read_metrics
 
 ROOT = Path(__file__).resolve().parent
-METRICS = [  # (key in a run's summary, column title, decimals)
+METRICS = [  # (key in a run's summary, column title, decimals); per-benchmark val_<name> columns are added
     ("final_reward", "final train reward", 3),
+    ("final_accuracy", "final train accuracy", 3),
     ("val_acc", "val accuracy", 3),
-    ("steps_to_threshold", "steps to reward {thr}", 0),
+    ("steps_to_threshold", "steps to accuracy {thr}", 0),
     ("len_correct", "len correct", 1),
     ("len_incorrect", "len incorrect", 1),
 ]
+COMPARED = ("final_accuracy", "val_acc")  # compared with the baseline seed by seed (with every val_<name>)
+
+
+def metric_columns(summaries):
+    """METRICS and one validation column per benchmark the runs evaluated (val_<file stem>)."""
+    names = sorted({k for per_seed in summaries.values() for s in per_seed for k in s if k.startswith("val_")}
+                   - {"val_acc"})
+    return METRICS + [(k, "val " + k[4:], 3) for k in names]
 
 
 def parse_schemes(specs):
@@ -98,9 +110,9 @@ def run_one(cmd, log_path):
 
 def summarize_run(records, threshold, window):
     """The table's numbers for one run. Final values are means over the last `window` logged steps;
-    validation accuracy is the last evaluation (the mean over benchmarks when there are several);
-    steps to threshold is the first step where the trailing `window`-step mean reward reaches
-    `threshold` (None when it never does)."""
+    validation accuracy is the last evaluation: val_acc the mean over its benchmarks, val_<stem> each one;
+    steps to threshold is the first step where the trailing `window`-step mean train accuracy (the
+    verdicts' score_mean, not the shaped reward) reaches `threshold` (None when it never does)."""
     train = [r for r in records if "reward_mean" in r]
     tail = train[-window:]
 
@@ -108,27 +120,38 @@ def summarize_run(records, threshold, window):
         xs = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
         return sum(xs) / len(xs) if xs else None
 
-    val = None
+    val = {}
     for r in records:
-        vals = [v for k, v in r.items() if k.startswith("val/")]
-        if vals:
-            val = sum(vals) / len(vals)
+        if any(k.startswith("val/") for k in r):
+            val = {Path(k[4:]).stem: v for k, v in r.items() if k.startswith("val/")}
     reached = None
     for i in range(window - 1, len(train)):
-        if sum(r["reward_mean"] for r in train[i - window + 1:i + 1]) / window >= threshold:
+        if sum(r["score_mean"] for r in train[i - window + 1:i + 1]) / window >= threshold:
             reached = train[i]["step"]
             break
-    return {"steps": train[-1]["step"] if train else 0, "final_reward": tail_mean("reward_mean"), "val_acc": val,
+    def run_mean(key):
+        xs = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+        return sum(xs) / len(xs) if xs else None
+
+    acting = {  # did the weightings have room to act: whole-run means over the logged steps
+        "clip_frac": sum(run_mean(k) or 0.0 for k in ("clip_low", "clip_high")),  # share of tokens clipped
+        "truncated_frac": run_mean("truncated_frac"),
+        "signal_frac": 1 - run_mean("zero_var_frac") if run_mean("zero_var_frac") is not None else None,
+        "k_frac": {int(k.split("/")[1]): run_mean(k) for k in sorted({k for r in train for k in r
+                                                                      if k.startswith("mu_frac/")})}}
+    return {"steps": train[-1]["step"] if train else 0, "final_reward": tail_mean("reward_mean"),
+            "final_accuracy": tail_mean("score_mean"), "val_acc": sum(val.values()) / len(val) if val else None,
+            **{f"val_{name}": v for name, v in sorted(val.items())},
             "steps_to_threshold": reached, "len_correct": tail_mean("len_correct"),
-            "len_incorrect": tail_mean("len_incorrect")}
+            "len_incorrect": tail_mean("len_incorrect"), "acting": acting}
 
 
-def aggregate(per_seed):
+def aggregate(per_seed, columns):
     """{metric: {mean, ci95, n, values}} over the seeds of one scheme; steps_to_threshold averages the
     seeds that reached it and says how many did."""
     out = {}
-    for key, _, _ in METRICS:
-        values = [s[key] for s in per_seed]
+    for key, _, _ in columns:
+        values = [s.get(key) for s in per_seed]
         m, h = mean_ci(values)
         out[key] = {"mean": m, "ci95": h, "n": sum(v is not None for v in values), "values": values}
     return out
@@ -197,26 +220,28 @@ def paired_differences(summaries, seeds_of, baseline):
     difference of two means."""
     out = {}
     base = dict(zip(seeds_of[baseline], summaries[baseline]))
+    keys = list(COMPARED) + [k for k, _, _ in metric_columns(summaries)[len(METRICS):]]
     for label, per_seed in summaries.items():
         if label == baseline:
             continue
         out[label] = {}
-        for key in ("final_reward", "val_acc"):
+        for key in keys:
             diffs = [s[key] - base[seed][key] for seed, s in zip(seeds_of[label], per_seed)
-                     if seed in base and s[key] is not None and base[seed][key] is not None]
+                     if seed in base and s.get(key) is not None and base[seed].get(key) is not None]
             out[label][key] = paired_test(diffs)
-    for key in ("final_reward", "val_acc"):
+    for key in keys:
         for label, p in holm({label: d[key]["p"] for label, d in out.items()}).items():
             out[label][key]["p_holm"] = p
     return out
 
 
 def format_paired(paired, baseline):
-    lines = [f"| scheme - {baseline} (paired by seed) | final train reward | val accuracy |", "|---|---|---|"]
+    keys = list(next(iter(paired.values())))
+    lines = [f"| scheme - {baseline} (paired by seed) | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+             "|" + "---|" * (len(keys) + 1)]
     for label, d in paired.items():
         cells = [f"{d[k]['mean']:+.3f} ± {d[k]['ci95']:.3f} (n={d[k]['n']}; MDD {d[k]['mdd']:.3f}; "
-                 f"p {d[k]['p']:.3f}, Holm {d[k]['p_holm']:.3f})" if d[k]["n"] else "-"
-                 for k in ("final_reward", "val_acc")]
+                 f"p {d[k]['p']:.3f}, Holm {d[k]['p_holm']:.3f})" if d[k]["n"] else "-" for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("\nmean difference ± half-width of its 95% t-interval over the seeds both ran; MDD: the smallest "
                  "difference these seeds detect with power 0.8 at two-sided alpha 0.05; p: paired t-test, Holm: "
@@ -224,7 +249,24 @@ def format_paired(paired, baseline):
     return "\n".join(lines)
 
 
-def format_table(table, threshold, n_seeds):
+def format_acting(summaries):
+    """Whether the weightings could act in these runs, per scheme (means over its seeds and steps): the
+    share of tokens clipped (0 on-policy), of responses truncated, of groups with a signal (0 < k < G), and
+    how the groups spread over k (the schemes differ most at the ends, k = 1 and k = G - 1)."""
+    lines = ["| scheme | clipped tokens | truncated responses | groups with signal | groups at k = 0, 1, ..., G |",
+             "|---|---|---|---|---|"]
+    for label, per_seed in summaries.items():
+        runs = [s["acting"] for s in per_seed]
+        ks = sorted({k for r in runs for k in r["k_frac"]})
+        avg = {key: mean_ci([r[key] for r in runs])[0] for key in ("clip_frac", "truncated_frac", "signal_frac")}
+        spread = " ".join(f"{mean_ci([r['k_frac'].get(k) for r in runs])[0]:.2f}" for k in ks)
+        lines.append(f"| {label} | {avg['clip_frac']:.4f} | {avg['truncated_frac']:.3f} | "
+                     f"{avg['signal_frac']:.2f} | {spread} |")
+    lines.append("\nmeans over the seeds and every step of each run (clipped: clip_low + clip_high, per token).")
+    return "\n".join(lines)
+
+
+def format_table(table, columns, threshold, n_seeds):
     def cell(a, decimals, key):
         if a["n"] == 0:
             return "-"
@@ -233,11 +275,11 @@ def format_table(table, threshold, n_seeds):
             text += f" ({a['n']}/{len(a['values'])} reached)"
         return text
 
-    head = ["scheme", "seeds"] + [title.format(thr=threshold) for _, title, _ in METRICS]
+    head = ["scheme", "seeds"] + [title.format(thr=threshold) for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, agg in table.items():
         n = len(agg["final_reward"]["values"])
-        lines.append("| " + " | ".join([label, str(n)] + [cell(agg[k], d, k) for k, _, d in METRICS]) + " |")
+        lines.append("| " + " | ".join([label, str(n)] + [cell(agg[k], d, k) for k, _, d in columns]) + " |")
     lines.append(f"\nmean ± half-width of the 95% t-interval over the seeds run ({n_seeds} asked; t_0.975 with n-1 "
                  "degrees of freedom); final values: mean over the last --window steps; val accuracy: last evaluation.")
     return "\n".join(lines)
@@ -254,7 +296,8 @@ def draw_figures(runs, out_dir, threshold, smooth):
     written = []
     val_keys = sorted({k for members in runs.values() for recs in members for r in recs for k in r
                        if k.startswith("val/")})
-    for key, title, sm in [("reward_mean", "train reward", smooth), *[(k, k, 1) for k in val_keys],
+    for key, title, sm in [("reward_mean", "train reward", smooth), ("score_mean", "train accuracy (verdicts)", smooth),
+                           *[(k, k, 1) for k in val_keys],
                            ("len_correct", "mean length of correct responses (tokens)", smooth),
                            ("len_incorrect", "mean length of incorrect responses (tokens)", smooth),
                            ("truncated_frac", "share of responses truncated", smooth)]:
@@ -264,7 +307,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
         if not ax.lines:
             plt.close(fig)
             continue
-        if key == "reward_mean":
+        if key == "score_mean":
             ax.axhline(threshold, color="gray", ls=":", lw=1, label=f"threshold {threshold}")
         ax.set(xlabel="step", title=f"{title}\nmean and 95% band over seeds", ylabel=key)
         ax.legend(fontsize=7)
@@ -276,13 +319,13 @@ def draw_figures(runs, out_dir, threshold, smooth):
     return written
 
 
-def draw_summary(table, path, threshold):
+def draw_summary(table, columns, path, threshold):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6))
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.6))
     labels = list(table)
-    for ax, (key, title, _) in zip(axes, METRICS):
+    for ax, (key, title, _) in zip(axes, columns):
         for i, label in enumerate(labels):
             a = table[label][key]
             ax.errorbar([i], [a["mean"]], yerr=[0 if a["ci95"] != a["ci95"] else a["ci95"]], fmt="o", capsize=4)
@@ -304,10 +347,12 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every run (e.g. steps=50)")
     ap.add_argument("--out", default="runs/sweep")
-    ap.add_argument("--threshold", type=float, default=0.5, help="reward for the steps-to-threshold column")
+    ap.add_argument("--threshold", type=float, default=0.5, help="train accuracy (verdicts) for the steps-to-threshold column")
     ap.add_argument("--window", type=int, default=10, help="steps averaged for final values and the threshold")
     ap.add_argument("--smooth", type=int, default=10, help="moving-average window of the figures' curves")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
+    ap.add_argument("--publish", metavar="DIR", help="copy the results to commit into DIR: table.md, table.json, "
+                    "the figures and each run's metrics.jsonl and done.json (no checkpoints)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (OMP_NUM_THREADS, unless already set): small matmuls on a busy "
                          "machine run faster on 1 thread, since contended threads spin")
@@ -335,7 +380,8 @@ def main(argv=None):
             rc = run_one(cmd, run_dir / "train.log")
             if rc != 0:
                 sys.exit(f"{prefix} train.py failed (exit {rc}); see {run_dir / 'train.log'}")
-            done.write_text(json.dumps({"command": cmd, "seconds": time.time() - t0}) + "\n")
+            done.write_text(json.dumps({"command": cmd, "seconds": round(time.time() - t0, 1),
+                                        "finished": provenance()}) + "\n")
             status = f"done in {time.time() - t0:.0f} s"
         elif done.is_file():
             status = "done before, skipped"
@@ -347,26 +393,47 @@ def main(argv=None):
         summaries.setdefault(label, []).append(s)
         seeds_of.setdefault(label, []).append(seed)
         curves.setdefault(label, []).append(records)
-        print(f"{prefix} {status}; reward {fmt(s['final_reward'])}, val {fmt(s['val_acc'])}, "
+        print(f"{prefix} {status}; accuracy {fmt(s['final_accuracy'])}, val {fmt(s['val_acc'])}, "
               f"len ok/bad {fmt(s['len_correct'], 1)}/{fmt(s['len_incorrect'], 1)} "
               f"(sweep {time.time() - t_sweep:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
 
-    table = {label: aggregate(summaries[label]) for label in schemes if label in summaries}
+    columns = metric_columns(summaries)
+    table = {label: aggregate(summaries[label], columns) for label in schemes if label in summaries}
     baseline = next(iter(table), None)
     paired = paired_differences(summaries, seeds_of, baseline) if baseline else {}
-    text = format_table(table, args.threshold, len(args.seeds))
+    text = format_table(table, columns, args.threshold, len(args.seeds))
     if paired:
         text += "\n\n" + format_paired(paired, baseline)
+    text += "\n\n" + format_acting({label: summaries[label] for label in table})
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(json.dumps({"config": args.config, "schemes": schemes, "seeds": args.seeds,
                                                 "set": args.set, "threshold": args.threshold,
                                                 "window": args.window, "table": table,
+                                                "runs": {label: dict(zip(seeds_of[label], summaries[label]))
+                                                         for label in table},
                                                 f"paired_vs_{baseline}": paired}, indent=1) + "\n")
     figures = draw_figures(curves, out / "figures", args.threshold, args.smooth)
-    figures.append(draw_summary(table, out / "figures" / "summary.png", args.threshold))
+    figures.append(draw_summary(table, columns, out / "figures" / "summary.png", args.threshold))
     print(text)
     print(f"wrote {out / 'table.md'}, {out / 'table.json'} and {len(figures)} figures in {out / 'figures'}")
+    if args.publish:
+        command = "python sweep.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        print(f"published {publish(out, Path(args.publish), command)} files to {args.publish}")
     return table
+
+
+def publish(out, dest, command):
+    """Copy what backs a README table into dest (to commit): table.md/json, figures/*.png, and per run
+    metrics.jsonl and done.json (its command and wall time); and published.json: the sweep's command, the
+    date, the machine and its load."""
+    files = [out / "table.md", out / "table.json", *sorted((out / "figures").glob("*.png"))]
+    files += [f for name in ("metrics.jsonl", "done.json") for f in sorted(out.glob(f"*/seed*/{name}"))]
+    for f in files:
+        target = dest / f.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    (dest / "published.json").write_text(json.dumps({"command": command, **provenance()}, indent=1) + "\n")
+    return len(files)
 
 
 def fmt(x, decimals=3):

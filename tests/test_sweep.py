@@ -75,16 +75,19 @@ def test_mean_ci():
 
 
 def test_summarize_run():
-    records = [{"step": s, "reward_mean": s / 10, "len_correct": 10.0 + s, "len_incorrect": None if s == 10 else 20.0}
-               for s in range(1, 11)]
-    records.insert(4, {"step": 4, "val/a": 0.1})
-    records += [{"step": 10, "val/a": 0.3, "val/b": 0.5}]
+    # a shaped reward above the verdicts' accuracy: the threshold and final_accuracy read the verdicts
+    records = [{"step": s, "reward_mean": s / 10 + 0.3, "score_mean": s / 10, "len_correct": 10.0 + s,
+                "len_incorrect": None if s == 10 else 20.0} for s in range(1, 11)]
+    records.insert(4, {"step": 4, "val/runs/a.jsonl": 0.1})
+    records += [{"step": 10, "val/runs/a.jsonl": 0.3, "val/runs/b.jsonl": 0.5}]
     s = summarize_run(records, threshold=0.5, window=3)
-    # trailing 3-step means: step 5 -> 0.4, step 6 -> 0.5 (first to reach 0.5)
+    # trailing 3-step mean accuracies: step 5 -> 0.4, step 6 -> 0.5 (first to reach 0.5)
     assert s["steps_to_threshold"] == 6
-    assert s["final_reward"] == pytest.approx(0.9)  # (0.8 + 0.9 + 1.0) / 3
+    assert s["final_accuracy"] == pytest.approx(0.9)  # (0.8 + 0.9 + 1.0) / 3
+    assert s["final_reward"] == pytest.approx(1.2)
     assert s["len_correct"] == pytest.approx(19.0) and s["len_incorrect"] == 20.0  # None left out
     assert s["val_acc"] == pytest.approx(0.4)  # the last evaluation, mean over its benchmarks
+    assert (s["val_a"], s["val_b"]) == (0.3, 0.5)  # and each benchmark, by file stem
     assert summarize_run(records, threshold=2.0, window=3)["steps_to_threshold"] is None
 
 
@@ -164,7 +167,8 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     time.sleep(1)  # the run dies with the sweep (PR_SET_PDEATHSIG)
     assert not (out / "daro" / "seed0" / "done.json").is_file()
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    pub = tmp_path / "published"
+    again = subprocess.run(cmd + ["--publish", str(pub)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "[1/2] grpo seed 0: done before, skipped" in again.stdout
     assert "[2/2] daro seed 0: resuming" in again.stdout
@@ -174,18 +178,31 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert list(table) == ["grpo", "daro"] and table["daro"]["val_acc"]["n"] == 1
     assert "| grpo | 1 |" in (out / "table.md").read_text()
     assert {"reward_mean.png", "val_synthetic.png", "summary.png"} <= {p.name for p in (out / "figures").iterdir()}
+    # per run: whether the weightings could act; tiny.yaml is on-policy (one mini-batch, one epoch): ratio 1
+    runs = json.loads((out / "table.json").read_text())["runs"]
+    acting = runs["daro"]["0"]["acting"]
+    assert acting["clip_frac"] == 0.0 and sum(acting["k_frac"].values()) == pytest.approx(1.0)
+    assert "| daro | 0.0000 |" in (out / "table.md").read_text()
+    # --publish: what backs a README table, without checkpoints
+    published = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
+    assert {"table.md", "table.json", "published.json", "figures/summary.png", "grpo/seed0/metrics.jsonl",
+            "daro/seed0/done.json"} <= published and not any("checkpoints" in p for p in published)
+    assert json.loads((pub / "published.json").read_text())["command"].startswith("python sweep.py ")
 
 
 def test_paired_differences():
     from sweep import paired_differences
-    summaries = {"a": [{"final_reward": 0.2, "val_acc": 0.3}, {"final_reward": 0.4, "val_acc": 0.5}],
-                 "b": [{"final_reward": 0.25, "val_acc": 0.3}, {"final_reward": 0.5, "val_acc": None},
-                       {"final_reward": 0.9, "val_acc": 0.9}]}
+    summaries = {"a": [{"final_accuracy": 0.2, "val_acc": 0.3, "val_level1": 0.5},
+                       {"final_accuracy": 0.4, "val_acc": 0.5, "val_level1": 0.7}],
+                 "b": [{"final_accuracy": 0.25, "val_acc": 0.3, "val_level1": 0.6},
+                       {"final_accuracy": 0.5, "val_acc": None, "val_level1": 0.9},
+                       {"final_accuracy": 0.9, "val_acc": 0.9, "val_level1": 0.9}]}
     d = paired_differences(summaries, {"a": [0, 1], "b": [0, 1, 2]}, "a")["b"]
-    # seeds 0 and 1 in common: reward differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
-    assert d["final_reward"]["mean"] == pytest.approx(0.075) and d["final_reward"]["n"] == 2
-    assert d["final_reward"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
+    # seeds 0 and 1 in common: accuracy differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
+    assert d["final_accuracy"]["mean"] == pytest.approx(0.075) and d["final_accuracy"]["n"] == 2
+    assert d["final_accuracy"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
     assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
+    assert d["val_level1"]["mean"] == pytest.approx(0.15) and d["val_level1"]["n"] == 2  # per level too
     # one scheme compared: Holm leaves its p-value as it is
-    assert d["final_reward"]["p_holm"] == d["final_reward"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
+    assert d["final_accuracy"]["p_holm"] == d["final_accuracy"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
     assert math.isnan(d["val_acc"]["p_holm"])
