@@ -307,6 +307,8 @@ def draw_figures(runs, out_dir, threshold, smooth):
         if not ax.lines:
             plt.close(fig)
             continue
+        if key == "score_mean" or key.startswith("val/") or key == "truncated_frac":
+            ax.set_ylim(-0.02, 1.02)  # shares: a wide band of few seeds is cut at what a share can be
         if key == "score_mean":
             ax.axhline(threshold, color="gray", ls=":", lw=1, label=f"threshold {threshold}")
         ax.set(xlabel="step", title=f"{title}\nmean and 95% band over seeds", ylabel=key)
