@@ -23,7 +23,6 @@ from pathlib import Path
 import plot
 import smol
 import tiny
-from distributed import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
@@ -115,7 +114,8 @@ def main(argv=None):
     train_dir = run_dir / "train"
     run([py, "train.py", "--config", args.config, f"seed={args.seed}", f"out_dir={train_dir}",
          f"model.path={smol.DEFAULT_DIR}", *args.overrides], parts)
-    final = latest_checkpoint(train_dir) / "model"  # this run's last save (not an earlier run's higher step)
+    ckpts = train_dir / "checkpoints"  # `latest` names this run's last save (not an earlier run's higher step)
+    final = ckpts / (ckpts / "latest").read_text().strip() / "model"
     run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts)
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
