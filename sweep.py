@@ -116,9 +116,12 @@ def summarize_run(records, threshold, window):
     train = [r for r in records if "reward_mean" in r]
     tail = train[-window:]
 
-    def tail_mean(key):
-        xs = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
+    def mean_over(records, key):
+        xs = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         return sum(xs) / len(xs) if xs else None
+
+    def tail_mean(key):
+        return mean_over(tail, key)
 
     val = {}
     for r in records:
@@ -130,13 +133,12 @@ def summarize_run(records, threshold, window):
             reached = train[i]["step"]
             break
     def run_mean(key):
-        xs = [r[key] for r in train if isinstance(r.get(key), (int, float))]
-        return sum(xs) / len(xs) if xs else None
+        return mean_over(train, key)
 
     acting = {  # did the weightings have room to act: whole-run means over the logged steps
         "clip_frac": sum(run_mean(k) or 0.0 for k in ("clip_low", "clip_high")),  # share of tokens clipped
         "truncated_frac": run_mean("truncated_frac"),
-        "signal_frac": 1 - run_mean("zero_var_frac") if run_mean("zero_var_frac") is not None else None,
+        "signal_frac": None if run_mean("zero_var_frac") is None else 1 - run_mean("zero_var_frac"),
         "k_frac": {int(k.split("/")[1]): run_mean(k) for k in sorted({k for r in train for k in r
                                                                       if k.startswith("mu_frac/")})}}
     return {"steps": train[-1]["step"] if train else 0, "final_reward": tail_mean("reward_mean"),
