@@ -39,9 +39,23 @@ def mean_ci(values):
     return m, t * s / math.sqrt(len(xs))
 
 
+def matmul_gflops(n=1024, repeats=3):
+    """The speed this machine gives now: float32 GFLOP/s of numpy's n x n matmul, the best of `repeats`.
+    The same machine runs at different speeds over a day (other tenants of its host); a timing beside
+    this figure can be compared with one made at another time."""
+    import time
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * n ** 3 / best / 1e9, 1)
+
+
 def provenance():
     """Where and when a result was made, for the files committed beside it: UTC date, CPU model (lscpu),
-    cores and the load average (1, 5, 15 min) now."""
+    cores, the load average (1, 5, 15 min) and the matmul speed (matmul_gflops) now."""
     import os
     import platform
     import subprocess
@@ -53,7 +67,7 @@ def provenance():
         name = None
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": {"cpu": name or platform.processor(), "cores": os.cpu_count()},
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "matmul_gflops": matmul_gflops()}
 
 
 def run_label(path):

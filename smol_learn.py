@@ -92,7 +92,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="configs/smol_learn.yaml")
-    ap.add_argument("--limit", type=int, default=12, help="held-out problems per level evaluated before and after")
+    ap.add_argument("--limit", type=int, default=8, help="held-out problems per level evaluated before and after")
     ap.add_argument("--n", type=int, default=4, help="samples per problem (temperature 1)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--heldout", default="runs/arith", help="where tiny.py arith writes the held-out rows")
@@ -102,7 +102,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.docs) / f"seed_{args.seed}"
     doc_dir.mkdir(parents=True, exist_ok=True)
-    started, t0, load_start = datetime.now(timezone.utc), time.perf_counter(), load_average()
+    started, t0, load_start, at_start = datetime.now(timezone.utc), time.perf_counter(), load_average(), plot.provenance()
     py, parts = sys.executable, []
 
     run([py, "smol.py", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
@@ -131,8 +131,9 @@ def main(argv=None):
                 f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
         "command": f"python smol_learn.py --seed {args.seed}" + "".join(f" {o}" for o in args.overrides),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": plot.provenance()["machine"],
+        "machine": at_start["machine"],
         "load_average_1_5_15": {"start": load_start, "end": load_average()},
+        "matmul_gflops": {"start": at_start["matmul_gflops"], "end": plot.matmul_gflops()},
         "threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
         "wall_s": round(wall, 1),
         "parts": parts,

@@ -275,13 +275,14 @@ def train_on_batch(tr: Trainer, batch: Batch):
     # ---- update: log pi_old and log pi_ref, then ppo_epochs x mini_batches optimiser steps
     reference_logprobs(tr, plan)
     update = update_policy(tr, plan, len(batch.response_ids))
+    lr = tr.optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves on to the next)
     tr.scheduler.step()
     # ---- the scheme's own update (DARO's w_mu), from every response's statistics in the global order
     responses = gather_responses(batch, {**update.per_response, "W": batch.W, "trained": trained}, n_groups)
     tr.scheme.update(StepStats(surrogate=responses["surrogate"], abs_surrogate=responses["abs_surrogate"],
                                W=responses["W"], epochs=cfg.ppo_epochs,
                                optimizer_steps=cfg.ppo_epochs * cfg.mini_batches))
-    return update_metrics(cfg, update, responses, plan, tr.optimizer.param_groups[0]["lr"])
+    return update_metrics(cfg, update, responses, plan, lr)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,17 @@ def test_one_step_of_every_config(method, tmp_path, tiny_model):
         assert "hadw_belief" in rec
 
 
+def test_logged_lr_is_the_rate_each_step_used(tmp_path, tiny_model):
+    """Warm-up over 2 steps of lr 1e-3, then cosine over the 2 steps left: step k (1-based) trains at
+    lr * f(k - 1) with f(0) = 1/2, f(1) = 1 (warm-up), f(2) = (1 + cos 0) / 2 = 1, f(3) = (1 + cos(pi/2)) / 2
+    = 1/2 (written out by hand, not from config.py); the record of step k holds that rate, not the next."""
+    cfg = load_config(ROOT / "configs" / "grpo.yaml", TINY + [
+        f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=4", "prompts_per_step=2", "G=4",
+        "rollout.engine=hf", "optim.lr=1e-3", "optim.warmup_steps=2", "optim.schedule=cosine", "save_every=0"])
+    train.train(cfg)
+    assert [r["lr"] for r in records(tmp_path)] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4], abs=1e-12)
+
+
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
     """The same batch: one process (all responses trained, micro-batches of 5) vs torchrun on 2 gloo ranks
     with FSDP2 and other splits: runs of 3 with one gradient reduce-scatter per optimiser step, and
