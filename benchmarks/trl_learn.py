@@ -22,6 +22,7 @@ TRL is not a dependency: install it beside this project's torch, e.g.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import plot  # noqa: E402
 
 
 def trl_worker(config, seed, out):
@@ -102,12 +104,21 @@ def run(cmd, env=None):
 
 
 def heldout_eval(model, benchmarks, out, *, n, temperature, limit, max_tokens, seed):
-    """eval.py's records for one model (the same command smol_learn.py runs)."""
+    """eval.py's records for one model (the same command smol_learn.py runs); read back from `out` when an
+    earlier run of this script wrote them there."""
+    if (Path(out) / "records.jsonl").is_file():
+        return plot.read_metrics(Path(out) / "records.jsonl")
     run([sys.executable, "eval.py", "--model", model, "--benchmarks", ",".join(benchmarks), "--n", n,
          "--temperature", temperature, "--max-tokens", max_tokens, "--template", "chat", "--dtype", "float32",
          "--limit", limit, "--seed", seed, "--out", out],
         env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    return [json.loads(line) for line in (Path(out) / "records.jsonl").read_text().splitlines()]
+    return plot.read_metrics(Path(out) / "records.jsonl")
+
+
+def edge_means(records, k=3):
+    """Train accuracy (score_mean) averaged over the first and over the last k steps."""
+    acc = [r["score_mean"] for r in records]
+    return [sum(acc[:k]) / k, sum(acc[-k:]) / k]
 
 
 def time_to(records, threshold, smooth=3):
@@ -128,7 +139,6 @@ def draw(doc_dir, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import plot
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     for seed_dir in sorted(Path(doc_dir).glob("seed_*")):
         summary = json.loads((seed_dir / "summary.json").read_text())
@@ -175,18 +185,20 @@ def main():
     ours_dir = Path(args.ours) / f"seed_{args.seed}"
     if not (ours_dir / "train" / "metrics.jsonl").exists() or not (ours_dir / "eval_before").exists():
         sys.exit(f"trl_learn: no train.py run at {ours_dir}; run `python smol_learn.py --seed {args.seed}` first")
-    import plot
     from config import load_config
     from smol_learn import level_accuracy, macro, paired_gain
     cfg = load_config(args.config, [f"seed={args.seed}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     doc_dir.mkdir(parents=True, exist_ok=True)
-    start = plot.provenance()
 
-    # ---- TRL trains (its own process, its own interpreter) ----
-    trl_wall = run([args.trl_python, __file__, "--trl-worker", "--seed", args.seed, "--config", args.config,
+    # ---- TRL trains (its own process, its own interpreter), unless a finished run is there ----
+    trl_run = run_dir / "trl_run.json"  # when and where TRL trained: written after a finished run
+    if not trl_run.is_file():
+        start = plot.provenance()
+        wall = run([args.trl_python, __file__, "--trl-worker", "--seed", args.seed, "--config", args.config,
                     "--runs", args.runs])
-    after_train = plot.provenance()
+        trl_run.write_text(json.dumps({"start": start, "after_trl_training": plot.provenance(),
+                                       "trl_process_wall_s": wall}, indent=1) + "\n")
 
     # ---- eval.py on TRL's checkpoints: greedy during the run, T = 1 on the final model ----
     greedy = {"train.py": {}, "TRL GRPOTrainer": {}}
@@ -211,19 +223,17 @@ def main():
             greedy["train.py"][r["step"]] = {k[4:]: v for k, v in r.items() if k.startswith("val/")}
 
     # ---- the summary: accuracy per step and per second, both trainers ----
-    first = sum(r["score_mean"] for r in ours[:3]) / 3
-    last = sum(r["score_mean"] for r in ours[-3:]) / 3
+    first, last = edge_means(ours)
     threshold = first + (last - first) / 2  # half of train.py's gain in train accuracy
     summary = {"command": f"python benchmarks/trl_learn.py --trl-python {args.trl_python} --seed {args.seed}",
-               "config": args.config, "start": start, "after_trl_training": after_train, "end": plot.provenance(),
-               "trl_process_wall_s": trl_wall, "threshold": {"train_accuracy": round(threshold, 4)}}
+               "config": args.config, **json.loads(trl_run.read_text()), "end": plot.provenance(),
+               "threshold": {"train_accuracy": round(threshold, 4)}}
     for name, recs, after in (("train.py", ours, ours_after), ("TRL GRPOTrainer", trl, trl_after)):
-        times = sorted(r["time/step"] for r in recs)
+        times = [r["time/step"] for r in recs]
         levels_after = level_accuracy(after)
         summary[name] = {
-            "steps": len(recs), "train_seconds": round(sum(times), 1), "median_step_s": times[len(times) // 2],
-            "train_accuracy_first_last_3": [sum(r["score_mean"] for r in recs[:3]) / 3,
-                                            sum(r["score_mean"] for r in recs[-3:]) / 3],
+            "steps": len(recs), "train_seconds": round(sum(times), 1), "median_step_s": statistics.median(times),
+            "train_accuracy_first_last_3": edge_means(recs),
             "time_to_threshold": time_to(recs, threshold),
             "greedy_levels_1_2": {s: (v["level1"] + v["level2"]) / 2 for s, v in greedy[name].items()},
             "heldout_after": levels_after, "gain": paired_gain(before, after),
@@ -245,7 +255,7 @@ def main():
               f"threshold {threshold:.2f} at {s['time_to_threshold']}; held-out macro after "
               f"{s['macro_after']['accuracy']:.3f} ± {s['macro_after']['ci95']:.3f}")
     print(f"train.py / TRL: median step {summary['median_step_ratio']}, time to threshold "
-          f"{summary['time_to_threshold_ratio']}; load {start['load_average_1_5_15']} -> "
+          f"{summary['time_to_threshold_ratio']}; load {summary['start']['load_average_1_5_15']} -> "
           f"{summary['end']['load_average_1_5_15']}; wrote {doc_dir}")
 
 
