@@ -102,7 +102,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.docs) / f"seed_{args.seed}"
     doc_dir.mkdir(parents=True, exist_ok=True)
-    started, t0, load_start, at_start = datetime.now(timezone.utc), time.perf_counter(), load_average(), plot.provenance()
+    started, t0, at_start = datetime.now(timezone.utc), time.perf_counter(), plot.provenance()
+    load_start = at_start["load_average_1_5_15"]
     py, parts = sys.executable, []
 
     run([py, "smol.py", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
