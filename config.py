@@ -280,6 +280,11 @@ def check_config(cfg: TrainConfig):
     if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
         warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
                       "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")
+    if cfg.data.level_sampling not in ("rows", "learnability"):
+        raise ConfigError("config key 'data.level_sampling' must be rows or learnability, "
+                          f"got {cfg.data.level_sampling!r}")
+    if not 0 <= cfg.data.level_memory < 1:
+        raise ConfigError(f"config key 'data.level_memory' must be in [0, 1), got {cfg.data.level_memory}")
     if cfg.data.max_prompt_tokens < 1:
         raise ConfigError(f"config key 'data.max_prompt_tokens' must be >= 1, got {cfg.data.max_prompt_tokens}")
     if cfg.rollout.tensor_parallel_size != 1:

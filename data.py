@@ -23,6 +23,10 @@ class DataConfig:
     answer_key: str = "answer"
     shuffle: bool = True
     max_prompt_tokens: int = 1024   # longer prompts are skipped (and counted in the log)
+    # how a leveled task's levels are drawn: "rows" (as the rows come, a shuffled walk) or "learnability"
+    # (LevelCurriculum: each prompt's level with probability ~ p (1 - p), p the level's recent pass rate)
+    level_sampling: str = "rows"
+    level_memory: float = 0.8       # learnability: weight of the past in a level's pass-rate counts, per step
 
 
 # Known names -> file in --data-dir (JSON Lines with id, problem, answer, optional level/subject).
@@ -115,6 +119,10 @@ def load_rows(cfg: DataConfig, seed):
 
 class PromptStream:
     """Endless, epoch-shuffled walk over the rows; its state (epoch, position) resumes exactly."""
+    levels = ()  # it draws no levels and ignores the verdicts (LevelCurriculum does not)
+
+    def observe(self, counts):
+        pass
 
     def __init__(self, rows, seed, shuffle):
         self.rows, self.seed, self.shuffle = rows, seed, shuffle
@@ -141,6 +149,63 @@ class PromptStream:
     def load_state_dict(self, s):
         self.epoch, self.pos = s["epoch"], s["pos"]
         self._order()
+
+
+class LevelCurriculum:
+    """Learnability sampling over a leveled task's levels (Foster & Foerster 2025, "Learning to Reason at the
+    Frontier of Learnability", who weight prompts; here levels): each prompt's level is drawn with probability
+
+        P(L) ~ p_L (1 - p_L),   p_L = (c_L + 1) / (n_L + 2)
+
+    with c_L, n_L the correct and sampled responses of level L, decayed by `memory` each step. p (1 - p) is
+    the variance of a response's verdict: a level the policy always or never solves gives GRPO no gradient
+    (every group's advantage is 0), a level near p = 1/2 the most. The +1 / +2 (Laplace) keeps every level
+    drawn now and then, and a level not drawn for a while decays back toward p = 1/2 and is tried again.
+    Within a level, rows come as a PromptStream walk. The state (counts, draws, walks) resumes exactly;
+    `observe` takes counts summed over ranks, so every rank draws the same levels."""
+
+    def __init__(self, rows, seed, shuffle, memory):
+        self.levels = sorted({r.get("level") for r in rows}, key=str)
+        if None in self.levels:
+            raise ValueError("data.level_sampling: learnability needs a `level` on every row")
+        self.streams = [PromptStream([r for r in rows if r["level"] == lv], seed + 1_000_003 * (i + 1), shuffle)
+                        for i, lv in enumerate(self.levels)]
+        self.seed, self.memory, self.draws = seed, memory, 0
+        self.correct = np.zeros(len(self.levels))  # float64: decayed counts
+        self.sampled = np.zeros(len(self.levels))
+
+    def probabilities(self):
+        p = (self.correct + 1) / (self.sampled + 2)
+        return p * (1 - p) / (p * (1 - p)).sum()
+
+    def take(self, n):
+        rng = np.random.default_rng([self.seed, self.draws])
+        self.draws += 1
+        return [self.streams[i].take(1)[0] for i in rng.choice(len(self.levels), size=n, p=self.probabilities())]
+
+    def observe(self, counts):
+        """counts [levels, 2]: this step's correct and sampled responses per level (in self.levels' order),
+        summed over ranks."""
+        counts = np.asarray(counts, dtype=np.float64).reshape(len(self.levels), 2)
+        self.correct = self.memory * self.correct + counts[:, 0]
+        self.sampled = self.memory * self.sampled + counts[:, 1]
+
+    def state_dict(self):
+        return {"draws": self.draws, "correct": self.correct.tolist(), "sampled": self.sampled.tolist(),
+                "streams": [s.state_dict() for s in self.streams]}
+
+    def load_state_dict(self, s):
+        self.draws, self.correct, self.sampled = s["draws"], np.array(s["correct"]), np.array(s["sampled"])
+        for stream, state in zip(self.streams, s["streams"]):
+            stream.load_state_dict(state)
+
+
+def prompt_stream(cfg: DataConfig, seed):
+    """The training prompts: a shuffled walk over the rows, or a LevelCurriculum over their levels."""
+    rows = load_rows(cfg, seed)
+    if cfg.level_sampling == "learnability":
+        return LevelCurriculum(rows, seed, cfg.shuffle, cfg.level_memory)
+    return PromptStream(rows, seed, cfg.shuffle)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -215,9 +215,10 @@ def main(argv=None):
     out = Path(args.out or Path("runs/eval") / Path(args.model.rstrip("/")).name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    with open(out / "records.jsonl", "w") as f:
+    with open(out / "records.jsonl.tmp", "w") as f:  # renamed when whole: a file there is a finished evaluation
         for r in records:
             f.write(json.dumps(r) + "\n")
+    os.replace(out / "records.jsonl.tmp", out / "records.jsonl")
     print(format_table(results))
     print(f"wrote {out / 'results.json'} and {out / 'records.jsonl'}")
     return results

@@ -1,5 +1,5 @@
 """metrics.py: what a training step logs. Statistics of the sampled responses (rewards, lengths, pass-rate
-histogram, accuracy per level), averaged over ranks; the update's loss statistics, per response (summed
+histogram, accuracy per level) over all ranks; the update's loss statistics, per response (summed
 over micro-batches and epochs, gathered over ranks) and per step; metrics.jsonl, one JSON record per step,
 which plot.py draws (and TensorBoard, when asked); and the run's progress line."""
 import json
@@ -14,36 +14,35 @@ import torch
 from distributed import all_gather, all_reduce, world
 
 
-def batch_metrics(G, rows, groups, scores, rewards):
-    """This rank's statistics of its groups: scores [P, G] are verdicts (0/1), rewards [P, G] add shaping."""
-    if not rows:
+def step_metrics(G, rows, groups, scores, rewards):
+    """Statistics of the step's groups on all ranks (rewards, lengths, truncation, the pass-rate histogram,
+    groups and pass rate per level), computed from every rank's per-group values as one process holding all
+    groups would: a mean of the ranks' means would weight a level's pass rate, or a correct answer's length,
+    by the wrong counts. scores [P, G] are this rank's verdicts (0/1), rewards [P, G] add shaping."""
+    parts = all_gather({"level": [r.get("level") for r in rows], "length": [[s.length for s in g] for g in groups],
+                        "truncated": [[s.truncated for s in g] for g in groups],
+                        "score": scores.tolist(), "reward": rewards.tolist()})
+    every = {k: [x for p in parts for x in p[k]] for k in parts[0]}
+    if not every["level"]:
         return {"groups": 0}
-    lengths = torch.tensor([[s.length for s in g] for g in groups], dtype=torch.float32)
-    truncated = torch.tensor([[s.truncated for s in g] for g in groups], dtype=torch.float32)
+    lengths = torch.tensor(every["length"], dtype=torch.float32).view(-1, G)
+    truncated = torch.tensor(every["truncated"], dtype=torch.float32).view(-1, G)
+    scores = torch.tensor(every["score"], dtype=torch.float32).view(-1, G)
+    rewards = torch.tensor(every["reward"], dtype=torch.float32).view(-1, G)
     correct = scores > 0.5
     k = correct.sum(1)
-    m = {"groups": len(rows), "reward_mean": float(rewards.mean()), "score_mean": float(scores.mean()),
+    m = {"groups": len(every["level"]), "reward_mean": float(rewards.mean()), "score_mean": float(scores.mean()),
          "zero_var_frac": float((rewards.max(1).values == rewards.min(1).values).float().mean()),
          "len_mean": float(lengths.mean()), "truncated_frac": float(truncated.mean()),
          "len_correct": float(lengths[correct].mean()) if correct.any() else None,
          "len_incorrect": float(lengths[~correct].mean()) if (~correct).any() else None}
     for j in range(G + 1):
         m[f"mu_frac/{j}"] = float((k == j).float().mean())
-    for lv in sorted({r["level"] for r in rows if isinstance(r.get("level"), (int, str))}, key=str):
-        sel = torch.tensor([r.get("level") == lv for r in rows])
+    for lv in sorted({lv for lv in every["level"] if isinstance(lv, (int, str))}, key=str):
+        sel = torch.tensor([x == lv for x in every["level"]])
         m[f"score_by_level/{lv}"] = float(scores[sel].mean())
+        m[f"groups_by_level/{lv}"] = int(sel.sum())
     return m
-
-
-def gather_metrics(local):
-    """Average per-rank batch metrics weighted by each rank's number of groups."""
-    parts = all_gather(local)
-    out = {"groups": sum(p["groups"] for p in parts)}
-    for key in sorted({k for p in parts for k in p if k != "groups"}):
-        vals = [(p[key], p["groups"]) for p in parts if p.get(key) is not None and p["groups"] > 0]
-        if vals:
-            out[key] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

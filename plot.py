@@ -156,12 +156,13 @@ def plot_main(argv):
     ax.legend(fontsize=7)
     save(fig, "reward.png")
 
-    # per-difficulty weights (DARO Figure 1), loss per difficulty (Figure 2), pass rate per data level
-    # (MATH level 1-5; the synthetic task's operand count). Buckets: k of G samples correct, mu = k/G.
+    # per-difficulty weights (DARO Figure 1), loss per difficulty (Figure 2), pass rate and prompts per data
+    # level (MATH level 1-5; the synthetic task's operand count). Buckets: k of G samples correct, mu = k/G.
     for prefix, fname, title, label in [
             ("daro_w/", "weights_per_difficulty.png", "DARO weight w_mu over training", "k={}"),
             ("bucket_scale/", "loss_per_difficulty.png", "loss scale per bucket, sum W |surrogate|", "k={}"),
-            ("score_by_level/", "pass_rate_per_level.png", "pass rate per level", "level {}")]:
+            ("score_by_level/", "pass_rate_per_level.png", "pass rate per level", "level {}"),
+            ("groups_by_level/", "groups_per_level.png", "prompts per level (data.level_sampling)", "level {}")]:
         ks = keys(prefix)
         if not ks:
             continue

@@ -9,6 +9,9 @@ command, on the final checkpoint; then plot.py. It writes docs/smol_learn/seed_<
 per level before and after with 95% intervals, the gain with a paired interval, the commands, date, machine,
 load and wall times), metrics.jsonl (the training run's log) and the figures. Checkpoints and eval records
 stay under runs/smol_learn/seed_<S>/ (git-ignored).
+
+The longer run uses the same script (configs/smol_levels.yaml, with --gsm8k for a GSM8K slice before and
+after); --resume continues an interrupted call (finished evaluations kept, train.py from its checkpoint).
 """
 import argparse
 import json
@@ -76,9 +79,14 @@ def load_average():
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run(cmd, log):
+def run(cmd, log, keep=None):
     """Run one part as a subprocess (its output to the console), record its command, wall time and the
-    load average at its end; stop the demo if it fails."""
+    load average at its end; stop the demo if it fails. With `keep` (a file an earlier, interrupted
+    call of this part wrote), the part is not run again."""
+    if keep is not None and Path(keep).is_file():
+        log.append({"command": " ".join(cmd), "kept": f"{keep} from an interrupted run"})
+        print(f"= kept {keep}", flush=True)
+        return
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     print("+ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -98,6 +106,11 @@ def main(argv=None):
     ap.add_argument("--heldout", default="runs/arith", help="where tiny.py arith writes the held-out rows")
     ap.add_argument("--runs", default="runs/smol_learn", help="checkpoints and eval records (git-ignored)")
     ap.add_argument("--docs", default="docs/smol_learn", help="summary, metrics and figures (committed)")
+    ap.add_argument("--gsm8k", help="a GSM8K test file (e.g. ../shared/data/gsm8k_test.jsonl): its first "
+                    "--gsm8k-limit problems are also asked before and after, greedy, with 256 new tokens")
+    ap.add_argument("--gsm8k-limit", type=int, default=200)
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted call: evaluations it finished "
+                    "are kept, train.py resumes from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides for train.py")
     args = ap.parse_args(argv)
     run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.docs) / f"seed_{args.seed}"
@@ -111,13 +124,23 @@ def main(argv=None):
     evaluate = [py, "eval.py", "--benchmarks", ",".join(map(str, heldout)), "--n", str(args.n),
                 "--temperature", "1.0", "--max-tokens", str(args.max_tokens), "--template", "chat",
                 "--dtype", "float32", "--limit", str(args.limit), "--seed", str(args.seed)]
-    run(evaluate + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "eval_before")], parts)
+    gsm8k = [py, "eval.py", "--benchmarks", str(args.gsm8k), "--n", "1", "--temperature", "0", "--max-tokens", "256",
+             "--template", "chat", "--dtype", "float32", "--limit", str(args.gsm8k_limit)] if args.gsm8k else None
+
+    def kept(part):  # with --resume, an interrupted call's finished evaluation (eval.py writes it whole)
+        return run_dir / part / "records.jsonl" if args.resume else None
+    run(evaluate + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "eval_before")], parts, kept("eval_before"))
+    if gsm8k:
+        run(gsm8k + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "gsm8k_before")], parts,
+            kept("gsm8k_before"))
     train_dir = run_dir / "train"
     run([py, "train.py", "--config", args.config, f"seed={args.seed}", f"out_dir={train_dir}",
-         f"model.path={smol.DEFAULT_DIR}", *args.overrides], parts)
+         f"model.path={smol.DEFAULT_DIR}", *args.overrides] + (["--resume"] if args.resume else []), parts)
     ckpts = train_dir / "checkpoints"  # `latest` names this run's last save (not an earlier run's higher step)
     final = ckpts / (ckpts / "latest").read_text().strip() / "model"
-    run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts)
+    run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts, kept("eval_after"))
+    if gsm8k:
+        run(gsm8k + ["--model", str(final), "--out", str(run_dir / "gsm8k_after")], parts, kept("gsm8k_after"))
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
 
@@ -146,12 +169,22 @@ def main(argv=None):
         "train_reward": {"first_3_steps": sum(rewards[:3]) / 3, "last_3_steps": sum(rewards[-3:]) / 3},
         "steps": len(metrics),
     }
+    if gsm8k:
+        b, a = (plot.read_metrics(run_dir / f"gsm8k_{when}" / "records.jsonl") for when in ("before", "after"))
+        summary["gsm8k"] = {"what": f"the first {args.gsm8k_limit} problems of {args.gsm8k}, greedy, 256 new tokens",
+                            "before": next(iter(level_accuracy(b).values())),
+                            "after": next(iter(level_accuracy(a).values())),
+                            "gain": next(iter(paired_gain(b, a).values()))}
     (doc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (doc_dir / "metrics.jsonl").write_text((train_dir / "metrics.jsonl").read_text())
     print(f"held-out accuracy (T = 1, n = {args.n}, {args.limit} problems per level), before -> after:")
     for level in levels_before:
         b, a = levels_before[level], levels_after[level]
         print(f"  {level}: {b['accuracy']:.3f} ± {b['ci95']:.3f} -> {a['accuracy']:.3f} ± {a['ci95']:.3f}")
+    if gsm8k:
+        g = summary["gsm8k"]
+        print(f"  gsm8k (greedy, {args.gsm8k_limit} problems): {g['before']['accuracy']:.3f} -> "
+              f"{g['after']['accuracy']:.3f} (paired gain {g['gain']['gain']:+.3f} ± {g['gain']['ci95']:.3f})")
     m = summary["macro"]
     print(f"  macro: {m['before']['accuracy']:.3f} -> {m['after']['accuracy']:.3f}; "
           f"{wall / 60:.1f} min in all, load {load_start} -> {load_average()}; wrote {doc_dir}/summary.json")

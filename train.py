@@ -29,13 +29,13 @@ from torch.distributed.fsdp import FSDPModule
 
 import eval as evaluation  # 'eval' is a builtin; the module is eval.py
 from config import ConfigError, TrainConfig, check_config, load_config
-from data import PromptStream, load_benchmark, load_rows, reward_function
+from data import load_benchmark, prompt_stream, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, latest_checkpoint,
                          load_sharded, memory_gib, publish, restore_rng, rng_state, save_sharded, shutdown_distributed,
                          world, write_diagnostics)
 from loss import logprob_precision, policy_loss
-from metrics import MetricsLog, Progress, accumulate, batch_metrics, gather_metrics, gather_responses, update_metrics
+from metrics import MetricsLog, Progress, accumulate, gather_responses, step_metrics, update_metrics
 from plot import run_summary
 from policy import KernelTimer, Policy, RecomputeCounter, load_policy, longest_pass, per_token, plan_micro_batches
 from rollout import encode_prompts, make_engine
@@ -100,13 +100,15 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     together, until P groups are kept or max_num_gen_batches rounds were spent. info["accuracy"] is
     correct over all responses sampled this step on all ranks, before that filtering (HA-DW's y_t).
     Prompts longer than data.max_prompt_tokens are skipped before generation by the rank that drew them
-    (no engine ever raises on one rank alone) and counted over all ranks (gen/skipped_prompts)."""
+    (no engine ever raises on one rank alone) and counted over all ranks (gen/skipped_prompts). The stream
+    sees every rank's verdicts per level (a LevelCurriculum draws the next levels from them)."""
     P, G = cfg.prompts_per_step, cfg.G
     rank, world_size = world()
     score = reward_function(cfg.reward.kind, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     rows, groups, scores, rewards = [], [], [], []
     rounds, gave_up, skipped = 0, False, 0
     counts = torch.zeros(3, dtype=torch.float64)  # correct, sampled, reward sum
+    by_level = torch.zeros(len(stream.levels), 2, dtype=torch.float64)  # correct, sampled: for a LevelCurriculum
     while True:
         drawn = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
         mine = [r for r in drawn if prompt_fits(cfg, engine, r["problem"])]
@@ -128,6 +130,8 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         rounds += 1
         k = (sc > 0.5).sum(1)
         counts += torch.tensor([float(k.sum()), float(sc.numel()), float(rw.double().sum())], dtype=torch.float64)
+        for row, correct in zip(mine, k.tolist()) if stream.levels else ():
+            by_level[stream.levels.index(row["level"])] += torch.tensor([correct, G], dtype=torch.float64)
         keep = [p for p in range(len(mine)) if not cfg.reward.dynamic_sampling or 0 < k[p] < G]
         rows += [mine[p] for p in keep]
         groups += [out[p] for p in keep]
@@ -144,8 +148,9 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     if cfg.reward.dynamic_sampling:  # trim to P groups in all: the first P of the global order
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
-    counts = torch.cat([counts, torch.tensor([float(skipped)], dtype=torch.float64)])
-    correct, sampled, reward_sum, skipped = all_reduce(counts).tolist()
+    counts = all_reduce(torch.cat([counts, torch.tensor([float(skipped)], dtype=torch.float64), by_level.view(-1)]))
+    correct, sampled, reward_sum, skipped = counts[:4].tolist()
+    stream.observe(counts[4:].view(-1, 2))  # every rank's verdicts, before dynamic sampling's filter
     samples = [s for g in groups for s in g]
     return Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
                  loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length for s in samples],
@@ -321,8 +326,7 @@ def training_step(tr: Trainer, engine, stream, step):
     timers["sync"] = time.perf_counter() - t0
     mem["sync"] = memory_gib(tr.device)
 
-    m = {"step": step + 1, **gather_metrics(batch_metrics(cfg.G, batch.rows, batch.groups, batch.correct.float(),
-                                                          batch.rewards)),
+    m = {"step": step + 1, **step_metrics(cfg.G, batch.rows, batch.groups, batch.correct.float(), batch.rewards),
          **train_m, **{f"gen/{k}": v for k, v in batch.info.items()}, **tr.scheme.metrics()}
     if batch.info["dynamic_sampling_gave_up"] and world()[0] == 0:
         print(f"step {step + 1}: dynamic sampling gave up after {batch.info['gen_rounds']} rounds "
@@ -378,7 +382,7 @@ def longest_micro_batch(tr: Trainer, max_model_len):
 # checkpoints/step_N/: model/ (Hugging Face safetensors, full float32 weights), dcp/ (the sharded model and
 # AdamW state, any world size), trainer.pt; see distributed.py's checkpoint section.
 
-def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer, keep):
+def save_checkpoint(run_dir, step, tr: Trainer, stream, tokenizer, keep):
     """Write checkpoints/step_N (above) on every rank together; returns its path."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final, tmp = ckpt_root / f"step_{step:06d}", ckpt_root / f".tmp_step_{step:06d}"
@@ -401,7 +405,7 @@ def save_checkpoint(run_dir, step, tr: Trainer, stream: PromptStream, tokenizer,
     return final
 
 
-def load_checkpoint(ckpt, tr: Trainer, stream: PromptStream):
+def load_checkpoint(ckpt, tr: Trainer, stream):
     """Restore what save_checkpoint wrote into a freshly built trainer, resharding the model and AdamW state
     to this world size; returns the step to continue from."""
     state = torch.load(Path(ckpt) / "trainer.pt", weights_only=False)
@@ -517,7 +521,7 @@ def run(cfg: TrainConfig, resume, device):
     val_sets = load_val_sets(cfg)
     tr, tokenizer = build_trainer(cfg, model_path, cfg.model.path, device)
     try:
-        stream = PromptStream(load_rows(cfg.data, cfg.seed), cfg.seed, cfg.data.shuffle)
+        stream = prompt_stream(cfg.data, cfg.seed)
     except (OSError, ValueError) as e:
         raise SetupError(f"data.train: {e}") from None
     start = load_checkpoint(ckpt, tr, stream) if ckpt is not None else 0

@@ -26,3 +26,34 @@ def test_prompt_stream_resume():
     assert [r["id"] for r in a.take(9)] == [r["id"] for r in b.take(9)]
     epoch = PromptStream(rows, seed=3, shuffle=True).take(7)
     assert sorted(r["id"] for r in epoch) == list(range(7)) and [r["id"] for r in epoch[:5]] == [r["id"] for r in first]
+
+
+def test_level_curriculum_draws_levels_by_learnability_and_resumes():
+    """P(L) ~ p (1 - p) with p = (c + 1) / (n + 2) from counts decayed by `memory`, worked by hand; the draws
+    follow P; a curriculum restored from the state dict draws the same rows."""
+    import numpy as np
+    from data import LevelCurriculum
+    rows = [{"id": f"{lv}-{i}", "level": lv} for lv in (1, 2, 3) for i in range(5)]
+    cur = LevelCurriculum(rows, seed=4, shuffle=True, memory=0.5)
+    assert cur.levels == [1, 2, 3] and np.allclose(cur.probabilities(), [1 / 3] * 3)  # no counts: p = 1/2 each
+    cur.observe([[0, 16], [8, 16], [16, 16]])  # p = 1/18, 9/18, 17/18 -> weights 17, 81, 17 (/ 324)
+    assert np.allclose(cur.probabilities(), [17 / 115, 81 / 115, 17 / 115])
+    cur.observe([[0, 0], [0, 0], [4, 4]])  # counts halve: (0, 8), (4, 8), (12, 12) -> p = 1/10, 5/10, 13/14
+    w = np.array([1 / 10 * 9 / 10, 1 / 4, 13 / 14 * 1 / 14])
+    assert np.allclose(cur.probabilities(), w / w.sum())
+    drawn = [r["level"] for _ in range(2000) for r in cur.take(8)]
+    share = np.bincount(drawn, minlength=4)[1:] / len(drawn)
+    assert np.abs(share - w / w.sum()).max() < 0.015  # 16000 draws: standard error < 0.004
+    twin = LevelCurriculum(rows, seed=4, shuffle=True, memory=0.5)
+    twin.load_state_dict(cur.state_dict())
+    assert [r["id"] for _ in range(5) for r in cur.take(8)] == [r["id"] for _ in range(5) for r in twin.take(8)]
+    with pytest.raises(ValueError, match="needs a `level` on every row"):
+        LevelCurriculum(rows + [{"id": "x"}], seed=0, shuffle=True, memory=0.5)
+
+
+def test_data_config_rejects_an_unknown_level_sampling():
+    from config import ConfigError, check_config, load_config
+    with pytest.raises(ConfigError, match="'data.level_sampling' must be rows or learnability"):
+        check_config(load_config(None, ["data.level_sampling=uniform"]))
+    with pytest.raises(ConfigError, match="'data.level_memory' must be in"):
+        check_config(load_config(None, ["data.level_memory=1.0"]))

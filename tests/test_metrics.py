@@ -14,3 +14,38 @@ def test_progress_prints_lines_when_stderr_is_not_a_terminal(capsys):
     for _ in range(3):
         silent.update({})
     assert capsys.readouterr().err == ""
+
+
+
+def test_batch_metrics_over_ranks_equal_one_process_holding_every_group(monkeypatch):
+    """Two ranks with uneven levels and answer counts: the step's statistics must be those of one process
+    holding all groups (a level's pass rate over that level's groups, a correct answer's mean length over all
+    correct answers), not the ranks' means averaged by their group counts."""
+    import torch
+
+    import metrics
+    from rollout import Sample
+
+    def part(levels, scores, lengths):
+        rows = [{"level": lv} for lv in levels]
+        groups = [[Sample([1], [1] * n, "", n, n >= 9, None) for n in g] for g in lengths]
+        s = torch.tensor(scores, dtype=torch.float32)
+        return rows, groups, s, s + 0.5
+    rank0 = part([1, 3, 1, 1], [[1, 0], [1, 0], [1, 1], [1, 1]], [[2, 4], [6, 9], [3, 3], [2, 2]])
+    rank1 = part([3, 3, 3, 2], [[0, 0], [0, 0], [0, 1], [0, 0]], [[9, 9], [5, 7], [8, 4], [9, 1]])
+    everything = tuple(a + b if isinstance(a, list) else torch.cat([a, b]) for a, b in zip(rank0, rank1))
+
+    sent = []  # rank 0's call sends its part; rank 1's call then receives both ranks' parts
+    monkeypatch.setattr(metrics, "all_gather", lambda x: sent.append(x) or [x])
+    one_process = metrics.step_metrics(2, *everything)
+    sent.clear()
+    metrics.step_metrics(2, *rank0)
+    monkeypatch.setattr(metrics, "all_gather", lambda x: [sent[0], x])
+    two_ranks = metrics.step_metrics(2, *rank1)
+
+    assert one_process["groups"] == 8 and one_process["score_by_level/3"] == 2 / 8
+    assert abs(one_process["len_correct"] - (2 + 6 + 3 + 3 + 2 + 2 + 4) / 7) < 1e-6
+    assert one_process["groups_by_level/3"] == 4 and one_process["truncated_frac"] == 4 / 16
+    assert two_ranks.keys() == one_process.keys()
+    for key, value in one_process.items():
+        assert abs(two_ranks[key] - value) < 1e-6, (key, two_ranks[key], value)

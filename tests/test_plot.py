@@ -22,7 +22,8 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
         rows = []
         for s in range(1, 31):
             r = {"step": s, "reward_mean": s / 30, "entropy": 1 - s / 60, "len_mean": 3.0, "len_correct": 2.0,
-                 "len_incorrect": 4.0, "bucket_scale/1": 0.1, "bucket_scale/7": 0.2, "score_by_level/1": 0.5}
+                 "len_incorrect": 4.0, "bucket_scale/1": 0.1, "bucket_scale/7": 0.2, "score_by_level/1": 0.5,
+                 "groups_by_level/1": 8}
             if daro:
                 r.update({"daro_w/1": 1.0 + s / 100, "daro_w/7": 1.0 - s / 100})
             rows.append(r)
@@ -33,8 +34,9 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
 
     grpo, daro = write_run("grpo", daro=False), write_run("daro", daro=True)
     written = plot_main([grpo, "--out", str(tmp_path / "a")])
-    assert sorted(p.name for p in written) == ["dynamics.png", "lengths.png", "loss_per_difficulty.png",
-                                                "pass_rate_per_level.png", "reward.png"]  # no DARO weights to draw
+    assert sorted(p.name for p in written) == ["dynamics.png", "groups_per_level.png", "lengths.png",
+                                                "loss_per_difficulty.png", "pass_rate_per_level.png",
+                                                "reward.png"]  # no DARO weights to draw
     written = plot_main([grpo, daro, "--out", str(tmp_path / "b")])  # two runs on one figure
     assert "weights_per_difficulty.png" in {p.name for p in written}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in written)

@@ -39,3 +39,16 @@ def test_paired_gain_and_macro():
     assert m["ci95"] == pytest.approx(1.96 * math.sqrt(0.25 / 3 + 0.25) / 2)
     with pytest.raises(ValueError, match="same problems"):
         smol_learn.paired_gain(BEFORE, AFTER[:-2])
+
+
+def test_resume_keeps_a_finished_part_and_runs_a_missing_one(tmp_path):
+    import sys
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    done = tmp_path / "eval_before" / "records.jsonl"
+    done.parent.mkdir()
+    done.write_text("{}\n")
+    parts = []
+    smol_learn.run(failing, parts, keep=done)  # kept: not run, so it cannot fail
+    assert parts[0]["kept"].startswith(str(done)) and "wall_s" not in parts[0]
+    with pytest.raises(SystemExit, match="failed with exit code 3"):
+        smol_learn.run(failing, parts, keep=tmp_path / "eval_after" / "records.jsonl")

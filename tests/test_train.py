@@ -181,6 +181,7 @@ def run_cli(args, **kw):
 
 def test_kill_and_resume_reproduces_metrics(tmp_path, tiny_model):
     common = ["--config", str(ROOT / "configs" / "tiny.yaml"), *TINY, f"model.path={tiny_model}", "steps=6", "save_every=2", "prompts_per_step=8",
+              "data.level_sampling=learnability",  # the curriculum's counts and draws resume too
               "rollout.engine=vllm"]
     full = run_cli([*common, f"out_dir={tmp_path / 'full'}"])
     assert full.wait(timeout=600) == 0, full.stdout.read()
@@ -291,6 +292,23 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
     # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
     assert train.overlong_penalty(6, 6, 2) == -1.0 and train.overlong_penalty(5, 6, 2) == -0.5
 
+
+def test_level_curriculum_counts_every_verdict_before_dynamic_sampling():
+    """collect_batch tells a LevelCurriculum each drawn level's correct and sampled responses, the groups
+    that dynamic sampling drops included (their level gave no signal: that is what the curriculum learns)."""
+    from data import LevelCurriculum
+    cfg = load_config(ROOT / "configs" / "dapo.yaml", TINY + ["G=4", "prompts_per_step=4",
+                                                              "reward.max_num_gen_batches=1"])
+    rows = [{"id": "a", "problem": "p0", "answer": "5", "level": 1}, {"id": "b", "problem": "p1", "answer": "7",
+                                                                     "level": 2}]
+    engine = ScriptedEngine({"p0": ["5", "5", "5", "5"], "p1": ["7", "1", "7", "2"]})  # 4 and 2 of 4 correct
+    stream, twin = (LevelCurriculum(rows, seed=1, shuffle=False, memory=0.0) for _ in range(2))
+    drawn = [r["level"] for r in twin.take(4)]
+    assert set(drawn) == {1, 2}  # this seed draws both levels
+    batch = train.collect_batch(cfg, engine, stream, 0, {"rollout": 0.0, "verify": 0.0})
+    assert [r["level"] for r in batch.rows] == [2] * drawn.count(2)  # the level-1 groups (4 of 4) dropped
+    assert stream.correct.tolist() == [4 * drawn.count(1), 2 * drawn.count(2)]
+    assert stream.sampled.tolist() == [4 * drawn.count(1), 4 * drawn.count(2)]
 
 def test_evaluation_sharded_over_two_ranks_equals_one_process(tmp_path):
     """Each rank generates half of the validation problems and the verdicts are gathered: the accuracy
