@@ -10,8 +10,8 @@ per level before and after with 95% intervals, the gain with a paired interval, 
 load and wall times), metrics.jsonl (the training run's log) and the figures. Checkpoints and eval records
 stay under runs/smol_learn/seed_<S>/ (git-ignored).
 
-The longer run uses the same script (configs/smol_levels.yaml, with --gsm8k for a GSM8K slice before and
-after); --resume continues an interrupted call (finished evaluations kept, train.py from its checkpoint).
+The longer run uses the same script (configs/smol_levels.yaml, with --greedy for greedy accuracy beside T = 1
+and --gsm8k for a GSM8K slice, both before and after); --resume continues an interrupted call (finished evaluations kept, train.py from its checkpoint).
 """
 import argparse
 import json
@@ -109,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--gsm8k", help="a GSM8K test file (e.g. ../shared/data/gsm8k_test.jsonl): its first "
                     "--gsm8k-limit problems are also asked before and after, greedy, with 256 new tokens")
     ap.add_argument("--gsm8k-limit", type=int, default=200)
+    ap.add_argument("--greedy", action="store_true", help="also evaluate the same held-out problems greedily "
+                    "(n = 1, temperature 0) before and after")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted call: evaluations it finished "
                     "are kept, train.py resumes from its last checkpoint")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides for train.py")
@@ -126,10 +128,15 @@ def main(argv=None):
                 "--dtype", "float32", "--limit", str(args.limit), "--seed", str(args.seed)]
     gsm8k = [py, "eval.py", "--benchmarks", str(args.gsm8k), "--n", "1", "--temperature", "0", "--max-tokens", "256",
              "--template", "chat", "--dtype", "float32", "--limit", str(args.gsm8k_limit)] if args.gsm8k else None
+    greedy = evaluate[:evaluate.index("--n")] + ["--n", "1", "--temperature", "0"] + \
+        evaluate[evaluate.index("--max-tokens"):] if args.greedy else None
 
     def kept(part):  # with --resume, an interrupted call's finished evaluation (eval.py writes it whole)
         return run_dir / part / "records.jsonl" if args.resume else None
     run(evaluate + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "eval_before")], parts, kept("eval_before"))
+    if greedy:
+        run(greedy + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "greedy_before")], parts,
+            kept("greedy_before"))
     if gsm8k:
         run(gsm8k + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "gsm8k_before")], parts,
             kept("gsm8k_before"))
@@ -139,6 +146,8 @@ def main(argv=None):
     ckpts = train_dir / "checkpoints"  # `latest` names this run's last save (not an earlier run's higher step)
     final = ckpts / (ckpts / "latest").read_text().strip() / "model"
     run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts, kept("eval_after"))
+    if greedy:
+        run(greedy + ["--model", str(final), "--out", str(run_dir / "greedy_after")], parts, kept("greedy_after"))
     if gsm8k:
         run(gsm8k + ["--model", str(final), "--out", str(run_dir / "gsm8k_after")], parts, kept("gsm8k_after"))
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
@@ -153,7 +162,7 @@ def main(argv=None):
     summary = {
         "what": "SmolLM2-135M-Instruct, GRPO on the arith task (tiny.arith_rows); held-out accuracy per level "
                 f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
-        "command": f"python smol_learn.py --seed {args.seed}" + "".join(f" {o}" for o in args.overrides),
+        "command": " ".join(["python smol_learn.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": at_start["machine"],
         "load_average_1_5_15": {"start": load_start, "end": load_average()},
@@ -169,6 +178,11 @@ def main(argv=None):
         "train_reward": {"first_3_steps": sum(rewards[:3]) / 3, "last_3_steps": sum(rewards[-3:]) / 3},
         "steps": len(metrics),
     }
+    if greedy:
+        b, a = (level_accuracy(plot.read_metrics(run_dir / f"greedy_{when}" / "records.jsonl"))
+                for when in ("before", "after"))
+        summary["greedy"] = {"what": "the same held-out problems, greedy (n = 1, temperature 0)", "before": b,
+                             "after": a, "macro": {"before": macro(b), "after": macro(a)}}
     if gsm8k:
         b, a = (plot.read_metrics(run_dir / f"gsm8k_{when}" / "records.jsonl") for when in ("before", "after"))
         summary["gsm8k"] = {"what": f"the first {args.gsm8k_limit} problems of {args.gsm8k}, greedy, 256 new tokens",
@@ -185,6 +199,9 @@ def main(argv=None):
         g = summary["gsm8k"]
         print(f"  gsm8k (greedy, {args.gsm8k_limit} problems): {g['before']['accuracy']:.3f} -> "
               f"{g['after']['accuracy']:.3f} (paired gain {g['gain']['gain']:+.3f} ± {g['gain']['ci95']:.3f})")
+    if greedy:
+        g = summary["greedy"]["macro"]
+        print(f"  greedy macro: {g['before']['accuracy']:.3f} -> {g['after']['accuracy']:.3f}")
     m = summary["macro"]
     print(f"  macro: {m['before']['accuracy']:.3f} -> {m['after']['accuracy']:.3f}; "
           f"{wall / 60:.1f} min in all, load {load_start} -> {load_average()}; wrote {doc_dir}/summary.json")

@@ -52,3 +52,53 @@ def test_resume_keeps_a_finished_part_and_runs_a_missing_one(tmp_path):
     assert parts[0]["kept"].startswith(str(done)) and "wall_s" not in parts[0]
     with pytest.raises(SystemExit, match="failed with exit code 3"):
         smol_learn.run(failing, parts, keep=tmp_path / "eval_after" / "records.jsonl")
+
+
+def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypatch):
+    """main() with each part faked by a writer of the files that part writes: the greedy evaluation asks the
+    same problems as the T = 1 one with n = 1 at temperature 0, and the summary holds both and GSM8K."""
+    import json
+    from pathlib import Path
+    calls = []
+
+    def fake_run(cmd, log, keep=None):
+        calls.append(cmd)
+        if "eval.py" in cmd:
+            out, n = Path(cmd[cmd.index("--out") + 1]), int(cmd[cmd.index("--n") + 1])
+            after = "after" in out.name
+            benches = cmd[cmd.index("--benchmarks") + 1].split(",")
+            out.mkdir(parents=True)
+            rows = [{"benchmark": b, "id": f"p{i}", "sample": j, "score": float(after and i < 2)}
+                    for b in benches for i in range(4) for j in range(n)]  # after: 2 of 4 problems right
+            (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        elif "train.py" in cmd:
+            out = Path(next(a for a in cmd if a.startswith("out_dir=")).split("=", 1)[1])
+            (out / "checkpoints" / "step_000002" / "model").mkdir(parents=True)
+            (out / "checkpoints" / "latest").write_text("step_000002\n")
+            rows = [{"step": 1, "reward_mean": 0.1}, {"step": 2, "reward_mean": 0.5, "val/level1": 0.5}]
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr(smol_learn, "run", fake_run)
+    monkeypatch.setattr(smol_learn.plot, "matmul_gflops", lambda: 0.0)
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    argv = ["--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--heldout", str(tmp_path / "arith"),
+            "--greedy", "--gsm8k", str(gsm8k), "--gsm8k-limit", "3", "--seed", "1"]
+    smol_learn.main(argv)
+
+    evals = {Path(c[c.index("--out") + 1]).name: c for c in calls if "eval.py" in c}
+    assert set(evals) == {"eval_before", "greedy_before", "gsm8k_before", "eval_after", "greedy_after", "gsm8k_after"}
+    opt = lambda part, flag: evals[part][evals[part].index(flag) + 1]  # noqa: E731
+    assert (opt("greedy_before", "--n"), opt("greedy_before", "--temperature")) == ("1", "0")
+    assert (opt("eval_before", "--n"), opt("eval_before", "--temperature")) == ("4", "1.0")
+    for flag in ("--benchmarks", "--limit", "--max-tokens", "--seed"):
+        assert opt("greedy_before", flag) == opt("eval_before", flag) == opt("greedy_after", flag)
+    assert opt("gsm8k_after", "--benchmarks") == str(gsm8k) and opt("gsm8k_after", "--limit") == "3"
+    assert opt("eval_after", "--model").endswith("step_000002/model")
+
+    summary = json.loads((tmp_path / "docs" / "seed_1" / "summary.json").read_text())
+    assert summary["command"] == "python smol_learn.py " + " ".join(argv)
+    g = summary["greedy"]
+    assert g["before"]["level3"]["n"] == 1 and g["before"]["level3"]["problems"] == 4
+    assert (g["macro"]["before"]["accuracy"], g["macro"]["after"]["accuracy"]) == (0.0, 0.5)
+    assert summary["gsm8k"]["gain"]["gain"] == pytest.approx(0.5)
+    assert summary["macro"]["after"]["accuracy"] == pytest.approx(0.5) and summary["steps"] == 2
