@@ -11,7 +11,8 @@ load and wall times), metrics.jsonl (the training run's log) and the figures. Ch
 stay under runs/smol_learn/seed_<S>/ (git-ignored).
 
 The longer run uses the same script (configs/smol_levels.yaml, with --greedy for greedy accuracy beside T = 1
-and --gsm8k for a GSM8K slice, both before and after); --resume continues an interrupted call (finished evaluations kept, train.py from its checkpoint).
+and --gsm8k for a GSM8K slice, both before and after); --resume continues an interrupted call (finished
+evaluations kept, train.py from its checkpoint).
 """
 import argparse
 import json
@@ -131,25 +132,21 @@ def main(argv=None):
     greedy = evaluate[:evaluate.index("--n")] + ["--n", "1", "--temperature", "0"] + \
         evaluate[evaluate.index("--max-tokens"):] if args.greedy else None
 
-    def kept(part):  # with --resume, an interrupted call's finished evaluation (eval.py writes it whole)
-        return run_dir / part / "records.jsonl" if args.resume else None
-    run(evaluate + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "eval_before")], parts, kept("eval_before"))
-    if greedy:
-        run(greedy + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "greedy_before")], parts,
-            kept("greedy_before"))
-    if gsm8k:
-        run(gsm8k + ["--model", str(smol.DEFAULT_DIR), "--out", str(run_dir / "gsm8k_before")], parts,
-            kept("gsm8k_before"))
+    evaluations = {"eval": evaluate, "greedy": greedy, "gsm8k": gsm8k}  # each asked before and after training
+
+    def evaluate_all(model, when):  # with --resume, a finished evaluation (eval.py writes it whole) is kept
+        for name, cmd in evaluations.items():
+            if cmd:
+                out = run_dir / f"{name}_{when}"
+                run(cmd + ["--model", str(model), "--out", str(out)], parts,
+                    out / "records.jsonl" if args.resume else None)
+
+    evaluate_all(smol.DEFAULT_DIR, "before")
     train_dir = run_dir / "train"
     run([py, "train.py", "--config", args.config, f"seed={args.seed}", f"out_dir={train_dir}",
          f"model.path={smol.DEFAULT_DIR}", *args.overrides] + (["--resume"] if args.resume else []), parts)
     ckpts = train_dir / "checkpoints"  # `latest` names this run's last save (not an earlier run's higher step)
-    final = ckpts / (ckpts / "latest").read_text().strip() / "model"
-    run(evaluate + ["--model", str(final), "--out", str(run_dir / "eval_after")], parts, kept("eval_after"))
-    if greedy:
-        run(greedy + ["--model", str(final), "--out", str(run_dir / "greedy_after")], parts, kept("greedy_after"))
-    if gsm8k:
-        run(gsm8k + ["--model", str(final), "--out", str(run_dir / "gsm8k_after")], parts, kept("gsm8k_after"))
+    evaluate_all(ckpts / (ckpts / "latest").read_text().strip() / "model", "after")
     run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
 

@@ -61,8 +61,13 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
     from pathlib import Path
     calls = []
 
+    keeps = []
+
     def fake_run(cmd, log, keep=None):
         calls.append(cmd)
+        keeps.append(keep)
+        if keep is not None:
+            return
         if "eval.py" in cmd:
             out, n = Path(cmd[cmd.index("--out") + 1]), int(cmd[cmd.index("--n") + 1])
             after = "after" in out.name
@@ -73,7 +78,7 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
             (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         elif "train.py" in cmd:
             out = Path(next(a for a in cmd if a.startswith("out_dir=")).split("=", 1)[1])
-            (out / "checkpoints" / "step_000002" / "model").mkdir(parents=True)
+            (out / "checkpoints" / "step_000002" / "model").mkdir(parents=True, exist_ok=True)
             (out / "checkpoints" / "latest").write_text("step_000002\n")
             rows = [{"step": 1, "reward_mean": 0.1}, {"step": 2, "reward_mean": 0.5, "val/level1": 0.5}]
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -102,3 +107,10 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
     assert (g["macro"]["before"]["accuracy"], g["macro"]["after"]["accuracy"]) == (0.0, 0.5)
     assert summary["gsm8k"]["gain"]["gain"] == pytest.approx(0.5)
     assert summary["macro"]["after"]["accuracy"] == pytest.approx(0.5) and summary["steps"] == 2
+
+    # --resume: every evaluation names its finished records as kept, and train.py gets --resume
+    calls.clear(), keeps.clear()
+    smol_learn.main(argv + ["--resume"])
+    kept = {Path(c[c.index("--out") + 1]).name: k for c, k in zip(calls, keeps) if "eval.py" in c}
+    assert all(k == tmp_path / "runs" / "seed_1" / part / "records.jsonl" for part, k in kept.items()) and len(kept) == 6
+    assert "--resume" in next(c for c in calls if "train.py" in c)
