@@ -5,6 +5,7 @@ log-probs are recomputed by a plain transformers forward pass, prompt ids from t
 character table, EOS/stop/truncation rules checked token by token.
 """
 import dataclasses
+import importlib.util
 import json
 import os
 import string
@@ -28,11 +29,7 @@ PROMPTS = ["1+1=", "What is 7*6?\n", "x"]
 
 
 def has_vllm():
-    try:
-        import vllm  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("vllm") is not None
 
 
 needs_vllm = pytest.mark.skipif(not has_vllm(), reason="vLLM not installed")
