@@ -18,6 +18,12 @@ threshold, and the final mean length of correct and incorrect responses; and OUT
 metric with a band per scheme. Each scheme is also compared with the first (the baseline) seed by seed:
 the mean difference and its 95% interval, the minimum detectable difference at these seeds (power 0.8),
 and the paired t-test's p-value with Holm's correction across the schemes compared.
+
+With --heldout N, eval.py also scores each finished run's last checkpoint on the config's eval.benchmarks,
+greedy, every problem (N = 0) or the first N of each, into OUT/<label>/seedS/heldout/: the held-out
+accuracy columns. The in-run evaluation (eval.limit problems, the curve) is too coarse to tell schemes
+apart (20 problems: one is 0.05); a comparison reads the held-out columns. Runs whose checkpoints are gone
+(restored from a publication) have none and are left out of those columns.
 """
 import argparse
 import json
@@ -48,10 +54,15 @@ COMPARED = ("final_accuracy", "val_acc")  # compared with the baseline seed by s
 
 
 def metric_columns(summaries):
-    """METRICS and one validation column per benchmark the runs evaluated (val_<file stem>)."""
-    names = sorted({k for per_seed in summaries.values() for s in per_seed for k in s if k.startswith("val_")}
-                   - {"val_acc"})
-    return METRICS + [(k, "val " + k[4:], 3) for k in names]
+    """METRICS, one in-run validation column per benchmark (val_<file stem>) and, where runs have them, the
+    held-out evaluation's mean and per-benchmark columns (heldout_acc, heldout_<file stem>)."""
+    keys = {k for per_seed in summaries.values() for s in per_seed for k in s}
+    val = sorted(k for k in keys if k.startswith("val_") and k != "val_acc")
+    heldout = sorted(k for k in keys if k.startswith("heldout_") and k != "heldout_acc")
+    columns = METRICS + [(k, "val " + k[4:], 3) for k in val]
+    if heldout:
+        columns += [("heldout_acc", "held-out accuracy", 3)] + [(k, "held-out " + k[8:], 3) for k in heldout]
+    return columns
 
 
 def parse_schemes(specs):
@@ -75,14 +86,47 @@ def parse_schemes(specs):
     return schemes
 
 
-def run_command(base_config, overrides, seed, out_dir, resume):
+def split_overrides(base_config, overrides):
+    """(config path, key=value overrides): a yaml path among the overrides replaces the base config."""
     config = base_config
-    for o in overrides:  # a yaml path among the overrides replaces the base config
+    for o in overrides:
         if o.endswith((".yaml", ".yml")) and "=" not in o:
             config = o
-    rest = [o for o in overrides if "=" in o]
+    return config, [o for o in overrides if "=" in o]
+
+
+def run_command(base_config, overrides, seed, out_dir, resume):
+    config, rest = split_overrides(base_config, overrides)
     return [sys.executable, str(ROOT / "train.py"), "--config", config, *rest, f"seed={seed}",
             f"out_dir={out_dir}"] + (["--resume"] if resume else [])
+
+
+def heldout_command(base_config, overrides, run_dir, limit):
+    """eval.py on a finished run's last checkpoint: the run's eval.benchmarks, greedy (n = 1, T = 0), every
+    problem (limit 0) or the first `limit` of each, with the run's engine, template, dtype, max new tokens
+    and reward, into run_dir/heldout. None when the run kept no checkpoint."""
+    from config import load_config  # imports torch: after OMP_NUM_THREADS is set
+    from distributed import latest_checkpoint
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None or not (ckpt / "model").is_dir():
+        return None
+    cfg = load_config(*split_overrides(base_config, overrides))
+    dtype = cfg.model.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype  # as train.py samples
+    return [sys.executable, str(ROOT / "eval.py"), "--model", str((ckpt / "model").resolve()),
+            "--benchmarks", ",".join(cfg.eval.benchmarks), "--data-dir", cfg.eval.data_dir, "--n", "1",
+            "--temperature", "0", "--max-tokens", str(cfg.eval.max_tokens or cfg.rollout.max_tokens),
+            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template, "--dtype", dtype,
+            "--reward", cfg.reward.kind, "--limit", str(limit), "--out", str((run_dir / "heldout").resolve())]
+
+
+def heldout_summary(run_dir):
+    """{heldout_acc: the mean over benchmarks, heldout_<stem>: each one's greedy accuracy} from eval.py's
+    results.json in run_dir/heldout ({} when the run has none)."""
+    path = run_dir / "heldout" / "results.json"
+    if not path.is_file():
+        return {}
+    acc = {Path(name).stem: b["avg@n"] for name, b in json.loads(path.read_text())["benchmarks"].items()}
+    return {"heldout_acc": sum(acc.values()) / len(acc), **{f"heldout_{k}": v for k, v in sorted(acc.items())}}
 
 
 def _die_with_parent():
@@ -354,6 +398,8 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=0.5, help="train accuracy (verdicts) for the steps-to-threshold column")
     ap.add_argument("--window", type=int, default=10, help="steps averaged for final values and the threshold")
     ap.add_argument("--smooth", type=int, default=10, help="moving-average window of the figures' curves")
+    ap.add_argument("--heldout", type=int, metavar="N", help="eval.py on each run's last checkpoint, greedy, the "
+                    "first N problems of each eval benchmark (0: all): the held-out columns")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
     ap.add_argument("--publish", metavar="DIR", help="copy the results to commit into DIR: table.md, table.json, "
                     "the figures and each run's metrics.jsonl and done.json (no checkpoints)")
@@ -392,8 +438,14 @@ def main(argv=None):
         else:
             print(f"{prefix} not run yet, left out of the table", flush=True)
             continue
+        if args.heldout is not None and not args.report_only and not (run_dir / "heldout" / "results.json").is_file():
+            cmd = heldout_command(args.config, [*overrides, *args.set], run_dir, args.heldout)
+            if cmd is None:
+                print(f"{prefix} no checkpoint left, no held-out evaluation", flush=True)
+            elif run_one(cmd, run_dir / "heldout.log") != 0:
+                sys.exit(f"{prefix} eval.py failed; see {run_dir / 'heldout.log'}")
         records = read_metrics(run_dir / "metrics.jsonl")
-        s = summarize_run(records, args.threshold, args.window)
+        s = {**summarize_run(records, args.threshold, args.window), **heldout_summary(run_dir)}
         summaries.setdefault(label, []).append(s)
         seeds_of.setdefault(label, []).append(seed)
         curves.setdefault(label, []).append(records)
@@ -428,10 +480,11 @@ def main(argv=None):
 
 def publish(out, dest, command):
     """Copy what backs a README table into dest (to commit): table.md/json, figures/*.png, and per run
-    metrics.jsonl and done.json (its command and wall time); and published.json: the sweep's command, the
-    date, the machine and its load."""
+    metrics.jsonl, done.json (its command and wall time) and heldout/results.json; and published.json: the
+    sweep's command, the date, the machine and its load."""
     files = [out / "table.md", out / "table.json", *sorted((out / "figures").glob("*.png"))]
-    files += [f for name in ("metrics.jsonl", "done.json") for f in sorted(out.glob(f"*/seed*/{name}"))]
+    files += [f for name in ("metrics.jsonl", "done.json", "heldout/results.json")
+              for f in sorted(out.glob(f"*/seed*/{name}"))]
     for f in files:
         target = dest / f.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,8 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert not (out / "daro" / "seed0" / "done.json").is_file()
 
     pub = tmp_path / "published"
-    again = subprocess.run(cmd + ["--publish", str(pub)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd + ["--publish", str(pub), "--heldout", "30"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:]
     assert "[1/2] grpo seed 0: done before, skipped" in again.stdout
     assert "[2/2] daro seed 0: resuming" in again.stdout
@@ -188,6 +189,19 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert {"table.md", "table.json", "published.json", "figures/summary.png", "grpo/seed0/metrics.jsonl",
             "daro/seed0/done.json"} <= published and not any("checkpoints" in p for p in published)
     assert json.loads((pub / "published.json").read_text())["command"].startswith("python sweep.py ")
+    # --heldout: eval.py on each run's last checkpoint, greedy, the first 30 held-out problems; the column is
+    # the mean of the verdicts eval.py wrote per problem, and the scheme is compared with the baseline on it
+    for label in ("grpo", "daro"):
+        held = out / label / "seed0" / "heldout"
+        settings = json.loads((held / "results.json").read_text())["settings"]
+        assert settings["model"].endswith("checkpoints/step_000008/model") and settings["temperature"] == 0.0
+        verdicts = [json.loads(line)["score"] for line in (held / "records.jsonl").read_text().splitlines()]
+        assert len(verdicts) == 30
+        assert table[label]["heldout_acc"]["values"] == [pytest.approx(sum(verdicts) / 30)]
+        assert f"{label}/seed0/heldout/results.json" in published
+    paired = json.loads((out / "table.json").read_text())["paired_vs_grpo"]["daro"]["heldout_synthetic"]
+    assert paired["values"] == [pytest.approx(table["daro"]["heldout_acc"]["mean"] - table["grpo"]["heldout_acc"]["mean"])]
+    assert "held-out synthetic" in (out / "table.md").read_text()
 
 
 def test_paired_differences():
@@ -206,3 +220,23 @@ def test_paired_differences():
     # one scheme compared: Holm leaves its p-value as it is
     assert d["final_accuracy"]["p_holm"] == d["final_accuracy"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
     assert math.isnan(d["val_acc"]["p_holm"])
+
+
+def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_path):
+    from sweep import heldout_command, heldout_summary
+    run = tmp_path / "run"
+    base = str(ROOT / "configs" / "smol_compare.yaml")
+    assert heldout_command(base, [], run, 0) is None and heldout_summary(run) == {}  # no checkpoint: nothing
+    (run / "checkpoints" / "step_000020" / "model").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step_000020\n")
+    cmd = heldout_command(base, ["scheme.name=daro", "rollout.max_tokens=64"], run, 0)
+    args = dict(zip(cmd[2::2], cmd[3::2]))
+    assert cmd[1].endswith("eval.py") and args["--model"] == str((run / "checkpoints/step_000020/model").resolve())
+    assert args["--benchmarks"] == ",".join(f"runs/arith/level{k}.jsonl" for k in range(1, 6))
+    assert (args["--n"], args["--temperature"], args["--limit"], args["--max-tokens"]) == ("1", "0", "0", "64")
+    assert (args["--template"], args["--dtype"], args["--reward"], args["--engine"]) == ("chat", "float32", "math",
+                                                                                         "vllm")
+    (run / "heldout").mkdir()
+    (run / "heldout" / "results.json").write_text(json.dumps(
+        {"benchmarks": {"runs/arith/level1.jsonl": {"avg@n": 0.9}, "runs/arith/level2.jsonl": {"avg@n": 0.4}}}))
+    assert heldout_summary(run) == {"heldout_acc": pytest.approx(0.65), "heldout_level1": 0.9, "heldout_level2": 0.4}
