@@ -200,7 +200,8 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
         assert table[label]["heldout_acc"]["values"] == [pytest.approx(sum(verdicts) / 30)]
         assert f"{label}/seed0/heldout/results.json" in published
     paired = json.loads((out / "table.json").read_text())["paired_vs_grpo"]["daro"]["heldout_synthetic"]
-    assert paired["values"] == [pytest.approx(table["daro"]["heldout_acc"]["mean"] - table["grpo"]["heldout_acc"]["mean"])]
+    gap = table["daro"]["heldout_acc"]["mean"] - table["grpo"]["heldout_acc"]["mean"]
+    assert paired["values"] == [pytest.approx(gap)]
     assert "held-out synthetic" in (out / "table.md").read_text()
 
 
