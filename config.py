@@ -123,6 +123,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    @property
+    def sampler_dtype(self):
+        """The dtype the sampler runs in: rollout.dtype, or the trainer's where it is "auto" (vLLM's own "auto"
+        turns float32 into bfloat16 on CPUs, and the sampler would drift from the trainer)."""
+        return self.model.dtype if self.rollout.dtype == "auto" else self.rollout.dtype
+
 
 class ConfigError(ValueError):
     def __init__(self, message, key=None):

@@ -111,11 +111,10 @@ def heldout_command(base_config, overrides, run_dir, limit):
     if ckpt is None or not (ckpt / "model").is_dir():
         return None
     cfg = load_config(*split_overrides(base_config, overrides))
-    dtype = cfg.model.dtype if cfg.rollout.dtype == "auto" else cfg.rollout.dtype  # as train.py samples
     return [sys.executable, str(ROOT / "eval.py"), "--model", str((ckpt / "model").resolve()),
             "--benchmarks", ",".join(cfg.eval.benchmarks), "--data-dir", cfg.eval.data_dir, "--n", "1",
             "--temperature", "0", "--max-tokens", str(cfg.eval.max_tokens or cfg.rollout.max_tokens),
-            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template, "--dtype", dtype,
+            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template, "--dtype", cfg.sampler_dtype,
             "--reward", cfg.reward.kind, "--limit", str(limit), "--out", str((run_dir / "heldout").resolve())]
 
 

@@ -529,11 +529,7 @@ def run(cfg: TrainConfig, resume, device):
         print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
     log = MetricsLog(run_dir, start, cfg.tensorboard)
 
-    # the sampler runs in the trainer's dtype unless told otherwise (vLLM's "auto" turns float32 into bf16 on CPU)
-    rollout_cfg = cfg.rollout
-    if rollout_cfg.dtype == "auto":
-        rollout_cfg = dataclasses.replace(rollout_cfg, dtype=cfg.model.dtype)
-    engine = make_engine(rollout_cfg, model_path, seed=cfg.seed + rank)
+    engine = make_engine(dataclasses.replace(cfg.rollout, dtype=cfg.sampler_dtype), model_path, seed=cfg.seed + rank)
     progress = Progress(start, cfg.steps, enabled=rank == 0)
     try:
         info = {"device": str(tr.device), **engine.info()} if cfg.diagnostics else {}

@@ -26,6 +26,12 @@ def test_yaml_and_overrides(tmp_path):
     assert load_config(None, ["loss.kl_beta=1e-3"]).loss.kl_beta == 1e-3  # yaml reads 1e-3 as a string
 
 
+def test_the_sampler_runs_in_the_trainers_dtype_unless_told_otherwise():
+    # vLLM's own "auto" would sample a float32 trainer's policy in bfloat16 on a CPU
+    assert load_config(None, ["model.dtype=float32", "rollout.dtype=auto"]).sampler_dtype == "float32"
+    assert load_config(None, ["model.dtype=float32", "rollout.dtype=bfloat16"]).sampler_dtype == "bfloat16"
+
+
 @pytest.mark.parametrize("override,message", [
     ("scheme.nme=grpo", "unknown config key 'scheme.nme'; did you mean 'name'"),
     ("lose.eps_low=0.1", "unknown config key 'lose'; did you mean 'loss'"),
