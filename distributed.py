@@ -170,6 +170,18 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def write_failed(tmp, error):
+    """The one-line CheckpointError for a checkpoint write into `tmp` that raised `error` (a full disk reaches
+    torch.save as "unexpected pos ..."): the free space on that disk and the error's last line. The partial
+    directory is removed; `latest` still names the previous checkpoint."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(Path(tmp).parent).free / 2**30
+    last = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return CheckpointError(f"writing {tmp} failed with {free:.1f} GiB free on its disk "
+                           f"({type(error).__name__}: {last[-1] if last else 'no message'}); the previous "
+                           "checkpoint is kept and --resume continues from it")
+
+
 def rng_state():
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -204,9 +216,13 @@ def sharded_state(module, optimizer):
 
 def save_sharded(module, optimizer, path):
     """Every rank writes its shards of the model and optimizer state into `path` (DCP); returns once rank 0
-    has written the metadata."""
+    has written the metadata. A failed write raises write_failed's CheckpointError for path's directory."""
     import torch.distributed.checkpoint as dcp
-    dcp.save(sharded_state(module, optimizer), checkpoint_id=path)
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: `except Exception` misses it
+    try:
+        dcp.save(sharded_state(module, optimizer), checkpoint_id=path)  # raises on every rank when any rank's fails
+    except (OSError, RuntimeError, CheckpointException) as e:
+        raise write_failed(Path(path).parent, e) from None
 
 
 def load_sharded(module, optimizer, path):

@@ -33,7 +33,7 @@ from data import load_benchmark, prompt_stream, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
                          free_cached_memory, full_model_state, init_distributed, interleaved, latest_checkpoint,
                          load_sharded, memory_gib, publish, restore_rng, rng_state, save_sharded, shutdown_distributed,
-                         world, write_diagnostics)
+                         world, write_diagnostics, write_failed)
 from loss import logprob_precision, policy_loss
 from metrics import MetricsLog, Progress, accumulate, gather_responses, step_metrics, update_metrics
 from plot import run_summary
@@ -383,7 +383,8 @@ def longest_micro_batch(tr: Trainer, max_model_len):
 # AdamW state, any world size), trainer.pt; see distributed.py's checkpoint section.
 
 def save_checkpoint(run_dir, step, tr: Trainer, stream, tokenizer, keep):
-    """Write checkpoints/step_N (above) on every rank together; returns its path."""
+    """Write checkpoints/step_N (above) on every rank together; returns its path. A write that fails (a full
+    disk) raises one CheckpointError on every rank and leaves the previous checkpoint as `latest`."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final, tmp = ckpt_root / f"step_{step:06d}", ckpt_root / f".tmp_step_{step:06d}"
     rank, world_size = world()
@@ -395,12 +396,18 @@ def save_checkpoint(run_dir, step, tr: Trainer, stream, tokenizer, keep):
     model_sd = full_model_state(tr.policy.model)
     state = {"step": step, "world_size": world_size, "scheduler": tr.scheduler.state_dict(),
              "stream": stream.state_dict(), "scheme": tr.scheme.state_dict(), "rng": all_gather(rng_state())}
+    failure = None
     if rank == 0:
-        tr.policy.model.save_pretrained(tmp / "model", state_dict=model_sd, safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        torch.save(state, tmp / "trainer.pt")
-        publish(ckpt_root, tmp, final, keep)
-    barrier()
+        try:
+            tr.policy.model.save_pretrained(tmp / "model", state_dict=model_sd, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            torch.save(state, tmp / "trainer.pt")
+            publish(ckpt_root, tmp, final, keep)
+        except (OSError, RuntimeError) as e:
+            failure = str(write_failed(tmp, e))
+    failures = [f for f in all_gather(failure) if f]  # every rank raises, none is left waiting in a collective
+    if failures:
+        raise CheckpointError(failures[0])
     check_every_rank_reads(final, f"checkpoint {final} was written")
     return final
 

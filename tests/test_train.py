@@ -207,6 +207,36 @@ def test_kill_and_resume_reproduces_metrics(tmp_path, tiny_model):
         assert kept_a == pytest.approx(kept_b, rel=1e-6, abs=1e-9), ra["step"]
 
 
+@pytest.mark.parametrize("fails", ["dcp", "model"])
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_one(fails, tmp_path, tiny_model, monkeypatch):
+    """A full disk mid-checkpoint (seen as torch's "unexpected pos" in DCP's shard writes, or as ENOSPC in
+    rank 0's model files): one CheckpointError line naming the free space, `latest` still the previous
+    checkpoint, no partial directory left, and --resume goes on from it."""
+    cfg = lambda steps: load_config(ROOT / "configs" / "tiny.yaml", TINY + [
+        f"model.path={tiny_model}", f"out_dir={tmp_path}", f"steps={steps}", "prompts_per_step=2", "G=4",
+        "save_every=1", "rollout.engine=hf"])
+    train.train(cfg(1))
+    with monkeypatch.context() as m:
+        if fails == "dcp":
+            def full_disk(obj, f, *a, **kw):
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            m.setattr(torch, "save", full_disk)
+        else:
+            def full_disk(self, *a, **kw):
+                raise OSError(28, "No space left on device")
+            from transformers import PreTrainedModel
+            m.setattr(PreTrainedModel, "save_pretrained", full_disk)
+        with pytest.raises(train.CheckpointError) as err:
+            train.train(cfg(2), resume=True)
+    message = str(err.value)
+    assert "\n" not in message and "GiB free on its disk" in message and ".tmp_step_000002" in message
+    assert ("unexpected pos 704 vs 598" if fails == "dcp" else "No space left on device") in message
+    assert latest_checkpoint(tmp_path).name == "step_000001"
+    assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
+    train.train(cfg(2), resume=True)
+    assert latest_checkpoint(tmp_path).name == "step_000002" and [r["step"] for r in records(tmp_path)] == [1, 2]
+
+
 def test_checkpoint_loads_in_transformers_and_vllm(tmp_path, tiny_model):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
                                                                      "rollout.engine=hf"])
