@@ -72,6 +72,7 @@ class SchemeConfig:
     std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
     eps: float = 1e-6               # A = (r - mean) / (std + eps)
     correct_threshold: float = 0.5  # without the verifier's verdicts, reward > this counts as correct
+    blind_mu: float = 0.25          # blind_hard only: groups with pass rate k / G <= this get no gradient
     daro: DAROConfig = field(default_factory=DAROConfig)
     hadw: HADWConfig = field(default_factory=HADWConfig)
 
@@ -243,25 +244,28 @@ class LIPO(DAPO):
 
 
 class BlindHard(GRPO):
-    """A positive control, not a method: GRPO blind to the hardest quarter of the difficulty buckets.
+    """A positive control, not a method: GRPO blind to the hardest difficulty buckets.
 
     A_i = GRPO's
-    W_i = GRPO's 1 / (|o_i| G P) where the prompt's correct count k > G / 4;  0 where k <= G / 4 (mu <= 1/4)
-    (k counts the verifier's verdicts, as DARO's buckets do; G >= 4.)
+    W_i = GRPO's 1 / (|o_i| G P) where the prompt's pass rate k / G > blind_mu;  0 where k / G <= blind_mu
+    (k counts the verifier's verdicts, as DARO's buckets do; blind_mu = 1/4 by default, the hardest quarter.)
 
     The handicap is known and large where hard prompts are common: on a prompt with pass rate mu a correct
     answer carries GRPO's largest advantage, about sqrt((1 - mu) / mu) (2.6 at mu = 1/8), and this scheme drops
     those groups whole, so hard prompts learn only from what transfers from easier ones: accuracy on the hard
-    levels should lag GRPO's. (A constant factor on the loss would be no control: AdamW and gradient clipping
-    undo it.) A sweep that cannot separate this scheme from GRPO cannot separate the real schemes either.
-    `python benchmarks/scheme_diagnostics.py` prints the share of GRPO's signal it drops on batches like a run's.
+    levels should lag GRPO's. blind_mu grades the handicap (1/8 at G = 8 drops only k = 1), so a sweep can
+    measure its power between "no gradient from hard prompts" and GRPO. (A constant factor on the loss would be
+    no control: AdamW and gradient clipping undo it.) A sweep that cannot separate this scheme from GRPO cannot
+    separate the real schemes either. `python benchmarks/scheme_diagnostics.py` prints the share of GRPO's
+    signal it drops on batches like a run's.
     """
 
     def weights(self, rewards, lengths, correct=None):
-        G = rewards.shape[1]
-        if G < 4:
-            raise ValueError(f"blind_hard leaves out the buckets k <= G / 4 and needs G >= 4, got G={G}")
-        seen = pass_counts(self.correct(rewards, correct)) > G // 4
+        G, blind_mu = rewards.shape[1], self.cfg.blind_mu
+        if not 1 / G <= blind_mu < 1:
+            raise ValueError(f"blind_hard needs 1 / G <= scheme.blind_mu < 1 to drop a bucket but not all, "
+                             f"got blind_mu={blind_mu} at G={G}")
+        seen = pass_counts(self.correct(rewards, correct)) > math.floor(blind_mu * G + 1e-9)
         return super().weights(rewards, lengths, correct) * seen[:, None]
 
 

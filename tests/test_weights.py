@@ -126,8 +126,21 @@ def test_blind_hard_control_is_grpo_without_the_hardest_quarter():
     shaped[0, 0] = 0.0
     W = control.weights(shaped, lengths[2:3], correct=rewards[2:3] > 0.5)
     assert (W > 0).all() and (control.weights(shaped, lengths[2:3]) == 0).all()  # fallback: k = 2
-    with pytest.raises(ValueError, match="needs G >= 4"):
+    with pytest.raises(ValueError, match="blind_mu=0.25 at G=2"):
         make_scheme(SchemeConfig(name="blind_hard"), G=2, max_len=8)(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("G, blind_mu, dropped", [(8, 0.125, 1), (8, 0.3, 2), (16, 0.25, 4), (16, 0.5, 8)])
+def test_blind_hard_grades_its_handicap_by_blind_mu(G, blind_mu, dropped):
+    # one prompt at each k = 0..G: exactly the groups with k <= dropped lose their weight, the rest keep GRPO's
+    rewards = torch.tensor([[1.0] * k + [0.0] * (G - k) for k in range(G + 1)])
+    lengths = torch.full(rewards.shape, 5.0)
+    W = make_scheme(SchemeConfig(name="blind_hard", blind_mu=blind_mu), G=G, max_len=8).weights(rewards, lengths)
+    kept = [k for k in range(G + 1) if (W[k] > 0).all()]
+    assert kept == list(range(dropped + 1, G + 1)) and (W[:dropped + 1] == 0).all()
+    np.testing.assert_allclose(W[dropped + 1:].numpy(), 1.0 / (5.0 * G * (G + 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="scheme.blind_mu"):
+        make_scheme(SchemeConfig(name="blind_hard", blind_mu=1.0), G=G, max_len=8).weights(rewards, lengths)
 
 
 # ---------------------------------------------------------------- DARO
