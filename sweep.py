@@ -478,12 +478,14 @@ def main(argv=None):
 
 
 def publish(out, dest, command):
-    """Copy what backs a README table into dest (to commit): table.md/json, figures/*.png, and per run
-    metrics.jsonl, done.json (its command and wall time) and heldout/results.json; and published.json: the
-    sweep's command, the date, the machine and its load."""
+    """Copy what backs a README table into dest (to commit): table.md/json, figures/*.png, and per finished
+    run (done.json) metrics.jsonl, done.json (its command and wall time) and heldout/results.json; and
+    published.json: the sweep's command, the date, the machine and its load. A run killed mid-way is left out,
+    as it is of the table."""
     files = [out / "table.md", out / "table.json", *sorted((out / "figures").glob("*.png"))]
-    files += [f for name in ("metrics.jsonl", "done.json", "heldout/results.json")
-              for f in sorted(out.glob(f"*/seed*/{name}"))]
+    finished = [done.parent for done in sorted(out.glob("*/seed*/done.json"))]
+    files += [run / name for run in finished for name in ("metrics.jsonl", "done.json", "heldout/results.json")
+              if (run / name).is_file()]
     for f in files:
         target = dest / f.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)

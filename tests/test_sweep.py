@@ -205,6 +205,27 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert "held-out synthetic" in (out / "table.md").read_text()
 
 
+def test_publish_copies_finished_runs_only(tmp_path):
+    from sweep import publish
+    out = tmp_path / "sweep"
+    for run, finished in (("grpo/seed0", True), ("grpo/seed1", False)):  # seed 1 was killed mid-run
+        d = out / run
+        (d / "heldout").mkdir(parents=True)
+        (d / "checkpoints").mkdir()
+        (d / "metrics.jsonl").write_text('{"step": 1}\n')
+        (d / "heldout" / "results.json").write_text("{}")
+        (d / "checkpoints" / "latest").write_text("step_000001")
+        if finished:
+            (d / "done.json").write_text("{}")
+    (out / "figures").mkdir()
+    for name in ("table.md", "table.json", "figures/summary.png"):
+        (out / name).write_text("x")
+    assert publish(out, tmp_path / "pub", "python sweep.py x") == 6
+    published = {str(p.relative_to(tmp_path / "pub")) for p in (tmp_path / "pub").rglob("*") if p.is_file()}
+    assert published == {"table.md", "table.json", "figures/summary.png", "published.json", "grpo/seed0/done.json",
+                         "grpo/seed0/metrics.jsonl", "grpo/seed0/heldout/results.json"}
+
+
 def test_paired_differences():
     from sweep import paired_differences
     summaries = {"a": [{"final_accuracy": 0.2, "val_acc": 0.3, "val_level1": 0.5},
