@@ -15,9 +15,10 @@ Writes OUT/table.md and OUT/table.json: per scheme, the mean and 95% t-interval 
 final train reward (shaping included) and train accuracy (the verifier's verdicts), validation accuracy
 (the mean over the benchmarks, and each benchmark: a level of a leveled task), steps to a train-accuracy
 threshold, and the final mean length of correct and incorrect responses; and OUT/figures/*.png, one per
-metric with a band per scheme. Each scheme is also compared with the first (the baseline) seed by seed:
-the mean difference and its 95% interval, the minimum detectable difference at these seeds (power 0.8),
-and the paired t-test's p-value with Holm's correction across the schemes compared.
+metric with a band per scheme. Each scheme is also compared with the first (the baseline) seed by seed,
+and with any other named by --pair (an HA-DW variant with its base scheme): the mean difference and its 95%
+interval, the minimum detectable difference at these seeds (power 0.8), and the paired t-test's p-value
+with Holm's correction across all the comparisons.
 
 With --heldout N, eval.py also scores each finished run's last checkpoint on the config's eval.benchmarks,
 greedy, every problem (N = 0) or the first N of each, into OUT/<label>/seedS/heldout/: the held-out
@@ -258,39 +259,37 @@ def holm(pvalues):
     return out
 
 
-def paired_differences(summaries, seeds_of, baseline):
-    """Per scheme and metric, the paired comparison with the baseline over the seeds both ran (paired_test),
-    with Holm's adjustment of the p-values across the schemes ("p_holm", one family per metric). Runs of one
-    seed share training prompts and sampling seeds, so the paired difference has less noise than the
-    difference of two means."""
+def paired_differences(summaries, seeds_of, pairs):
+    """Per pair (label, reference) and metric, the paired comparison over the seeds both ran (paired_test),
+    with Holm's adjustment of the p-values across all the pairs ("p_holm", one family per metric). Runs of
+    one seed share training prompts and sampling seeds, so the paired difference has less noise than the
+    difference of two means. Keyed "label - reference"."""
     out = {}
-    base = dict(zip(seeds_of[baseline], summaries[baseline]))
     keys = list(COMPARED) + [k for k, _, _ in metric_columns(summaries)[len(METRICS):]]
-    for label, per_seed in summaries.items():
-        if label == baseline:
-            continue
-        out[label] = {}
+    for label, reference in pairs:
+        ref = dict(zip(seeds_of[reference], summaries[reference]))
+        out[f"{label} - {reference}"] = d = {}
         for key in keys:
-            diffs = [s[key] - base[seed][key] for seed, s in zip(seeds_of[label], per_seed)
-                     if seed in base and s.get(key) is not None and base[seed].get(key) is not None]
-            out[label][key] = paired_test(diffs)
+            diffs = [s[key] - ref[seed][key] for seed, s in zip(seeds_of[label], summaries[label])
+                     if seed in ref and s.get(key) is not None and ref[seed].get(key) is not None]
+            d[key] = paired_test(diffs)
     for key in keys:
-        for label, p in holm({label: d[key]["p"] for label, d in out.items()}).items():
-            out[label][key]["p_holm"] = p
+        for name, p in holm({name: d[key]["p"] for name, d in out.items()}).items():
+            out[name][key]["p_holm"] = p
     return out
 
 
-def format_paired(paired, baseline):
+def format_paired(paired):
     keys = list(next(iter(paired.values())))
-    lines = [f"| scheme - {baseline} (paired by seed) | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+    lines = ["| comparison (paired by seed) | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
              "|" + "---|" * (len(keys) + 1)]
-    for label, d in paired.items():
+    for name, d in paired.items():
         cells = [f"{d[k]['mean']:+.3f} ± {d[k]['ci95']:.3f} (n={d[k]['n']}; MDD {d[k]['mdd']:.3f}; "
                  f"p {d[k]['p']:.3f}, Holm {d[k]['p_holm']:.3f})" if d[k]["n"] else "-" for k in keys]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("\nmean difference ± half-width of its 95% t-interval over the seeds both ran; MDD: the smallest "
                  "difference these seeds detect with power 0.8 at two-sided alpha 0.05; p: paired t-test, Holm: "
-                 "adjusted across the schemes above (a difference separates where Holm < 0.05).")
+                 "adjusted across the comparisons above (a difference separates where Holm < 0.05).")
     return "\n".join(lines)
 
 
@@ -399,6 +398,9 @@ def main(argv=None):
     ap.add_argument("--smooth", type=int, default=10, help="moving-average window of the figures' curves")
     ap.add_argument("--heldout", type=int, metavar="N", help="eval.py on each run's last checkpoint, greedy, the "
                     "first N problems of each eval benchmark (0: all): the held-out columns")
+    ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("LABEL", "REFERENCE"),
+                    help="also compare LABEL with REFERENCE seed by seed (e.g. an HA-DW variant with its base "
+                         "scheme); every scheme is compared with the first, and Holm adjusts across all of them")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
     ap.add_argument("--publish", metavar="DIR", help="copy the results to commit into DIR: table.md, table.json, "
                     "the figures and each run's metrics.jsonl and done.json (no checkpoints)")
@@ -408,6 +410,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # before torch is imported here or in a run
     schemes = parse_schemes(args.scheme)
+    for label in {label for pair in args.pair for label in pair} - set(schemes):
+        sys.exit(f"--pair: {label!r} is not a --scheme label ({', '.join(schemes)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prepare(args.config, args.set)
@@ -455,10 +459,12 @@ def main(argv=None):
     columns = metric_columns(summaries)
     table = {label: aggregate(summaries[label], columns) for label in schemes if label in summaries}
     baseline = next(iter(table), None)
-    paired = paired_differences(summaries, seeds_of, baseline) if baseline else {}
+    pairs = [(label, baseline) for label in table if label != baseline]
+    pairs += [(label, ref) for label, ref in args.pair if label in table and ref in table]
+    paired = paired_differences(summaries, seeds_of, pairs)
     text = format_table(table, columns, args.threshold, len(args.seeds))
     if paired:
-        text += "\n\n" + format_paired(paired, baseline)
+        text += "\n\n" + format_paired(paired)
     text += "\n\n" + format_acting({label: summaries[label] for label in table})
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(json.dumps({"config": args.config, "schemes": schemes, "seeds": args.seeds,
@@ -466,7 +472,7 @@ def main(argv=None):
                                                 "window": args.window, "table": table,
                                                 "runs": {label: dict(zip(seeds_of[label], summaries[label]))
                                                          for label in table},
-                                                f"paired_vs_{baseline}": paired}, indent=1) + "\n")
+                                                "paired": paired}, indent=1) + "\n")
     figures = draw_figures(curves, out / "figures", args.threshold, args.smooth)
     figures.append(draw_summary(table, columns, out / "figures" / "summary.png", args.threshold))
     print(text)

@@ -199,7 +199,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
         assert len(verdicts) == 30
         assert table[label]["heldout_acc"]["values"] == [pytest.approx(sum(verdicts) / 30)]
         assert f"{label}/seed0/heldout/results.json" in published
-    paired = json.loads((out / "table.json").read_text())["paired_vs_grpo"]["daro"]["heldout_synthetic"]
+    paired = json.loads((out / "table.json").read_text())["paired"]["daro - grpo"]["heldout_synthetic"]
     gap = table["daro"]["heldout_acc"]["mean"] - table["grpo"]["heldout_acc"]["mean"]
     assert paired["values"] == [pytest.approx(gap)]
     assert "held-out synthetic" in (out / "table.md").read_text()
@@ -233,15 +233,29 @@ def test_paired_differences():
                  "b": [{"final_accuracy": 0.25, "val_acc": 0.3, "val_level1": 0.6},
                        {"final_accuracy": 0.5, "val_acc": None, "val_level1": 0.9},
                        {"final_accuracy": 0.9, "val_acc": 0.9, "val_level1": 0.9}]}
-    d = paired_differences(summaries, {"a": [0, 1], "b": [0, 1, 2]}, "a")["b"]
+    seeds_of = {"a": [0, 1], "b": [0, 1, 2]}
+    d = paired_differences(summaries, seeds_of, [("b", "a")])["b - a"]
     # seeds 0 and 1 in common: accuracy differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
     assert d["final_accuracy"]["mean"] == pytest.approx(0.075) and d["final_accuracy"]["n"] == 2
     assert d["final_accuracy"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
     assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
     assert d["val_level1"]["mean"] == pytest.approx(0.15) and d["val_level1"]["n"] == 2  # per level too
-    # one scheme compared: Holm leaves its p-value as it is
+    # one comparison: Holm leaves its p-value as it is
     assert d["final_accuracy"]["p_holm"] == d["final_accuracy"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
     assert math.isnan(d["val_acc"]["p_holm"])
+    # a second pair (a against b, any two schemes): its differences are the first's negated, and Holm takes
+    # both into one family: the smaller p (the same here) doubled, then the running maximum
+    both = paired_differences(summaries, seeds_of, [("b", "a"), ("a", "b")])
+    assert both["a - b"]["val_level1"]["values"] == pytest.approx([-0.1, -0.2])
+    p = t_two_sided_p(3.0, 1)
+    assert both["a - b"]["final_accuracy"]["p_holm"] == both["b - a"]["final_accuracy"]["p_holm"] == pytest.approx(min(1, 2 * p))
+
+
+def test_pair_names_must_be_schemes(tmp_path):
+    from sweep import main
+    with pytest.raises(SystemExit, match="--pair: 'gspo' is not a --scheme label"):
+        main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo",
+              "--scheme", "grpo_hadw", "scheme.hadw.enabled=true", "--pair", "grpo_hadw", "gspo", "--report-only"])
 
 
 def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_path):
