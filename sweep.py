@@ -230,7 +230,7 @@ def t_two_sided_p(t, df):
 
 
 def paired_test(diffs):
-    """The paired comparison of one scheme with the baseline over seeds, from the per-seed differences:
+    """The paired comparison of one scheme with another over seeds, from the per-seed differences:
     mean and 95% half-width (mean_ci), the paired t-test's two-sided p-value, and the minimum detectable
     difference at two-sided alpha 0.05 and power 0.8, MDD = (t_{0.975, n-1} + t_{0.80, n-1}) s / sqrt(n),
     s the unbiased std of the differences: the smallest true difference these seeds find 4 times in 5.
@@ -412,6 +412,9 @@ def main(argv=None):
     schemes = parse_schemes(args.scheme)
     for label in {label for pair in args.pair for label in pair} - set(schemes):
         sys.exit(f"--pair: {label!r} is not a --scheme label ({', '.join(schemes)})")
+    for label, ref in args.pair:
+        if label == ref:
+            sys.exit(f"--pair: {label!r} compared with itself")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prepare(args.config, args.set)

@@ -257,6 +257,9 @@ def test_pair_names_must_be_schemes(tmp_path):
     with pytest.raises(SystemExit, match="--pair: 'gspo' is not a --scheme label"):
         main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo",
               "--scheme", "grpo_hadw", "scheme.hadw.enabled=true", "--pair", "grpo_hadw", "gspo", "--report-only"])
+    with pytest.raises(SystemExit, match="--pair: 'grpo' compared with itself"):
+        main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo", "--pair", "grpo", "grpo",
+              "--report-only"])
 
 
 def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_path):
