@@ -186,6 +186,8 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=3072)
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     p.add_argument("--template", choices=rollout.TEMPLATES, default="qwen_math")
+    p.add_argument("--instruction", default=rollout.INSTRUCTION,
+                   help="appended to each question by the qwen_math and chat templates")
     p.add_argument("--dtype", choices=rollout.DTYPES, default="auto",
                    help="auto: the checkpoint's dtype; float32 on a CPU without native bfloat16")
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
@@ -201,8 +203,9 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         sys.exit(f"eval: {e}")
     score_fn = None if args.reward == "math" else reward_function(args.reward)
-    cfg = rollout.RolloutConfig(engine=args.engine, template=args.template, temperature=args.temperature,
-                                top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed, dtype=args.dtype)
+    cfg = rollout.RolloutConfig(engine=args.engine, template=args.template, instruction=args.instruction,
+                                temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                seed=args.seed, dtype=args.dtype)
     engine = rollout.make_engine(cfg, args.model, seed=args.seed)
     try:
         results, records = evaluate(engine, benchmarks, n=ns, temperature=args.temperature, top_p=args.top_p,
@@ -210,7 +213,8 @@ def main(argv=None):
                                     score_fn=score_fn)
     finally:
         engine.close()
-    results["settings"].update(model=args.model, engine=args.engine, template=args.template, dtype=engine.dtype,
+    results["settings"].update(model=args.model, engine=args.engine, template=args.template,
+                               instruction=args.instruction, dtype=engine.dtype,
                                benchmarks=list(ns), data_dir=str(args.data_dir))
     out = Path(args.out or Path("runs/eval") / Path(args.model.rstrip("/")).name)
     out.mkdir(parents=True, exist_ok=True)

@@ -59,9 +59,11 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 @dataclass
 class RolloutConfig:
     engine: str = "vllm"  # "vllm" | "hf" (transformers generate fallback)
-    # "qwen_math": question + "\n" + INSTRUCTION; "chat": the tokenizer's chat template around that
+    # "qwen_math": question + "\n" + instruction; "chat": the tokenizer's chat template around that
     # same user message; "plain": the prompt as is (the tiny synthetic task).
     template: str = "qwen_math"
+    # appended to the question by "qwen_math" and "chat" (a prompt ablation: e.g. ask for worked steps)
+    instruction: str = INSTRUCTION
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     max_tokens: int = 1024  # response budget
@@ -94,20 +96,21 @@ class Sample:
     logprobs: Optional[list[float]]  # per token of token_ids (EOS included), raw-logit log-probs; None: not asked
 
 
-def format_prompt(question: str, template: str, tokenizer) -> str:
+def format_prompt(question: str, template: str, tokenizer, *, instruction: str = INSTRUCTION) -> str:
     if template == "plain":
         return question
     if template == "qwen_math":
-        return f"{question}\n{INSTRUCTION}"
+        return f"{question}\n{instruction}"
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat template; this one has none")
-        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
+        messages = [{"role": "user", "content": f"{question}\n{instruction}"}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
 
 
-def encode_prompts(tokenizer, prompts: list[str], template: str, max_model_len: Optional[int]) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str], template: str, max_model_len: Optional[int], *,
+                   instruction: str = INSTRUCTION) -> list[list[int]]:
     """Template and tokenize here (not inside the engine) so that both engines see identical ids."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, got a single string")
@@ -115,7 +118,7 @@ def encode_prompts(tokenizer, prompts: list[str], template: str, max_model_len: 
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt {i} is {type(prompt).__name__}, expected str")
-        text = format_prompt(prompt, template, tokenizer)
+        text = format_prompt(prompt, template, tokenizer, instruction=instruction)
         # The chat template already wrote any BOS it wants; plain text gets the tokenizer's specials.
         ids = tokenizer(text, add_special_tokens=(template != "chat"))["input_ids"]
         if not ids:
@@ -277,7 +280,8 @@ def _begin_call(engine, prompts, n, temperature, top_p, max_tokens, seed) -> _Ca
     top_p = cfg.top_p if top_p is None else top_p
     max_tokens = cfg.max_tokens if max_tokens is None else max_tokens
     _check_sampling(n, temperature, top_p, max_tokens)
-    prompt_ids = encode_prompts(engine.tokenizer, prompts, cfg.template, engine.max_model_len)
+    prompt_ids = encode_prompts(engine.tokenizer, prompts, cfg.template, engine.max_model_len,
+                                instruction=cfg.instruction)
     call = None if seed is not None else engine.calls
     engine.calls += 1
     # Greedy: vLLM refuses n > 1, and the n responses would be identical anyway: sample once, copy.

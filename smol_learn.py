@@ -27,6 +27,7 @@ from pathlib import Path
 import plot
 import smol
 import tiny
+from config import load_config
 
 ROOT = Path(__file__).resolve().parent
 Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
@@ -124,11 +125,12 @@ def main(argv=None):
 
     run([py, "smol.py", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
     heldout = tiny.write_arith_heldout(args.heldout)
+    prompt = ["--template", "chat", "--instruction", load_config(args.config, args.overrides).rollout.instruction]
     evaluate = [py, "eval.py", "--benchmarks", ",".join(map(str, heldout)), "--n", str(args.n),
-                "--temperature", "1.0", "--max-tokens", str(args.max_tokens), "--template", "chat",
+                "--temperature", "1.0", "--max-tokens", str(args.max_tokens), *prompt,
                 "--dtype", "float32", "--limit", str(args.limit), "--seed", str(args.seed)]
     gsm8k = [py, "eval.py", "--benchmarks", str(args.gsm8k), "--n", "1", "--temperature", "0", "--max-tokens", "256",
-             "--template", "chat", "--dtype", "float32", "--limit", str(args.gsm8k_limit)] if args.gsm8k else None
+             *prompt, "--dtype", "float32", "--limit", str(args.gsm8k_limit)] if args.gsm8k else None
     greedy = evaluate[:evaluate.index("--n")] + ["--n", "1", "--temperature", "0"] + \
         evaluate[evaluate.index("--max-tokens"):] if args.greedy else None
 

@@ -104,8 +104,8 @@ def run_command(base_config, overrides, seed, out_dir, resume):
 
 def heldout_command(base_config, overrides, run_dir, limit):
     """eval.py on a finished run's last checkpoint: the run's eval.benchmarks, greedy (n = 1, T = 0), every
-    problem (limit 0) or the first `limit` of each, with the run's engine, template, dtype, max new tokens
-    and reward, into run_dir/heldout. None when the run kept no checkpoint."""
+    problem (limit 0) or the first `limit` of each, with the run's engine, template, instruction, dtype,
+    max new tokens and reward, into run_dir/heldout. None when the run kept no checkpoint."""
     from config import load_config  # imports torch: after OMP_NUM_THREADS is set
     from distributed import latest_checkpoint
     ckpt = latest_checkpoint(run_dir)
@@ -115,7 +115,8 @@ def heldout_command(base_config, overrides, run_dir, limit):
     return [sys.executable, str(ROOT / "eval.py"), "--model", str((ckpt / "model").resolve()),
             "--benchmarks", ",".join(cfg.eval.benchmarks), "--data-dir", cfg.eval.data_dir, "--n", "1",
             "--temperature", "0", "--max-tokens", str(cfg.eval.max_tokens or cfg.rollout.max_tokens),
-            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template, "--dtype", cfg.sampler_dtype,
+            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template,
+            "--instruction", cfg.rollout.instruction, "--dtype", cfg.sampler_dtype,
             "--reward", cfg.reward.kind, "--limit", str(limit), "--out", str((run_dir / "heldout").resolve())]
 
 

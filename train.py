@@ -87,7 +87,8 @@ def prompt_fits(cfg: TrainConfig, engine, problem):
     """Whether the templated prompt, encoded as the engine will, has 1 to data.max_prompt_tokens tokens and
     leaves room for a response under the engine's max_model_len."""
     try:
-        (ids,) = encode_prompts(engine.tokenizer, [problem], cfg.rollout.template, engine.max_model_len)
+        (ids,) = encode_prompts(engine.tokenizer, [problem], cfg.rollout.template, engine.max_model_len,
+                                instruction=cfg.rollout.instruction)
     except (ValueError, TypeError):  # empty after templating, no room left, or not a string
         return False
     return len(ids) <= cfg.data.max_prompt_tokens

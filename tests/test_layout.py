@@ -15,7 +15,7 @@ ALLOWED = {
     "data": {"tiny", "verify"}, "policy": {"loss", "distributed"}, "metrics": {"distributed"},
     "eval": {"rollout", "verify", "data"}, "config": {"weights", "loss", "rollout", "data"},
     "sweep": {"plot", "tiny", "weights", "config", "distributed"},  # distributed: a run's latest checkpoint
-    "smol_learn": {"plot", "smol", "tiny"},
+    "smol_learn": {"plot", "smol", "tiny", "config"},  # config: the run's prompt instruction
 }
 TRAIN_TESTS = {"test_train.py", "test_smol_train.py", "dist_step.py", "dist_eval.py", "dist_checks.py"}
 

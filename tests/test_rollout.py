@@ -139,6 +139,11 @@ def test_templates(model_dir):
         format_prompt("2+2?", "chat", engine.tokenizer)
     engine.tokenizer.chat_template = "{% for m in messages %}U:{{ m['content'] }}|{% endfor %}A:"
     assert format_prompt("2+2?", "chat", engine.tokenizer) == f"U:{expected}|A:"
+    # rollout.instruction replaces the default instruction in both templates, and the engine samples from it
+    assert format_prompt("2+2?", "chat", engine.tokenizer, instruction="Add.") == "U:2+2?\nAdd.|A:"
+    asked = make_engine(dataclasses.replace(config("hf"), template="qwen_math", instruction="Add."), model_dir)
+    [[s]] = asked.generate(["2+2?"], 1, max_tokens=2)
+    assert s.prompt_ids == asked.tokenizer("2+2?\nAdd.")["input_ids"]
 
 
 @needs_vllm

@@ -87,7 +87,7 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
     monkeypatch.setattr(smol_learn.plot, "matmul_gflops", lambda: 0.0)
     gsm8k = tmp_path / "gsm8k.jsonl"
     argv = ["--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--heldout", str(tmp_path / "arith"),
-            "--greedy", "--gsm8k", str(gsm8k), "--gsm8k-limit", "3", "--seed", "1"]
+            "--greedy", "--gsm8k", str(gsm8k), "--gsm8k-limit", "3", "--seed", "1", "rollout.instruction=Add."]
     smol_learn.main(argv)
 
     evals = {Path(c[c.index("--out") + 1]).name: c for c in calls if "eval.py" in c}
@@ -99,6 +99,8 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
         assert opt("greedy_before", flag) == opt("eval_before", flag) == opt("greedy_after", flag)
     assert opt("gsm8k_after", "--benchmarks") == str(gsm8k) and opt("gsm8k_after", "--limit") == "3"
     assert opt("eval_after", "--model").endswith("step_000002/model")
+    assert all(opt(part, "--instruction") == "Add." for part in evals)  # asked as the run was trained
+    assert "rollout.instruction=Add." in next(c for c in calls if "train.py" in c)
 
     summary = json.loads((tmp_path / "docs" / "seed_1" / "summary.json").read_text())
     assert summary["command"] == "python smol_learn.py " + " ".join(argv)

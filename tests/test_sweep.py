@@ -269,11 +269,12 @@ def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_pa
     assert heldout_command(base, [], run, 0) is None and heldout_summary(run) == {}  # no checkpoint: nothing
     (run / "checkpoints" / "step_000020" / "model").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("step_000020\n")
-    cmd = heldout_command(base, ["scheme.name=daro", "rollout.max_tokens=64"], run, 0)
+    cmd = heldout_command(base, ["scheme.name=daro", "rollout.max_tokens=64", "rollout.instruction=Add."], run, 0)
     args = dict(zip(cmd[2::2], cmd[3::2]))
     assert cmd[1].endswith("eval.py") and args["--model"] == str((run / "checkpoints/step_000020/model").resolve())
     assert args["--benchmarks"] == ",".join(f"runs/arith/level{k}.jsonl" for k in range(1, 6))
     assert (args["--n"], args["--temperature"], args["--limit"], args["--max-tokens"]) == ("1", "0", "0", "64")
+    assert args["--instruction"] == "Add."  # the run's own prompt
     assert (args["--template"], args["--dtype"], args["--reward"], args["--engine"]) == ("chat", "float32", "math",
                                                                                          "vllm")
     (run / "heldout").mkdir()
