@@ -153,13 +153,20 @@ def run_one(cmd, log_path):
             raise
 
 
+def train_accuracy(record):
+    """A step's train accuracy: the verdicts over every response it sampled (gen/accuracy). score_mean, read
+    when that is missing, averages the trained groups only, which dynamic sampling limits to k in 1..G-1."""
+    return record.get("gen/accuracy", record.get("score_mean"))
+
+
 def summarize_run(records, threshold, window):
     """The table's numbers for one run. Final values are means over the last `window` logged steps;
     validation accuracy is the last evaluation: val_acc the mean over its benchmarks, val_<stem> each one;
     steps to threshold is the first step where the trailing `window`-step mean train accuracy (the
-    verdicts' score_mean, not the shaped reward) reaches `threshold` (None when it never does)."""
+    verdicts, not the shaped reward: train_accuracy) reaches `threshold` (None when it never does)."""
     train = [r for r in records if "reward_mean" in r]
     tail = train[-window:]
+    accuracy = [train_accuracy(r) for r in train]
 
     def mean_over(records, key):
         xs = [r[key] for r in records if isinstance(r.get(key), (int, float))]
@@ -174,7 +181,7 @@ def summarize_run(records, threshold, window):
             val = {Path(k[4:]).stem: v for k, v in r.items() if k.startswith("val/")}
     reached = None
     for i in range(window - 1, len(train)):
-        if sum(r["score_mean"] for r in train[i - window + 1:i + 1]) / window >= threshold:
+        if sum(accuracy[i - window + 1:i + 1]) / window >= threshold:
             reached = train[i]["step"]
             break
     def run_mean(key):
@@ -187,7 +194,7 @@ def summarize_run(records, threshold, window):
         "k_frac": {int(k.split("/")[1]): run_mean(k) for k in sorted({k for r in train for k in r
                                                                       if k.startswith("mu_frac/")})}}
     return {"steps": train[-1]["step"] if train else 0, "final_reward": tail_mean("reward_mean"),
-            "final_accuracy": tail_mean("score_mean"), "val_acc": sum(val.values()) / len(val) if val else None,
+            "final_accuracy": sum(accuracy[-window:]) / len(accuracy[-window:]) if accuracy else None, "val_acc": sum(val.values()) / len(val) if val else None,
             **{f"val_{name}": v for name, v in sorted(val.items())},
             "steps_to_threshold": reached, "len_correct": tail_mean("len_correct"),
             "len_incorrect": tail_mean("len_incorrect"), "acting": acting}
@@ -341,7 +348,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
     written = []
     val_keys = sorted({k for members in runs.values() for recs in members for r in recs for k in r
                        if k.startswith("val/")})
-    for key, title, sm in [("reward_mean", "train reward", smooth), ("score_mean", "train accuracy (verdicts)", smooth),
+    for key, title, sm in [("reward_mean", "train reward", smooth), ("train_accuracy", "train accuracy (verdicts)", smooth),
                            *[(k, k, 1) for k in val_keys],
                            ("len_correct", "mean length of correct responses (tokens)", smooth),
                            ("len_incorrect", "mean length of incorrect responses (tokens)", smooth),
@@ -352,9 +359,9 @@ def draw_figures(runs, out_dir, threshold, smooth):
         if not ax.lines:
             plt.close(fig)
             continue
-        if key == "score_mean" or key.startswith("val/") or key == "truncated_frac":
+        if key == "train_accuracy" or key.startswith("val/") or key == "truncated_frac":
             ax.set_ylim(-0.02, 1.02)  # shares: a wide band of few seeds is cut at what a share can be
-        if key == "score_mean":
+        if key == "train_accuracy":
             ax.axhline(threshold, color="gray", ls=":", lw=1, label=f"threshold {threshold}")
         ax.set(xlabel="step", title=f"{title}\nmean and 95% band over seeds", ylabel=key)
         ax.legend(fontsize=7)
@@ -455,7 +462,8 @@ def main(argv=None):
         s = {**summarize_run(records, args.threshold, args.window), **heldout_summary(run_dir)}
         summaries.setdefault(label, []).append(s)
         seeds_of.setdefault(label, []).append(seed)
-        curves.setdefault(label, []).append(records)
+        curves.setdefault(label, []).append([{**r, "train_accuracy": train_accuracy(r)} if "reward_mean" in r else r
+                                             for r in records])
         print(f"{prefix} {status}; accuracy {fmt(s['final_accuracy'])}, val {fmt(s['val_acc'])}, "
               f"len ok/bad {fmt(s['len_correct'], 1)}/{fmt(s['len_incorrect'], 1)} "
               f"(sweep {time.time() - t_sweep:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)

@@ -89,6 +89,11 @@ def test_summarize_run():
     assert s["val_acc"] == pytest.approx(0.4)  # the last evaluation, mean over its benchmarks
     assert (s["val_a"], s["val_b"]) == (0.3, 0.5)  # and each benchmark, by file stem
     assert summarize_run(records, threshold=2.0, window=3)["steps_to_threshold"] is None
+    # dynamic sampling: score_mean covers the kept groups (k in 1..G-1), gen/accuracy every sampled response
+    filtered = [{"step": s, "reward_mean": 0.5, "score_mean": 0.5, "gen/accuracy": s / 20} for s in range(1, 11)]
+    s = summarize_run(filtered, threshold=0.39, window=3)
+    assert s["final_accuracy"] == pytest.approx(0.45)  # (0.40 + 0.45 + 0.50) / 3, not 0.5
+    assert s["steps_to_threshold"] == 9  # trailing means: step 8 -> 0.35, step 9 -> 0.40 (score_mean: step 3)
 
 
 def test_parse_schemes():
