@@ -209,6 +209,12 @@ def curve(records, key, smooth=1):
     return x, y
 
 
+def line_style(i):
+    """The i-th curve's color and dash: matplotlib's 10 colors, then the same colors dashed, then dotted, so
+    that a figure of up to 30 schemes names each one line."""
+    return {"color": f"C{i % 10}", "ls": ("-", "--", ":")[i // 10 % 3]}
+
+
 def draw_band(ax, members, key, label, smooth=1, **kw):
     """One run: its curve. Several (seeds): the mean curve and a shaded 95% t-interval over them, at
     the steps every seed logged. Returns the line drawn, or None."""

@@ -343,7 +343,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from plot import draw_band
+    from plot import draw_band, line_style
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     val_keys = sorted({k for members in runs.values() for recs in members for r in recs for k in r
@@ -354,8 +354,8 @@ def draw_figures(runs, out_dir, threshold, smooth):
                            ("len_incorrect", "mean length of incorrect responses (tokens)", smooth),
                            ("truncated_frac", "share of responses truncated", smooth)]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for label, members in runs.items():
-            draw_band(ax, members, key, label, sm, marker="o" if key.startswith("val/") else None)
+        for i, (label, members) in enumerate(runs.items()):
+            draw_band(ax, members, key, label, sm, marker="o" if key.startswith("val/") else None, **line_style(i))
         if not ax.lines:
             plt.close(fig)
             continue

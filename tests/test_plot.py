@@ -42,3 +42,20 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in written)
     with pytest.raises(SystemExit, match="no metrics file"):
         plot_main([str(tmp_path / "missing")])
+
+
+def test_sweep_figures_give_each_scheme_its_own_line(tmp_path, monkeypatch):
+    # 12 schemes: matplotlib's 10-color cycle alone would draw the 11th and 12th like the 1st and 2nd
+    import plot
+    import sweep
+    drawn = {}
+
+    def fake_band(ax, members, key, label, smooth=1, **kw):
+        drawn.setdefault(key, []).append((kw["color"], kw["ls"]))
+        return ax.plot([1, 2], [0.1, 0.2], label=label)[0]
+
+    monkeypatch.setattr(plot, "draw_band", fake_band)
+    runs = {f"s{i}": [[{"step": 1, "reward_mean": 0.1, "train_accuracy": 0.1}]] for i in range(12)}
+    sweep.draw_figures(runs, tmp_path, threshold=0.3, smooth=1)
+    assert drawn and all(len(set(styles)) == 12 for styles in drawn.values())
+    assert len({(s["color"], s["ls"]) for s in map(plot.line_style, range(30))}) == 30
