@@ -194,7 +194,8 @@ def summarize_run(records, threshold, window):
         "k_frac": {int(k.split("/")[1]): run_mean(k) for k in sorted({k for r in train for k in r
                                                                       if k.startswith("mu_frac/")})}}
     return {"steps": train[-1]["step"] if train else 0, "final_reward": tail_mean("reward_mean"),
-            "final_accuracy": sum(accuracy[-window:]) / len(accuracy[-window:]) if accuracy else None, "val_acc": sum(val.values()) / len(val) if val else None,
+            "final_accuracy": sum(accuracy[-window:]) / len(accuracy[-window:]) if accuracy else None,
+            "val_acc": sum(val.values()) / len(val) if val else None,
             **{f"val_{name}": v for name, v in sorted(val.items())},
             "steps_to_threshold": reached, "len_correct": tail_mean("len_correct"),
             "len_incorrect": tail_mean("len_incorrect"), "acting": acting}
@@ -271,7 +272,7 @@ def paired_differences(summaries, seeds_of, pairs):
     """Per pair (label, reference) and metric, the paired comparison over the seeds both ran (paired_test),
     with Holm's adjustment of the p-values across all the pairs ("p_holm", one family per metric). Runs of
     one seed share training prompts and sampling seeds, so the paired difference has less noise than the
-    difference of two means. Keyed "label - reference"."""
+    difference of two means. Keyed "label - reference": a pair given twice is one comparison in the family."""
     out = {}
     keys = list(COMPARED) + [k for k, _, _ in metric_columns(summaries)[len(METRICS):]]
     for label, reference in pairs:
@@ -348,7 +349,8 @@ def draw_figures(runs, out_dir, threshold, smooth):
     written = []
     val_keys = sorted({k for members in runs.values() for recs in members for r in recs for k in r
                        if k.startswith("val/")})
-    for key, title, sm in [("reward_mean", "train reward", smooth), ("train_accuracy", "train accuracy (verdicts)", smooth),
+    for key, title, sm in [("reward_mean", "train reward", smooth),
+                           ("train_accuracy", "train accuracy (verdicts)", smooth),
                            *[(k, k, 1) for k in val_keys],
                            ("len_correct", "mean length of correct responses (tokens)", smooth),
                            ("len_incorrect", "mean length of incorrect responses (tokens)", smooth),
@@ -458,12 +460,12 @@ def main(argv=None):
                 print(f"{prefix} no checkpoint left, no held-out evaluation", flush=True)
             elif run_one(cmd, run_dir / "heldout.log") != 0:
                 sys.exit(f"{prefix} eval.py failed; see {run_dir / 'heldout.log'}")
-        records = read_metrics(run_dir / "metrics.jsonl")
+        records = [{**r, "train_accuracy": train_accuracy(r)} if "reward_mean" in r else r  # the figure's key
+                   for r in read_metrics(run_dir / "metrics.jsonl")]
         s = {**summarize_run(records, args.threshold, args.window), **heldout_summary(run_dir)}
         summaries.setdefault(label, []).append(s)
         seeds_of.setdefault(label, []).append(seed)
-        curves.setdefault(label, []).append([{**r, "train_accuracy": train_accuracy(r)} if "reward_mean" in r else r
-                                             for r in records])
+        curves.setdefault(label, []).append(records)
         print(f"{prefix} {status}; accuracy {fmt(s['final_accuracy'])}, val {fmt(s['val_acc'])}, "
               f"len ok/bad {fmt(s['len_correct'], 1)}/{fmt(s['len_incorrect'], 1)} "
               f"(sweep {time.time() - t_sweep:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
