@@ -1,7 +1,10 @@
 """The import rules the README states, read from the source (every import statement, top-level or inside
 a function): the spine's modules import nothing of the project, imports flow one way, and nothing but
-train.py's own tests imports train."""
+train.py's own tests imports train. And the repository stands alone: no path, document or issue number
+outside it is named in its text."""
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +53,63 @@ def test_nothing_imports_train_but_its_own_tests():
     files += [p for p in (ROOT / "tests").glob("*.py") if p.name not in TRAIN_TESTS]
     offenders = [str(p.relative_to(ROOT)) for p in files if "train" in project_imports(p)]
     assert not offenders, f"these import train.py: {offenders}"
+
+
+# The repository stands alone: no text outside tests/ and .ci/ points at a folder beside the checkout, at a
+# document that is not in it, or at an issue tracker's numbers. Recorded run files (docs/**/*.json, *.jsonl:
+# commands as they were typed at run time) are left out.
+STANDALONE_PATTERNS = {
+    "a path outside the repository": re.compile(r"\.\./shared|\.parent\s*/\s*[\"']shared[\"']"),
+    "the SPEC document": re.compile(r"\bSPEC\b|(?i:spec\.md|\bthe spec\b)"),  # `spec` as a name passes
+    "an issue number": re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE),
+}
+
+
+def repository_text_files():
+    """(path, text) of every file git tracks, or would track (new, not ignored), outside tests/ and .ci/,
+    that reads as UTF-8 text; recorded run files (*.json, *.jsonl under docs/) are left out."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in sorted(set(filter(None, listed))):
+        if rel.startswith(("tests/", ".ci/")) or (rel.startswith("docs/") and rel.endswith((".json", ".jsonl"))):
+            continue
+        path = ROOT / rel
+        if not path.is_file():  # deleted in the working tree
+            continue
+        data = path.read_bytes()
+        if b"\0" in data:
+            continue
+        try:
+            yield rel, data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+
+
+def standalone_violations(files):
+    """'path:line: what (the matched text)' for each match of STANDALONE_PATTERNS in (path, text) pairs."""
+    found = []
+    for rel, text in files:
+        for what, pattern in STANDALONE_PATTERNS.items():
+            for m in pattern.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                found.append(f"{rel}:{line}: {what} ({' '.join(m.group(0).split())!r})")
+    return found
+
+
+def test_standalone_patterns_catch_what_they_should():
+    """The check itself, on hand-written lines: what must be caught is, what must pass does."""
+    bad = ["data_dir: ../shared/data", "default=str(ROOT.parent / 'shared' / 'data')", "as SPEC.md says",
+           "SPEC's reference settings", "see spec.md", "issue 26's +40", "issues 26-27", "(Issue 24)", "issue24's branch", "short of issue\n26's target",
+           "as the spec reads it"]
+    good = ["spec=\".3g\"", "def parse_benchmarks(spec, default_n):", "importlib.util.find_spec(name)",
+            "a known issue with the loss scale", "the DARO paper's settings (arXiv 2510.09001)",
+            "data/shared.jsonl", "specs of the run"]
+    assert [t for t in bad if not standalone_violations([("x", t)])] == []
+    assert standalone_violations([(f"g{i}", t) for i, t in enumerate(good)]) == []
+
+
+def test_the_repository_stands_alone():
+    files = list(repository_text_files())
+    assert any(rel == "README.md" for rel, _ in files) and any(rel == "weights.py" for rel, _ in files)
+    found = standalone_violations(files)
+    assert not found, f"{len(found)} references outside the repository:\n" + "\n".join(found)
