@@ -46,30 +46,34 @@ WORD_PROBLEM_ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cook
 
 
 def word_problem(rng, max_steps, steps=None):
-    """One story of word_problem_rows: (problem, answer, number of operations); `steps` fixes the number
-    of operations, else it is drawn from 1..max_steps."""
+    """One story of word_problem_rows: (problem, answer, number of operations, terms); `steps` fixes the
+    number of operations, else it is drawn from 1..max_steps. `terms` is the story's arithmetic as signed
+    terms (see arith_form): the start count, +x per purchase, -x per gift, +k*m per k boxes of m."""
     name, other = rng.sample(sorted(WORD_PROBLEM_NAMES), 2)
     pronoun, item = WORD_PROBLEM_NAMES[name], rng.choice(WORD_PROBLEM_ITEMS)
     count = rng.randint(2, 20)
     steps = rng.randint(1, max_steps) if steps is None else steps
-    sentences = [f"{name} has {count} {item}"]
+    sentences, terms = [f"{name} has {count} {item}"], [(1, (count,))]
     for step in range(steps):
         kind = rng.choice(["buy", "give", "boxes"] if count >= 2 else ["buy", "boxes"])
         if kind == "buy":
             x = rng.randint(1, 20)
             count, phrase = count + x, f"buys {x} more"
+            terms.append((1, (x,)))
         elif kind == "give":
             x = rng.randint(1, count - 1)  # keeps at least one: no "has 0" stories
             count, phrase = count - x, f"gives {x} to {other}"
+            terms.append((-1, (x,)))
         else:
             k, m = rng.randint(2, 5), rng.randint(2, 10)
             count, phrase = count + k * m, f"gets {k} boxes with {m} {item} in each box"
+            terms.append((1, (k, m)))
         if step == 0:
             sentences[0] += f" and {phrase}."
         else:
             sentences.append(f"Then {pronoun.lower()} {phrase}.")
     sentences.append(f"How many {item} does {name} have now?")
-    return " ".join(sentences), count, steps
+    return " ".join(sentences), count, steps, terms
 
 
 def word_problem_rows(n, seed, max_steps=3):
@@ -81,7 +85,7 @@ def word_problem_rows(n, seed, max_steps=3):
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        problem, answer, steps = word_problem(rng, max_steps)
+        problem, answer, steps, _ = word_problem(rng, max_steps)
         rows.append({"id": f"word-{seed}-{i}", "problem": problem, "answer": str(answer), "level": steps})
     return rows
 
@@ -98,54 +102,85 @@ ARITH_LEVELS = {
     4: "a two-digit number times a one-digit number (3 to 9)",
     5: "a word problem with two operations (word_problem: buy, give away, boxes of m)",
 }
-# Held-out rows per level, from their own seed stream; training rows never equal one of them. Level 1
-# has only 100 distinct problems: 30 held out leaves 70 to train on.
+# Held-out rows per level, from their own seed stream. A held-out problem is held out with every form of it:
+# training never draws a problem with the same arith_form as a held-out one at any level (3 + 5 for a held-out
+# 5 + 3). Level 1 has only 100 distinct problems: its 30 held-out rows (28 forms) cover 54, 46 are left to train on.
 ARITH_HELDOUT_SEED = 7_000_005
 ARITH_HELDOUT_ROWS = {1: 30, 2: 100, 3: 100, 4: 100, 5: 100}
 
 
+def arith_form(terms):
+    """The canonical form of a problem given as signed terms [(+1 or -1, (factor, ...)), ...]: the sorted
+    added terms and the sorted subtracted terms, each term its sorted factors. Problems with the same form
+    are the same problem in another order (a + b and b + a; a + b - c and a - c + b; k boxes of m and m
+    boxes of k; the names and items of a word problem do not count)."""
+    added, subtracted = [], []
+    for sign, factors in terms:
+        if sign not in (1, -1) or not factors:
+            raise ValueError(f"arith terms must be (+1 or -1, (factor, ...)) pairs, got {terms!r}")
+        (added if sign == 1 else subtracted).append(tuple(sorted(factors)))
+    if not added:
+        raise ValueError(f"arith terms must add at least one term, got {terms!r}")
+    return tuple(sorted(added)), tuple(sorted(subtracted))
+
+
 def arith_problem(level, rng):
-    """One problem of `level` drawn with `rng` (random.Random): (question, answer as an int)."""
+    """One problem of `level` drawn with `rng` (random.Random): (question, answer as an int, signed terms
+    for arith_form)."""
     if level == 1:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
-        return f"What is {a} + {b}?", a + b
+        return f"What is {a} + {b}?", a + b, [(1, (a,)), (1, (b,))]
     if level == 2:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         if rng.random() < 0.5:
-            return f"What is {a} + {b}?", a + b
-        return f"What is {max(a, b)} - {min(a, b)}?", max(a, b) - min(a, b)
+            return f"What is {a} + {b}?", a + b, [(1, (a,)), (1, (b,))]
+        hi, lo = max(a, b), min(a, b)
+        return f"What is {hi} - {lo}?", hi - lo, [(1, (hi,)), (-1, (lo,))]
     if level == 3:
         total = rng.randint(10, 99)
-        text = str(total)
+        text, terms = str(total), [(1, (total,))]
         for _ in range(2):
             x = rng.randint(10, 99)
             if x <= total and rng.random() < 0.5:
                 total, text = total - x, f"{text} - {x}"
+                terms.append((-1, (x,)))
             else:
                 total, text = total + x, f"{text} + {x}"
-        return f"What is {text}?", total
+                terms.append((1, (x,)))
+        return f"What is {text}?", total, terms
     if level == 4:
         a, b = rng.randint(11, 99), rng.randint(3, 9)
-        return f"What is {a} * {b}?", a * b
+        return f"What is {a} * {b}?", a * b, [(1, (a, b))]
     if level == 5:
-        problem, answer, _ = word_problem(rng, 2, steps=2)
-        return problem, answer
+        problem, answer, _, terms = word_problem(rng, 2, steps=2)
+        return problem, answer, terms
     raise ValueError(f"unknown arith level {level!r}; levels are {sorted(ARITH_LEVELS)}")
+
+
+def arith_heldout_draws(level):
+    """The held-out problems of one level as drawn: ARITH_HELDOUT_ROWS[level] distinct questions, each
+    (question, answer, terms), the same for every run."""
+    if level not in ARITH_LEVELS:
+        raise ValueError(f"unknown arith level {level!r}; levels are {sorted(ARITH_LEVELS)}")
+    rng = random.Random(ARITH_HELDOUT_SEED + level)
+    draws, seen = [], set()
+    while len(draws) < ARITH_HELDOUT_ROWS[level]:
+        problem, answer, terms = arith_problem(level, rng)
+        if problem not in seen:  # distinct questions; two forms of one problem may both be held out
+            seen.add(problem)
+            draws.append((problem, answer, terms))
+    return draws
 
 
 def arith_heldout_rows(level):
     """The held-out rows of one level (ARITH_HELDOUT_ROWS[level] distinct problems), the same for every run."""
-    if level not in ARITH_LEVELS:
-        raise ValueError(f"unknown arith level {level!r}; levels are {sorted(ARITH_LEVELS)}")
-    rng = random.Random(ARITH_HELDOUT_SEED + level)
-    rows, seen = [], set()
-    while len(rows) < ARITH_HELDOUT_ROWS[level]:
-        problem, answer = arith_problem(level, rng)
-        if problem not in seen:
-            seen.add(problem)
-            rows.append({"id": f"arith-heldout-{level}-{len(rows)}", "problem": problem, "answer": str(answer),
-                         "level": level})
-    return rows
+    return [{"id": f"arith-heldout-{level}-{i}", "problem": problem, "answer": str(answer), "level": level}
+            for i, (problem, answer, _) in enumerate(arith_heldout_draws(level))]
+
+
+def arith_heldout_forms():
+    """The arith_form of every held-out problem of every level: what training never draws."""
+    return {arith_form(terms) for level in ARITH_LEVELS for _, _, terms in arith_heldout_draws(level)}
 
 
 def parse_levels(spec):
@@ -166,14 +201,14 @@ def parse_levels(spec):
 
 def arith_rows(n, seed, levels=tuple(ARITH_LEVELS)):
     """Training rows of the leveled arithmetic task: each row's level drawn uniformly from `levels`,
-    its problem from the run's seed stream, skipping any problem held out at any level."""
-    heldout = {r["problem"] for level in ARITH_LEVELS for r in arith_heldout_rows(level)}
+    its problem from the run's seed stream, skipping any problem whose arith_form is held out at any level."""
+    heldout = arith_heldout_forms()
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
         level = rng.choice(levels)
-        problem, answer = arith_problem(level, rng)
-        if problem not in heldout:
+        problem, answer, terms = arith_problem(level, rng)
+        if arith_form(terms) not in heldout:
             rows.append({"id": f"arith-{seed}-{len(rows)}", "problem": problem, "answer": str(answer),
                          "level": level})
     return rows

@@ -1,5 +1,6 @@
 """The tasks of tiny.py. The leveled arithmetic task: each level is what it claims (answers recomputed
-by mathparse.py's parser), training rows never equal a held-out row, rows are deterministic per seed. The
+by mathparse.py's parser), training rows never equal a held-out row (nor another form of one:
+test_heldout.py), rows are deterministic per seed. The
 boxed task: rows, worked answers that verify.py scores, the warm start's accuracy in its intended range
 (20-40% greedy), and RL through train.py raising validation accuracy on it."""
 import json
@@ -70,11 +71,12 @@ def test_arith_train_and_heldout_never_overlap():
     held = {r["problem"] for rows in heldout.values() for r in rows}
     train = tiny.arith_rows(20_000, seed=0)
     assert not held & {r["problem"] for r in train}
-    # level 1 has 10 x 10 problems: training sees exactly the 70 that are not held out (so the generator
-    # does draw held-out problems, and they are the ones skipped)
+    # level 1 has 10 x 10 problems: training sees exactly the 46 that are neither held out nor a held-out
+    # problem swapped (so the generator does draw held-out problems, and they are the ones skipped)
     all_level1 = {f"What is {a} + {b}?" for a in range(10) for b in range(10)}
-    assert {r["problem"] for r in train if r["level"] == 1} == all_level1 - held
-    assert len(all_level1 - held) == 70
+    swapped = {re.sub(r"(\d) \+ (\d)", r"\2 + \1", r["problem"]) for r in heldout[1]}
+    assert {r["problem"] for r in train if r["level"] == 1} == all_level1 - held - swapped
+    assert len(all_level1 - held - swapped) == 46
 
 
 def test_arith_rows_are_deterministic_and_load_by_name(tmp_path):
