@@ -11,6 +11,13 @@ install:
 test: install
 	$(PY) -m pytest -q tests
 
+# Every training set and benchmark the configs name, from the Hugging Face hub into data/ (git-ignored) with
+# data/MANIFEST.json; `make data FROM=DIR` imports DIR/<name>.jsonl instead (a local mirror, no network).
+# Not tied to `install`: it needs only huggingface_hub and pyarrow (requirements.txt), e.g. on a login node.
+FROM ?=
+data:
+	$(PY) -m scripts.get_data $(if $(FROM),--from $(FROM))
+
 # The first run: install, train the tiny model on the synthetic task (CPU, ~3 min), draw the plots.
 tiny: install
 	$(PY) tiny.py synthetic --out runs/cache/tiny
@@ -27,4 +34,4 @@ SEED ?= 0
 smol-learn: install
 	$(PY) smol_learn.py --seed $(SEED)
 
-.PHONY: install test tiny smol smol-learn
+.PHONY: install test data tiny smol smol-learn

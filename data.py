@@ -29,7 +29,8 @@ class DataConfig:
     level_memory: float = 0.8       # learnability: weight of the past in a level's pass-rate counts, per step
 
 
-# Known names -> file in --data-dir (JSON Lines with id, problem, answer, optional level/subject).
+# Known names -> file in --data-dir (JSON Lines with id, problem, answer, optional level/subject), as
+# scripts/get_data.py writes them.
 BENCHMARK_FILES = {
     "math500": "math500.jsonl",
     "aime24": "aime24.jsonl",
@@ -80,13 +81,14 @@ def load_benchmark(name_or_path, data_dir=None, *, problem_key="problem", answer
             raise ValueError(f"benchmark {name!r} is a file in a data directory: pass data_dir (--data-dir)")
         path = Path(data_dir) / BENCHMARK_FILES[name]
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: file {path} not found "
-                                    f"(set --data-dir to the folder holding {BENCHMARK_FILES[name]})")
+            raise FileNotFoundError(f"benchmark {name!r}: file {path} not found (`make data` writes it to data/; "
+                                    f"or set --data-dir to the folder holding {BENCHMARK_FILES[name]})")
         stem = name
     elif name.endswith(".jsonl") or os.sep in name:
         path = Path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark file {path} not found")
+            hint = " (`make data` writes the training sets and benchmarks there)" if path.parts[:1] == ("data",) else ""
+            raise FileNotFoundError(f"benchmark file {path} not found{hint}")
         stem = path.stem
     else:
         raise ValueError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARK_FILES)}, "

@@ -108,7 +108,7 @@ def main(argv=None):
     ap.add_argument("--heldout", default="runs/arith", help="where tiny.py arith writes the held-out rows")
     ap.add_argument("--runs", default="runs/smol_learn", help="checkpoints and eval records (git-ignored)")
     ap.add_argument("--docs", default="docs/smol_learn", help="summary, metrics and figures (committed)")
-    ap.add_argument("--gsm8k", help="a GSM8K test file (e.g. ../shared/data/gsm8k_test.jsonl): its first "
+    ap.add_argument("--gsm8k", help="a GSM8K test file (e.g. data/gsm8k_test.jsonl, from `make data`): its first "
                     "--gsm8k-limit problems are also asked before and after, greedy, with 256 new tokens")
     ap.add_argument("--gsm8k-limit", type=int, default=200)
     ap.add_argument("--greedy", action="store_true", help="also evaluate the same held-out problems greedily "

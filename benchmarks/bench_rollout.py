@@ -181,8 +181,8 @@ def main():
     ap.add_argument("--compiled", action="store_true", help="smollm2: also vLLM's compiled mode (enforce_eager=false)")
     ap.add_argument("--block128", action="store_true", help="smollm2: also vLLM's CPU default KV block (128)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--data-dir", default=os.environ.get("RLVR_DATA_DIR", str(ROOT.parent / "shared" / "data")),
-                    help="folder with gsm8k_test.jsonl (smollm2)")
+    ap.add_argument("--data-dir", default=os.environ.get("RLVR_DATA_DIR", str(ROOT / "data")),
+                    help="folder with gsm8k_test.jsonl (smollm2; `make data` writes it to data/)")
     args = ap.parse_args()
     print(load(), flush=True)
     models = args.models.split(",")

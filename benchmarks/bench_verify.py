@@ -18,7 +18,7 @@ for the sympy import where some pair needs it), single process warm (median over
 first call (its workers start) and the pool warm (median). Each pair is scored from scratch
 (verify.py keeps no cache across pairs). Prints the load average it ran under.
 
-    python benchmarks/bench_verify.py [--data ../shared/data] [--repeats 5] [--workers 2] [--problems 1000]
+    python benchmarks/bench_verify.py [--data data] [--repeats 5] [--workers 2] [--problems 1000]
 """
 
 import argparse
@@ -174,7 +174,7 @@ def cold_child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data", default=str(ROOT / "data"), help="math500.jsonl and math_train.jsonl (make data)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--problems", type=int, default=1000)
