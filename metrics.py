@@ -1,9 +1,10 @@
 """metrics.py: what a training step logs. Statistics of the sampled responses (rewards, lengths, pass-rate
 histogram, accuracy per level) over all ranks; the update's loss statistics, per response (summed
 over micro-batches and epochs, gathered over ranks) and per step; metrics.jsonl, one JSON record per step,
-which plot.py draws (and TensorBoard, when asked); and the run's progress line."""
+which plot.py draws (and TensorBoard and Weights & Biases, when asked); and the run's progress line."""
 import json
 import math
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -59,13 +60,13 @@ def accumulate(per_response, stats, index, n_responses):
         per_response[k] = per_response[k].scatter_reduce(0, index, v.detach().double().cpu()[: len(index)], reduce)
 
 
-def gather_responses(batch, values, n_groups):
-    """{name: [P, G] float64} over the whole global batch, in its order, from every rank's {name: [responses]}."""
-    G = batch.rewards.shape[1]
+def gather_responses(position, values, n_groups, G):
+    """{name: [P, G] float64} over the whole global batch, in its order, from every rank's {name: [responses]}
+    (`position`: the global position of each of this rank's groups)."""
     out = {k: torch.zeros(n_groups, G, dtype=torch.float64) for k in values}
-    for position, part in all_gather((batch.position, {k: v.double().view(-1, G) for k, v in values.items()})):
+    for where, part in all_gather((position, {k: v.double().view(-1, G) for k, v in values.items()})):
         for k, v in part.items():
-            out[k][position] = v
+            out[k][where] = v
     return out
 
 
@@ -92,11 +93,12 @@ def update_metrics(cfg, update, responses, plan, lr):
 # metrics.jsonl
 
 class MetricsLog:
-    """metrics.jsonl (and TensorBoard when asked), written by rank 0. A resumed run keeps only the
-    records of the steps its checkpoint holds, so the file never holds a step twice."""
+    """metrics.jsonl (and TensorBoard and Weights & Biases when asked), written by rank 0. A resumed run keeps
+    only the records of the steps its checkpoint holds, so the file never holds a step twice.
+    wandb: a WandbConfig (config.py) or None; config: the merged config as a dict, logged once to W&B."""
 
-    def __init__(self, run_dir, start_step, tensorboard):
-        self.path, self.writer = Path(run_dir) / "metrics.jsonl", None
+    def __init__(self, run_dir, start_step, tensorboard, wandb=None, config=None):
+        self.path, self.writer, self.tracker = Path(run_dir) / "metrics.jsonl", None, None
         if world()[0] != 0:
             return
         old = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()] \
@@ -105,8 +107,16 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(Path(run_dir) / "tensorboard")
+        if wandb is not None and wandb.enabled:
+            self.tracker = WandbRun(run_dir, start_step, wandb, config or {})
 
-    def write(self, m):
+    @property
+    def wants_samples(self):
+        """Whether write() takes an evaluation's sampled answers (rank 0, W&B on, eval_samples > 0)."""
+        return self.tracker is not None and self.tracker.eval_samples > 0
+
+    def write(self, m, samples=()):
+        """One step's record; `samples`: rank 0's evaluation records of this step (eval.py's, plus `problem`)."""
         if world()[0] != 0:
             return
         with open(self.path, "a") as f:
@@ -114,10 +124,53 @@ class MetricsLog:
         for k, v in m.items() if self.writer else ():
             if isinstance(v, (int, float)):
                 self.writer.add_scalar(k, v, m["step"])
+        if self.tracker:
+            self.tracker.log(m, samples)
 
     def close(self):
         if self.writer:
             self.writer.close()
+        if self.tracker:
+            self.tracker.finish(failed=sys.exc_info()[0] is not None)  # called from a finally: a crash shows
+
+
+WANDB_ID_FILE = "wandb_run_id"  # in the run dir: the W&B run that --resume continues
+SAMPLE_COLUMNS = ("step", "benchmark", "id", "problem", "response", "extracted", "answer", "score")
+
+
+class WandbRun:
+    """A Weights & Biases run, on rank 0: the merged config at init, each metrics.jsonl record at its own step
+    (the same keys and values), and per evaluation a table of the first `eval_samples` problems' first answers
+    per benchmark. W&B's files go to run_dir/wandb. A resumed run (start_step > 0) continues the run whose id
+    run_dir/wandb_run_id holds; a fresh run gets a new id and overwrites the file."""
+
+    def __init__(self, run_dir, start_step, cfg, config):
+        import wandb
+        id_file = Path(run_dir) / WANDB_ID_FILE
+        old = id_file.read_text().strip() if start_step and id_file.is_file() else ""
+        run_id = old or secrets.token_hex(4)  # W&B's ids are short [a-z0-9] strings
+        id_file.write_text(run_id + "\n")
+        self.wandb, self.eval_samples = wandb, cfg.eval_samples
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity or None, group=cfg.group or None,
+                              name=cfg.name or Path(run_dir).resolve().name, tags=list(cfg.tags), config=config,
+                              dir=str(run_dir), id=run_id, resume="allow", mode=cfg.mode or None)
+
+    def log(self, m, samples=()):
+        step = m["step"]
+        if step < self.run.step:
+            return  # logged before an interruption, past the checkpoint; W&B drops a step that goes back
+        data = dict(m)
+        if samples and self.eval_samples:
+            rows, seen = [], {}
+            for s in samples:
+                if s["sample"] == 0 and seen.get(s["benchmark"], 0) < self.eval_samples:
+                    seen[s["benchmark"]] = seen.get(s["benchmark"], 0) + 1
+                    rows.append([step, *(s[c] for c in SAMPLE_COLUMNS[1:])])
+            data["val/samples"] = self.wandb.Table(columns=list(SAMPLE_COLUMNS), data=rows)
+        self.run.log(data, step=step)
+
+    def finish(self, failed=False):
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class Progress:
@@ -145,3 +198,26 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+def read_metrics(path):
+    """A run's metrics.jsonl as a list of records, one per logged line."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def run_summary(metrics_path, window=50):
+    """One line a reader can check at a glance: mean reward over the first and last `window` steps (each at most
+    half the run, so the two never share a step), and the last value of each evaluation."""
+    rows = read_metrics(metrics_path)
+    rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    if not rewards:
+        return "summary: no training steps logged"
+    n = min(window, len(rewards) // 2)
+    if n == 0:
+        text = f"summary: reward {rewards[0]:.3f} (1 step)"
+    else:
+        head, tail = rewards[:n], rewards[-n:]
+        text = (f"summary: reward {sum(head) / n:.3f} (first {n} steps) -> "
+                f"{sum(tail) / n:.3f} (last {n} steps)")
+    evals = {k: v for r in rows for k, v in r.items() if k.startswith("val/")}  # the latest of each
+    return text + "".join(f"; {k} {v:.3f}" for k, v in evals.items())

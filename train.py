@@ -35,8 +35,8 @@ from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_r
                          load_sharded, memory_gib, publish, restore_rng, rng_state, save_sharded, shutdown_distributed,
                          world, write_diagnostics, write_failed)
 from loss import logprob_precision, policy_loss
-from metrics import MetricsLog, Progress, accumulate, gather_responses, step_metrics, update_metrics
-from plot import run_summary
+from metrics import (MetricsLog, Progress, accumulate, gather_responses, run_summary, step_metrics,
+                     update_metrics)
 from policy import KernelTimer, Policy, RecomputeCounter, load_policy, longest_pass, per_token, plan_micro_batches
 from rollout import encode_prompts, make_engine
 from weights import Scheme, StepStats, make_scheme

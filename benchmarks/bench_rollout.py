@@ -96,7 +96,7 @@ def raw_generate(llm, prompt_ids, params):
 
 def bench_smollm2(args):
     """SmolLM2 on chat-template GSM8K prompts: engines and vLLM seeding schemes, tokens/s."""
-    import smol
+    from scripts import smol
     model_dir = str(smol.ensure_smollm2(ROOT / smol.DEFAULT_DIR))
     slices = [gsm8k_prompts(args.data_dir, args.prompts * (args.repeats + 1))[r * args.prompts:(r + 1) * args.prompts]
               for r in range(args.repeats + 1)]  # slice 0 warms up

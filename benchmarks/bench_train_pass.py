@@ -82,7 +82,7 @@ def main():
         sys.exit("this torch has no oneDNN (torch.backends.mkldnn.is_available() is False)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import smol
+    from scripts import smol
     from policy import Policy, per_token, use_onednn_linears
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} threads, torch {torch.__version__}, {load()}")

@@ -54,7 +54,7 @@ def prepare(setting, work):
         model = build_tiny_model(work / "model", chars=SYNTHETIC_CHARS)
         rows = synthetic_rows(4096, 0)
     else:
-        from smol import ensure_smollm2
+        from scripts.smol import ensure_smollm2
         from tiny import word_problem_rows
         model = ensure_smollm2(ROOT / "models" / "smollm2-135m-instruct")
         rows = word_problem_rows(4096, 0)

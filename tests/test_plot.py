@@ -1,9 +1,10 @@
-"""plot.py: the run summary line and the figures drawn from metrics.jsonl."""
+"""scripts/plot.py: the figures drawn from metrics.jsonl; metrics.run_summary: the run summary line."""
 import json
 
 import pytest
 
-from plot import plot_main, run_summary
+from metrics import run_summary
+from scripts.plot import plot_main
 
 
 def test_run_summary_averages_first_and_last_window(tmp_path):
@@ -15,6 +16,17 @@ def test_run_summary_averages_first_and_last_window(tmp_path):
     # first 3 steps: (0.1 + 0.2 + 0.3) / 3 = 0.2; last 3: (0.8 + 0.9 + 1.0) / 3 = 0.9; the latest eval wins
     assert run_summary(path, window=3) == \
         "summary: reward 0.200 (first 3 steps) -> 0.900 (last 3 steps); val/synthetic 0.500"
+
+
+def test_run_summary_never_compares_a_window_with_itself(tmp_path):
+    """A run shorter than two windows: first and last halves (20 steps at window 50 -> 10 and 10), not the same
+    20 steps twice; one step: no comparison at all."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "reward_mean": s / 20}) + "\n" for s in range(1, 21)))
+    # first 10: (1 + ... + 10) / 200 = 0.275; last 10: (11 + ... + 20) / 200 = 0.775
+    assert run_summary(path) == "summary: reward 0.275 (first 10 steps) -> 0.775 (last 10 steps)"
+    path.write_text(json.dumps({"step": 1, "reward_mean": 0.5}) + "\n")
+    assert run_summary(path) == "summary: reward 0.500 (1 step)"
 
 
 def test_plot_draws_the_figures_the_metrics_support(tmp_path):
@@ -46,8 +58,8 @@ def test_plot_draws_the_figures_the_metrics_support(tmp_path):
 
 def test_sweep_figures_give_each_scheme_its_own_line(tmp_path, monkeypatch):
     # 12 schemes: matplotlib's 10-color cycle alone would draw the 11th and 12th like the 1st and 2nd
-    import plot
-    import sweep
+    from scripts import plot
+    from scripts import sweep
     drawn = {}
 
     def fake_band(ax, members, key, label, smooth=1, **kw):

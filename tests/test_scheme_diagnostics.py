@@ -1,14 +1,10 @@
-"""benchmarks/scheme_diagnostics.py: one cosine by hand, and the script end to end on a tiny input."""
+"""scripts/scheme_diagnostics.py: one cosine by hand, and the script end to end on a tiny input."""
 import math
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import scheme_diagnostics as diag  # noqa: E402
+from scripts import scheme_diagnostics as diag
 
 
 def test_drgrpo_cosine_with_grpo_by_hand():

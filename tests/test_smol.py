@@ -19,7 +19,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import eval as ev  # noqa: E402
 import rollout  # noqa: E402
-import smol  # noqa: E402
+from scripts import smol  # noqa: E402
 from data import DataConfig, load_rows  # noqa: E402
 from tiny import word_problem_rows  # noqa: E402
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-import smol_learn
+from scripts import smol_learn
 
 
 def records(level, scores_by_problem):
@@ -103,7 +103,7 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
     assert "rollout.instruction=Add." in next(c for c in calls if "train.py" in c)
 
     summary = json.loads((tmp_path / "docs" / "seed_1" / "summary.json").read_text())
-    assert summary["command"] == "python smol_learn.py " + " ".join(argv)
+    assert summary["command"] == "python -m scripts.smol_learn " + " ".join(argv)
     g = summary["greedy"]
     assert g["before"]["level3"]["n"] == 1 and g["before"]["level3"]["problems"] == 4
     assert (g["macro"]["before"]["accuracy"], g["macro"]["after"]["accuracy"]) == (0.0, 0.5)

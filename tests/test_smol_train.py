@@ -14,7 +14,7 @@ from conftest import ROOT
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import smol  # noqa: E402
+from scripts import smol  # noqa: E402
 import train  # noqa: E402
 from config import check_config, load_config  # noqa: E402
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
+from scripts.plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
 import tiny
-from sweep import T80, holm, paired_test, parse_schemes, prepare, summarize_run, t_two_sided_p
+from scripts.sweep import T80, holm, paired_test, parse_schemes, prepare, summarize_run, t_two_sided_p
 
 
 def t_cdf(t, df, n=20000):
@@ -149,7 +149,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     """Two tiny runs: kill the sweep (SIGKILL) once the second run has a checkpoint; the next sweep skips
     the first run, resumes the second from its checkpoint, and writes the table and figures."""
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "sweep.py"), str(ROOT / "configs" / "tiny.yaml"), "--out", str(out),
+    cmd = [sys.executable, "-m", "scripts.sweep", str(ROOT / "configs" / "tiny.yaml"), "--out", str(out),
            "--seeds", "0", "--scheme", "grpo", "--scheme", "daro", "--window", "2", "--threshold", "0.1",
            "--set", "steps=8", "prompts_per_step=4", "rollout.engine=hf", "save_every=1", "eval.limit=20"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -193,7 +193,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     published = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
     assert {"table.md", "table.json", "published.json", "figures/summary.png", "grpo/seed0/metrics.jsonl",
             "daro/seed0/done.json"} <= published and not any("checkpoints" in p for p in published)
-    assert json.loads((pub / "published.json").read_text())["command"].startswith("python sweep.py ")
+    assert json.loads((pub / "published.json").read_text())["command"].startswith("python -m scripts.sweep ")
     # --heldout: eval.py on each run's last checkpoint, greedy, the first 30 held-out problems; the column is
     # the mean of the verdicts eval.py wrote per problem, and the scheme is compared with the baseline on it
     for label in ("grpo", "daro"):
@@ -211,7 +211,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
 
 
 def test_publish_copies_finished_runs_only(tmp_path):
-    from sweep import publish
+    from scripts.sweep import publish
     out = tmp_path / "sweep"
     for run, finished in (("grpo/seed0", True), ("grpo/seed1", False)):  # seed 1 was killed mid-run
         d = out / run
@@ -225,14 +225,14 @@ def test_publish_copies_finished_runs_only(tmp_path):
     (out / "figures").mkdir()
     for name in ("table.md", "table.json", "figures/summary.png"):
         (out / name).write_text("x")
-    assert publish(out, tmp_path / "pub", "python sweep.py x") == 6
+    assert publish(out, tmp_path / "pub", "python -m scripts.sweep x") == 6
     published = {str(p.relative_to(tmp_path / "pub")) for p in (tmp_path / "pub").rglob("*") if p.is_file()}
     assert published == {"table.md", "table.json", "figures/summary.png", "published.json", "grpo/seed0/done.json",
                          "grpo/seed0/metrics.jsonl", "grpo/seed0/heldout/results.json"}
 
 
 def test_paired_differences():
-    from sweep import paired_differences
+    from scripts.sweep import paired_differences
     summaries = {"a": [{"final_accuracy": 0.2, "val_acc": 0.3, "val_level1": 0.5},
                        {"final_accuracy": 0.4, "val_acc": 0.5, "val_level1": 0.7}],
                  "b": [{"final_accuracy": 0.25, "val_acc": 0.3, "val_level1": 0.6},
@@ -258,7 +258,7 @@ def test_paired_differences():
 
 
 def test_pair_names_must_be_schemes(tmp_path):
-    from sweep import main
+    from scripts.sweep import main
     with pytest.raises(SystemExit, match="--pair: 'gspo' is not a --scheme label"):
         main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo",
               "--scheme", "grpo_hadw", "scheme.hadw.enabled=true", "--pair", "grpo_hadw", "gspo", "--report-only"])
@@ -268,7 +268,7 @@ def test_pair_names_must_be_schemes(tmp_path):
 
 
 def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_path):
-    from sweep import heldout_command, heldout_summary
+    from scripts.sweep import heldout_command, heldout_summary
     run = tmp_path / "run"
     base = str(ROOT / "configs" / "smol_compare.yaml")
     assert heldout_command(base, [], run, 0) is None and heldout_summary(run) == {}  # no checkpoint: nothing

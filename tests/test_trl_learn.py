@@ -1,10 +1,6 @@
-"""benchmarks/trl_learn.py: the time to a threshold, by hand (the script itself needs TRL and runs by hand)."""
-import sys
+"""scripts/trl_learn.py: the time to a threshold, by hand (the script itself needs TRL and runs by hand)."""
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import trl_learn  # noqa: E402
+from scripts import trl_learn
 
 
 def test_time_to_threshold_sums_step_seconds_up_to_the_first_window_mean_at_threshold():

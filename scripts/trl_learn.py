@@ -1,13 +1,13 @@
 """TRL's GRPOTrainer and train.py learning the same task side by side: accuracy per step and per second.
 
-    python smol_learn.py --seed S                                   (train.py's run, and the base model's eval)
-    python benchmarks/trl_learn.py --trl-python /tmp/trl/bin/python --seed S
+    python -m scripts.smol_learn --seed S                                   (train.py's run, and the base model's eval)
+    python -m scripts.trl_learn --trl-python /tmp/trl/bin/python --seed S
 
 TRL trains with the settings of the config train.py ran (configs/smol_learn.yaml: SmolLM2-135M-Instruct, the
 same training rows, chat template, G, prompts per step, max new tokens, temperature 1, lr with the same
 warm-up (a LambdaLR from config.py's lr_factor, not HF's warm-up that starts at lr 0), AdamW without weight
 decay, grad clip, clip eps, no KL, loss_type "grpo", rewards from verify.score). Every response of a step is
-trained in one micro-batch (TRL's fastest setting: the issue measured 64 at once as faster than 16 x 4, and it
+trained in one micro-batch (TRL's fastest setting: 64 at once measured faster than 16 x 4, and it
 fits in memory here). TRL generates with transformers' `generate`, as its default (use_vllm=False) does.
 
 Then eval.py, as smol_learn.py calls it, on TRL's checkpoints: greedy on the config's eval.limit problems of
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import plot  # noqa: E402
+from scripts import plot  # noqa: E402
 
 
 def trl_worker(config, seed, out):
@@ -184,9 +184,9 @@ def main():
         sys.exit("trl_learn: pass --trl-python (an interpreter with trl installed; see the module docstring)")
     ours_dir = Path(args.ours) / f"seed_{args.seed}"
     if not (ours_dir / "train" / "metrics.jsonl").exists() or not (ours_dir / "eval_before").exists():
-        sys.exit(f"trl_learn: no train.py run at {ours_dir}; run `python smol_learn.py --seed {args.seed}` first")
+        sys.exit(f"trl_learn: no train.py run at {ours_dir}; run `python -m scripts.smol_learn --seed {args.seed}` first")
     from config import load_config
-    from smol_learn import level_accuracy, macro, paired_gain
+    from scripts.smol_learn import level_accuracy, macro, paired_gain
     cfg = load_config(args.config, [f"seed={args.seed}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     doc_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def main():
     # ---- the summary: accuracy per step and per second, both trainers ----
     first, last = edge_means(ours)
     threshold = first + (last - first) / 2  # half of train.py's gain in train accuracy
-    summary = {"command": f"python benchmarks/trl_learn.py --trl-python {args.trl_python} --seed {args.seed}",
+    summary = {"command": f"python -m scripts.trl_learn --trl-python {args.trl_python} --seed {args.seed}",
                "config": args.config, **json.loads(trl_run.read_text()), "end": plot.provenance(),
                "threshold": {"train_accuracy": round(threshold, 4)}}
     for name, recs, after in (("train.py", ours, ours_after), ("TRL GRPOTrainer", trl, trl_after)):

@@ -1,6 +1,6 @@
 """Schemes x seeds on one task, one run after another, and a verdict with error bars.
 
-    python sweep.py configs/boxed.yaml --out runs/sweep_boxed --seeds 0 1 2 \\
+    python -m scripts.sweep configs/boxed.yaml --out runs/sweep_boxed --seeds 0 1 2 \\
         --scheme grpo --scheme drgrpo --scheme lipo --scheme daro \\
         --scheme dapo scheme.name=dapo loss.eps_high=0.28 reward.overlong_buffer=16 \\
         --scheme grpo_hadw scheme.hadw.enabled=true
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import yaml
 
-from plot import T975, mean_ci, provenance, read_metrics
+from scripts.plot import T975, mean_ci, provenance, read_metrics
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 METRICS = [  # (key in a run's summary, column title, decimals); per-benchmark val_<name> columns are added
     ("final_reward", "final train reward", 3),
     ("final_accuracy", "final train accuracy", 3),
@@ -344,7 +344,7 @@ def draw_figures(runs, out_dir, threshold, smooth):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from plot import draw_band, line_style
+    from scripts.plot import draw_band, line_style
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     val_keys = sorted({k for members in runs.values() for recs in members for r in recs for k in r
@@ -492,7 +492,7 @@ def main(argv=None):
     print(text)
     print(f"wrote {out / 'table.md'}, {out / 'table.json'} and {len(figures)} figures in {out / 'figures'}")
     if args.publish:
-        command = "python sweep.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        command = "python -m scripts.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
         print(f"published {publish(out, Path(args.publish), command)} files to {args.publish}")
     return table
 

@@ -1,6 +1,6 @@
 """The 10-minute demo: a real pretrained model (SmolLM2-135M-Instruct) learning arithmetic by GRPO on the CPU.
 
-    python smol_learn.py [--seed 0]          (make smol-learn SEED=0)
+    python -m scripts.smol_learn [--seed 0]          (make smol-learn SEED=0)
 
 One command, five parts, each its own process: the model (smol.py, if missing); the held-out rows of the
 leveled arithmetic task (tiny.py arith: runs/arith/level<L>.jsonl); eval.py on the base model (T = 1, n = 4,
@@ -24,12 +24,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import plot
-import smol
 import tiny
+from scripts import plot, smol
 from config import load_config
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
 
 
@@ -123,7 +122,7 @@ def main(argv=None):
     load_start = at_start["load_average_1_5_15"]
     py, parts = sys.executable, []
 
-    run([py, "smol.py", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
+    run([py, "-m", "scripts.smol", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
     heldout = tiny.write_arith_heldout(args.heldout)
     prompt = ["--template", "chat", "--instruction", load_config(args.config, args.overrides).rollout.instruction]
     evaluate = [py, "eval.py", "--benchmarks", ",".join(map(str, heldout)), "--n", str(args.n),
@@ -149,7 +148,7 @@ def main(argv=None):
          f"model.path={smol.DEFAULT_DIR}", *args.overrides] + (["--resume"] if args.resume else []), parts)
     ckpts = train_dir / "checkpoints"  # `latest` names this run's last save (not an earlier run's higher step)
     evaluate_all(ckpts / (ckpts / "latest").read_text().strip() / "model", "after")
-    run([py, "plot.py", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
+    run([py, "-m", "scripts.plot", str(train_dir), "--out", str(doc_dir), "--smooth", "3"], parts)
     wall = time.perf_counter() - t0
 
     before = plot.read_metrics(run_dir / "eval_before" / "records.jsonl")  # any JSON Lines file
@@ -161,7 +160,7 @@ def main(argv=None):
     summary = {
         "what": "SmolLM2-135M-Instruct, GRPO on the arith task (tiny.arith_rows); held-out accuracy per level "
                 f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
-        "command": " ".join(["python smol_learn.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m scripts.smol_learn", *(sys.argv[1:] if argv is None else argv)]),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": at_start["machine"],
         "load_average_1_5_15": {"start": load_start, "end": load_average()},

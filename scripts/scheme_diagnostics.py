@@ -1,6 +1,6 @@
 """How different the weighting schemes are on batches like a run's, before paying for the runs.
 
-    python benchmarks/scheme_diagnostics.py --G 8 --P 64 --levels 0.05 0.2 0.4 0.6 0.8 \\
+    python -m scripts.scheme_diagnostics --G 8 --P 64 --levels 0.05 0.2 0.4 0.6 0.8 \\
         --len-correct 60 --len-incorrect 90 --len-sd 0.4 --max-len 160
 
 A batch: each prompt's pass rate drawn from --levels (or --beta A B), G verdicts from it, each response's

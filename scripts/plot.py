@@ -1,7 +1,7 @@
 """Figures and the one-line summary of training runs, from their metrics.jsonl (one JSON record per step).
 
-    python plot.py runs/grpo runs/daro --out plots/   # several runs on one figure
-    python plot.py runs/sweep/grpo/seed* runs/sweep/daro/seed* --bands   # seeds as a mean and a 95% band
+    python -m scripts.plot runs/grpo runs/daro --out plots/   # several runs on one figure
+    python -m scripts.plot runs/sweep/grpo/seed* runs/sweep/daro/seed* --bands   # seeds as a mean and a 95% band
 
 Figures: reward and validation accuracy; DARO's weight per difficulty (DARO Fig. 1); loss scale per
 difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and incorrect responses
@@ -9,13 +9,14 @@ difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and inc
 logged its metric.
 """
 import argparse
-import json
 import math
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from metrics import read_metrics
 
 
 # Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (scipy is not a dependency);
@@ -79,23 +80,6 @@ def run_label(path):
 def seed_group(label):
     """The scheme a seed's run belongs to: 'grpo/seed0' -> 'grpo', 'grpo_seed1' -> 'grpo', else itself."""
     return re.sub(r"[/_-]seed\d+$", "", label)
-
-
-def read_metrics(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def run_summary(metrics_path, window=50):
-    """One line a reader can check at a glance: mean reward over the first and last `window` steps, last evals."""
-    rows = read_metrics(metrics_path)
-    rewards = [r["reward_mean"] for r in rows if "reward_mean" in r]
-    if not rewards:
-        return "summary: no training steps logged"
-    head, tail = rewards[:window], rewards[-window:]
-    text = (f"summary: reward {sum(head) / len(head):.3f} (first {len(head)} steps) -> "
-            f"{sum(tail) / len(tail):.3f} (last {len(tail)} steps)")
-    evals = {k: v for r in rows for k, v in r.items() if k.startswith("val/")}  # the latest of each
-    return text + "".join(f"; {k} {v:.3f}" for k, v in evals.items())
 
 
 def plot_main(argv):
