@@ -42,21 +42,28 @@ BENCHMARK_FILES = {
 }
 
 
-def _read_jsonl(path, stem, problem_key="problem", answer_key="answer"):
-    rows = []
-    with open(path) as f:
+def read_jsonl(path):
+    """(line index from 0, parsed value) of each non-blank line of a JSON Lines file; a line that is not JSON
+    is a ValueError naming the file and its line number."""
+    with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i + 1}: not valid JSON ({e})") from None
-            if problem_key not in row:
-                raise ValueError(f"{path}:{i + 1}: row has no '{problem_key}' field (fields: {sorted(row)})")
-            row["problem"], row["answer"] = row[problem_key], row.get(answer_key)
-            row.setdefault("id", f"{stem}-{i:04d}")
-            rows.append(row)
+            yield i, value
+
+
+def _read_jsonl(path, stem, problem_key="problem", answer_key="answer"):
+    rows = []
+    for i, row in read_jsonl(path):
+        if problem_key not in row:
+            raise ValueError(f"{path}:{i + 1}: row has no '{problem_key}' field (fields: {sorted(row)})")
+        row["problem"], row["answer"] = row[problem_key], row.get(answer_key)
+        row.setdefault("id", f"{stem}-{i:04d}")
+        rows.append(row)
     return rows
 
 

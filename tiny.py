@@ -1,10 +1,10 @@
 """The tiny task for a first run on a CPU: a random-init 2-layer Qwen2 with a character tokenizer
 (no hub needed), and the synthetic "a+b+...=" task it learns in a few minutes.
 
-Used by configs/tiny.yaml (model.path: tiny, data.train: synthetic, reward.kind: first_char), the
-tests and the benchmarks. Also the short word problems of configs/smol.yaml (data.train: word_problems),
+Used by configs/experiments/tiny.yaml (model.path: tiny, data.train: synthetic, reward.kind: first_char), the
+tests and the benchmarks. Also the short word problems of configs/experiments/smol.yaml (data.train: word_problems),
 a task a small pretrained model (SmolLM2-135M-Instruct) partly solves, and the leveled arithmetic task
-of configs/smol_learn.yaml (data.train: arith; `python tiny.py arith` writes its held-out rows per level).
+of configs/experiments/smol_learn.yaml (data.train: arith; `python tiny.py arith` writes its held-out rows per level).
 Nothing here imports the rest of the project.
 """
 import dataclasses
@@ -391,7 +391,7 @@ def warm_start_model(out_dir, ws: WarmStart = WarmStart(), log=print):
 
 def build_synthetic(out_dir, seed=0, val_rows=200):
     """The synthetic task's model (random init, its 12-character alphabet) and its held-out rows
-    (synthetic.jsonl, a seed stream apart from training's), as configs/tiny.yaml reads them."""
+    (synthetic.jsonl, a seed stream apart from training's), as configs/experiments/tiny.yaml reads them."""
     out_dir = Path(out_dir)
     build_tiny_model(out_dir, chars=SYNTHETIC_CHARS, seed=seed)
     with open(out_dir / "synthetic.jsonl", "w") as f:

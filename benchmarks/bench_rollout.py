@@ -1,6 +1,6 @@
 """Samples per second of the two rollout engines, and the time of one sync_weights, on the CPU.
 
-Two random-init models, no hub: the tiny 2-layer model of configs/tiny.yaml, and one with
+Two random-init models, no hub: the tiny 2-layer model of configs/experiments/tiny.yaml, and one with
 Qwen2.5-0.5B's shapes (24 layers, hidden 896, 14 heads / 2 KV heads, vocabulary 151,936), both
 with the tiny character tokenizer. A random model rarely samples EOS, so nearly every response runs
 to --tokens; the table gives generated tokens per second next to samples per second.

@@ -1,4 +1,4 @@
-"""Seconds per training step on the tiny setting (configs/tiny.yaml: 32 prompts x 8 samples), with the
+"""Seconds per training step on the tiny setting (configs/experiments/tiny.yaml: 32 prompts x 8 samples), with the
 time breakdown from metrics.jsonl. Medians over the steps after warm-up.
 
     python benchmarks/bench_train.py [--steps 40] [--engines vllm,hf] [--max-tokens 1]
@@ -27,7 +27,8 @@ def main():
     for engine in args.engines.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             # train.py as users run it; save_every beyond the run: no checkpoint inside the timed steps
-            subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+            subprocess.run([sys.executable, str(ROOT / "train.py"),
+                            "--config", str(ROOT / "configs/experiments/tiny.yaml"),
                             f"out_dir={tmp}", f"steps={args.steps}", f"save_every={10**9}", "eval.every=0",
                             f"rollout.engine={engine}", f"rollout.max_tokens={args.max_tokens}"], check=True)
             recs = [json.loads(l) for l in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][args.warmup:]

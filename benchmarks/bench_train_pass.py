@@ -4,7 +4,7 @@ process, alternating on the same micro-batches; and the matmuls alone, at the mo
 
     python benchmarks/bench_train_pass.py [--rounds 4] [--groups 5]
 
-A micro-batch is what configs/smol.yaml trains: --groups word problems in the chat template, each with its
+A micro-batch is what configs/experiments/smol.yaml trains: --groups word problems in the chat template, each with its
 8 responses behind one shared prompt (share_prompt), ~3.7k tokens at 5 groups. Response lengths are heavy-
 tailed as the model's are at 96 new tokens: 70% cut at 96, the rest anywhere in 8-95. Float32.
 """

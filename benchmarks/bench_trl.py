@@ -3,8 +3,8 @@
     python benchmarks/bench_trl.py [--setting tiny|smol] [--steps 12] [--rounds 2] [--trl-python PY] [--only NAMES]
 
 Same model, prompts, G, max new tokens, float32, no KL, GRPO loss, every response trained. Settings:
-  tiny   the tiny model of configs/tiny.yaml, 32 prompts x 8 samples, 4 new tokens, the synthetic sum task
-  smol   SmolLM2-135M-Instruct (python smol.py), 8 GSM8K-style word problems x 8 samples, up to 96 new tokens,
+  tiny   the tiny model of configs/experiments/tiny.yaml, 32 prompts x 8 samples, 4 new tokens, the synthetic sum task
+  smol   SmolLM2-135M-Instruct (python -m scripts.smol), 8 GSM8K-style word problems x 8 samples, up to 96 new tokens,
          chat template, rewards from verify.py
 train.py runs as users run it (vLLM engine, and the transformers engine), once with its default of leaving
 zero-advantage responses out of the training pass and once training every response (skip off), so that a
@@ -24,17 +24,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts import common  # noqa: E402
+
 SETTINGS = {
     "tiny": {"prompts": 32, "G": 8, "max_tokens": 4, "lr": 2e-4, "micro_batch_tokens": 0, "trl_micro": 256,
              "share_prompt": True},
     # packed micro-batches (responses end anywhere in 1..96 tokens), each prompt computed once for its 8
-    # responses (share_prompt, as configs/smol.yaml); TRL in micro-batches of 32 x 2 accumulation steps: all 64
-    # at once (its fastest on the arithmetic task, docs/trl_learn) was killed for memory here on these word
-    # problems (24 GB resident on a 23 GB machine, 2026-12-06); 16 x 4 is slower
+    # responses (share_prompt, as configs/experiments/smol.yaml); TRL in micro-batches of 32 x 2 accumulation
+    # steps: all 64 at once (its fastest on the arithmetic task, docs/trl_learn) was killed for memory here on
+    # these word problems (24 GB resident on a 23 GB machine, 2026-12-06); 16 x 4 is slower
     "smol": {"prompts": 8, "G": 8, "max_tokens": 96, "lr": 1e-6, "micro_batch_tokens": 4096, "trl_micro": 32,
              "share_prompt": True},
 }
@@ -48,7 +50,6 @@ RUNNERS = {"vllm-skip": "train.py vllm, skip on", "vllm": "train.py vllm, skip o
 
 def prepare(setting, work):
     """The model directory and the training rows (JSON Lines) both trainers read."""
-    sys.path.insert(0, str(ROOT))
     if setting == "tiny":
         from tiny import SYNTHETIC_CHARS, build_tiny_model, synthetic_rows
         model = build_tiny_model(work / "model", chars=SYNTHETIC_CHARS)
@@ -79,63 +80,29 @@ def run_train_py(setting, model, rows, steps, engine, skip, work, overrides=()):
     else:
         args += ["rollout.template=chat", "reward.kind=math", "reward.workers=0"]
     args += list(overrides)  # the runner's own settings, after (and so over) the common ones
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "grpo.yaml"), *args],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    common.run([sys.executable, ROOT / "train.py", "--config", ROOT / "configs" / "grpo.yaml", *args],
+               work / f"{out.name}.log", check=True)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [(r["time/step"], r["time/rollout"]) for r in recs if "time/step" in r]
 
 
 def trl_worker(setting, model, rows, steps, out):
-    """Runs under the TRL interpreter: GRPOTrainer with this project's settings; writes step seconds."""
-    import datasets
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-    sys.path.insert(0, str(ROOT))
-    import verify
-
+    """Runs under the TRL interpreter: GRPOTrainer with this project's settings (common.trl_grpo); writes step
+    seconds."""
     s = SETTINGS[setting]
     data = [json.loads(line) for line in open(rows)]
-    tok = AutoTokenizer.from_pretrained(model)
-    if setting == "tiny":
-        prompts = [r["problem"] for r in data]
-
-        def reward(prompts, completions, answer, **kw):
-            return [float(c.startswith(a)) for c, a in zip(completions, answer)]
-    else:
-        from rollout import INSTRUCTION
-        prompts = [[{"role": "user", "content": f"{r['problem']}\n{INSTRUCTION}"}] for r in data]
-
-        def reward(prompts, completions, answer, **kw):
-            return [verify.score(c[0]["content"], a) for c, a in zip(completions, answer)]
-    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer": [r["answer"] for r in data]})
-    times = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **kw):
-            times.append(time.perf_counter() - self.t0)
-
     # one generation of prompts x G per optimiser step, trained in micro-batches of trl_micro
     accumulation = s["prompts"] * s["G"] // s["trl_micro"]
-    args = GRPOConfig(output_dir=str(Path(out).parent / "trl_out"), per_device_train_batch_size=s["trl_micro"],
-                      gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,
-                      num_generations=s["G"], max_completion_length=s["max_tokens"], learning_rate=s["lr"],
-                      max_steps=steps, beta=0.0, loss_type="grpo", use_cpu=True, bf16=False,
-                      gradient_checkpointing=False, logging_steps=10**9, save_strategy="no", report_to=[],
-                      temperature=1.0, top_p=1.0, seed=0, dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset, processing_class=tok,
-                          callbacks=[Timer()])
-    trainer.train()
+    times = common.trl_grpo(model, data, Path(out).parent / "trl_out", chat=setting != "tiny", G=s["G"],
+                            batch=s["trl_micro"], accumulation=accumulation, max_tokens=s["max_tokens"], steps=steps,
+                            seed=0, learning_rate=s["lr"], logging_steps=10**9, save_strategy="no")
     Path(out).write_text(json.dumps([(t, None) for t in times]))  # TRL's generation is not timed apart
 
 
 def run_trl(python, setting, model, rows, steps, work):
     out = Path(tempfile.mkdtemp(dir=work)) / "times.json"
-    subprocess.run([python, __file__, "--trl-worker", "--setting", setting, "--model", model, "--rows", rows,
-                    "--steps", str(steps), "--out", str(out)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    common.run([python, __file__, "--trl-worker", "--setting", setting, "--model", model, "--rows", rows,
+                "--steps", steps, "--out", out], out.parent / "trl.log", check=True)
     return json.loads(out.read_text())
 
 

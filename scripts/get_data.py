@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from data import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "MANIFEST.json"
 COMMAND = "python -m scripts.get_data"
@@ -270,12 +272,10 @@ def read_rows(path):
     if path.suffix == ".json" and text.lstrip().startswith("["):
         yield from json.loads(text)
         return
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from None
+    try:
+        yield from (row for _, row in read_jsonl(path))
+    except ValueError as e:  # a line that is not JSON
+        raise DataError(str(e)) from None
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
@@ -352,14 +352,8 @@ def build(src, out, hub_copy=None, log=print):
 def check_rows(path):
     """The number of rows of a JSON Lines file in the project's format; the first bad row is an error."""
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from None
+    try:
+        for i, row in read_jsonl(path):
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{i + 1}: a row must be a JSON object")
             for key in ("id", "problem", "answer"):
@@ -367,6 +361,8 @@ def check_rows(path):
                     got = "nothing" if key not in row else type(row[key]).__name__
                     raise DataError(f"{path}:{i + 1}: '{key}' must be a string, got {got}")
             n += 1
+    except ValueError as e:  # a line that is not JSON
+        raise DataError(str(e)) from None
     return n
 
 

@@ -9,7 +9,6 @@ difficulty bucket (Fig. 2); pass rate per data level; lengths of correct and inc
 logged its metric.
 """
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
@@ -17,58 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from metrics import read_metrics
-
-
-# Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (scipy is not a dependency);
-# beyond 30 the normal quantile 1.960 is within 2% of them.
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
-
-
-def mean_ci(values):
-    """(mean, half-width of the 95% interval) of independent seeds' values: t_{0.975, n-1} * s / sqrt(n),
-    s the unbiased std (float64). One value has no interval: half-width nan. None values are left out."""
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, math.nan
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    t = T975[len(xs) - 2] if len(xs) - 1 <= len(T975) else 1.960
-    return m, t * s / math.sqrt(len(xs))
-
-
-def matmul_gflops(n=1024, repeats=3):
-    """The speed this machine gives now: float32 GFLOP/s of numpy's n x n matmul, the best of `repeats`.
-    The same machine runs at different speeds over a day (other tenants of its host); a timing beside
-    this figure can be compared with one made at another time."""
-    import time
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - t0)
-    return round(2 * n ** 3 / best / 1e9, 1)
-
-
-def provenance():
-    """Where and when a result was made, for the files committed beside it: UTC date, CPU model (lscpu),
-    cores, the load average (1, 5, 15 min) and the matmul speed (matmul_gflops) now."""
-    import os
-    import platform
-    import subprocess
-    from datetime import datetime, timezone
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), None)
-    except OSError:
-        name = None
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": {"cpu": name or platform.processor(), "cores": os.cpu_count()},
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], "matmul_gflops": matmul_gflops()}
+from scripts.stats import mean_ci  # the bands: a 95% t-interval over seeds at each step
 
 
 def run_label(path):

@@ -4,80 +4,32 @@
 
 One command, five parts, each its own process: the model (smol.py, if missing); the held-out rows of the
 leveled arithmetic task (tiny.py arith: runs/arith/level<L>.jsonl); eval.py on the base model (T = 1, n = 4,
-the first --limit problems of each level); train.py with configs/smol_learn.yaml; eval.py again, the same
-command, on the final checkpoint; then plot.py. It writes docs/smol_learn/seed_<S>/: summary.json (accuracy
+the first --limit problems of each level); train.py with configs/experiments/smol_learn.yaml; eval.py again, the
+same command, on the final checkpoint; then plot.py. It writes docs/smol_learn/seed_<S>/: summary.json (accuracy
 per level before and after with 95% intervals, the gain with a paired interval, the commands, date, machine,
-load and wall times), metrics.jsonl (the training run's log) and the figures. Checkpoints and eval records
-stay under runs/smol_learn/seed_<S>/ (git-ignored).
+load and wall times), metrics.jsonl (the training run's log), each evaluation's per-problem records
+(<eval>_<before|after>/records.jsonl) and the figures; `python -m scripts.results smol_learn` then packs the data
+files into the experiment's archive. Checkpoints stay under runs/smol_learn/seed_<S>/ (git-ignored).
 
-The longer run uses the same script (configs/smol_levels.yaml, with --greedy for greedy accuracy beside T = 1
-and --gsm8k for a GSM8K slice, both before and after); --resume continues an interrupted call (finished
-evaluations kept, train.py from its checkpoint).
+The longer run uses the same script (configs/experiments/smol_levels.yaml, with --greedy for greedy accuracy
+beside T = 1 and --gsm8k for a GSM8K slice, both before and after); --resume continues an interrupted call
+(finished evaluations kept, train.py from its checkpoint).
 """
 import argparse
 import json
-import math
 import os
-import subprocess
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import tiny
-from scripts import plot, smol
+from scripts import common, plot, smol
+from scripts.stats import level_accuracy, macro, paired_gain  # per level over problems (Wilson), paired per problem
 from config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-Z975 = 1.960  # the normal quantile, for the interval of a macro average over levels
-
-
-def level_accuracy(records):
-    """{level: {"accuracy", "ci95", "problems", "n"}} from eval.py's records.jsonl rows (one per sample).
-    A problem's accuracy is the mean score of its n samples; the interval is the 95% t-interval over
-    problems (float64), so samples of one problem are not counted as independent."""
-    per_problem = {}
-    for r in records:
-        per_problem.setdefault(r["benchmark"], {}).setdefault(r["id"], []).append(float(r["score"]))
-    out = {}
-    for bench, problems in per_problem.items():
-        means = [sum(s) / len(s) for s in problems.values()]
-        mean, half = plot.mean_ci(means)
-        out[Path(bench).stem] = {"accuracy": mean, "ci95": half, "problems": len(means),
-                                 "n": len(next(iter(problems.values())))}
-    return out
-
-
-def paired_gain(before, after):
-    """{level: {"gain", "ci95"}}: the mean over problems of (after - before) per problem, with its 95%
-    t-interval (the same problems were asked before and after)."""
-    def by_problem(records):
-        acc = {}
-        for r in records:
-            acc.setdefault((Path(r["benchmark"]).stem, r["id"]), []).append(float(r["score"]))
-        return {k: sum(v) / len(v) for k, v in acc.items()}
-    b, a = by_problem(before), by_problem(after)
-    if set(a) != set(b):
-        raise ValueError("the evaluations before and after did not ask the same problems")
-    diffs = {}
-    for (level, pid), acc in a.items():
-        diffs.setdefault(level, []).append(acc - b[(level, pid)])
-    return {level: dict(zip(("gain", "ci95"), plot.mean_ci(d))) for level, d in diffs.items()}
-
-
-def macro(levels):
-    """The mean over levels and its 95% interval: levels are independent samples, so the variances of
-    their means add (half-widths back to standard errors by the t quantile each level used)."""
-    accs = [v["accuracy"] for v in levels.values()]
-    se2 = 0.0
-    for v in levels.values():
-        t = plot.T975[v["problems"] - 2] if v["problems"] - 1 <= len(plot.T975) else Z975
-        se2 += (v["ci95"] / t) ** 2
-    return {"accuracy": sum(accs) / len(accs), "ci95": Z975 * math.sqrt(se2) / len(accs)}
-
-
-def load_average():
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run(cmd, log, keep=None):
@@ -88,19 +40,16 @@ def run(cmd, log, keep=None):
         log.append({"command": " ".join(cmd), "kept": f"{keep} from an interrupted run"})
         print(f"= kept {keep}", flush=True)
         return
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    print("+ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    log.append({"command": " ".join(cmd), "wall_s": round(time.perf_counter() - t0, 1), "load_after": load_average()})
-    if proc.returncode:
-        sys.exit(f"smol_learn: '{' '.join(cmd[:3])} ...' failed with exit code {proc.returncode}")
+    rc, wall = common.run(cmd, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}, echo=True)
+    log.append({"command": " ".join(cmd), "wall_s": wall, "load_after": common.load_average()})
+    if rc:
+        sys.exit(f"smol_learn: '{' '.join(cmd[:3])} ...' failed with exit code {rc}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", default="configs/smol_learn.yaml")
+    ap.add_argument("--config", default="configs/experiments/smol_learn.yaml")
     ap.add_argument("--limit", type=int, default=8, help="held-out problems per level evaluated before and after")
     ap.add_argument("--n", type=int, default=4, help="samples per problem (temperature 1)")
     ap.add_argument("--max-tokens", type=int, default=96)
@@ -118,28 +67,26 @@ def main(argv=None):
     args = ap.parse_args(argv)
     run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.docs) / f"seed_{args.seed}"
     doc_dir.mkdir(parents=True, exist_ok=True)
-    started, t0, at_start = datetime.now(timezone.utc), time.perf_counter(), plot.provenance()
+    started, t0, at_start = datetime.now(timezone.utc), time.perf_counter(), common.provenance()
     load_start = at_start["load_average_1_5_15"]
     py, parts = sys.executable, []
 
     run([py, "-m", "scripts.smol", "--out", str(smol.DEFAULT_DIR)], parts)  # returns at once when the model is there
     heldout = tiny.write_arith_heldout(args.heldout)
-    prompt = ["--template", "chat", "--instruction", load_config(args.config, args.overrides).rollout.instruction]
-    evaluate = [py, "eval.py", "--benchmarks", ",".join(map(str, heldout)), "--n", str(args.n),
-                "--temperature", "1.0", "--max-tokens", str(args.max_tokens), *prompt,
-                "--dtype", "float32", "--limit", str(args.limit), "--seed", str(args.seed)]
-    gsm8k = [py, "eval.py", "--benchmarks", str(args.gsm8k), "--n", "1", "--temperature", "0", "--max-tokens", "256",
-             *prompt, "--dtype", "float32", "--limit", str(args.gsm8k_limit)] if args.gsm8k else None
-    greedy = evaluate[:evaluate.index("--n")] + ["--n", "1", "--temperature", "0"] + \
-        evaluate[evaluate.index("--max-tokens"):] if args.greedy else None
-
-    evaluations = {"eval": evaluate, "greedy": greedy, "gsm8k": gsm8k}  # each asked before and after training
+    prompt = {"template": "chat", "instruction": load_config(args.config, args.overrides).rollout.instruction,
+              "dtype": "float32"}
+    heldout_options = {"max_tokens": args.max_tokens, "limit": args.limit, "seed": args.seed, **prompt}
+    evaluations = {  # each asked before and after training: eval.py's benchmarks and options
+        "eval": (heldout, {"n": args.n, "temperature": 1.0, **heldout_options}),
+        "greedy": (heldout, {"n": 1, "temperature": 0, **heldout_options}) if args.greedy else None,
+        "gsm8k": ([args.gsm8k], {"n": 1, "temperature": 0, "max_tokens": 256, "limit": args.gsm8k_limit, **prompt})
+        if args.gsm8k else None}
 
     def evaluate_all(model, when):  # with --resume, a finished evaluation (eval.py writes it whole) is kept
-        for name, cmd in evaluations.items():
-            if cmd:
+        for name, evaluation in evaluations.items():
+            if evaluation:
                 out = run_dir / f"{name}_{when}"
-                run(cmd + ["--model", str(model), "--out", str(out)], parts,
+                run(common.eval_command(model, evaluation[0], out, **evaluation[1]), parts,
                     out / "records.jsonl" if args.resume else None)
 
     evaluate_all(smol.DEFAULT_DIR, "before")
@@ -162,9 +109,9 @@ def main(argv=None):
                 f"(eval.py, temperature 1, n = {args.n}, first {args.limit} problems of each level) before and after",
         "command": " ".join(["python -m scripts.smol_learn", *(sys.argv[1:] if argv is None else argv)]),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": at_start["machine"],
-        "load_average_1_5_15": {"start": load_start, "end": load_average()},
-        "matmul_gflops": {"start": at_start["matmul_gflops"], "end": plot.matmul_gflops()},
+        "machine": at_start["machine"], "commit": at_start["commit"], "versions": at_start["versions"],
+        "load_average_1_5_15": {"start": load_start, "end": common.load_average()},
+        "matmul_gflops": {"start": at_start["matmul_gflops"], "end": common.matmul_gflops()},
         "threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
         "wall_s": round(wall, 1),
         "parts": parts,
@@ -176,12 +123,12 @@ def main(argv=None):
         "train_reward": {"first_3_steps": sum(rewards[:3]) / 3, "last_3_steps": sum(rewards[-3:]) / 3},
         "steps": len(metrics),
     }
-    if greedy:
+    if args.greedy:
         b, a = (level_accuracy(plot.read_metrics(run_dir / f"greedy_{when}" / "records.jsonl"))
                 for when in ("before", "after"))
         summary["greedy"] = {"what": "the same held-out problems, greedy (n = 1, temperature 0)", "before": b,
                              "after": a, "macro": {"before": macro(b), "after": macro(a)}}
-    if gsm8k:
+    if args.gsm8k:
         b, a = (plot.read_metrics(run_dir / f"gsm8k_{when}" / "records.jsonl") for when in ("before", "after"))
         summary["gsm8k"] = {"what": f"the first {args.gsm8k_limit} problems of {args.gsm8k}, greedy, 256 new tokens",
                             "before": next(iter(level_accuracy(b).values())),
@@ -189,20 +136,24 @@ def main(argv=None):
                             "gain": next(iter(paired_gain(b, a).values()))}
     (doc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (doc_dir / "metrics.jsonl").write_text((train_dir / "metrics.jsonl").read_text())
+    for records in sorted(run_dir.glob("*_*/records.jsonl")):  # the per-problem verdicts behind every figure above
+        (doc_dir / records.parent.name).mkdir(exist_ok=True)
+        shutil.copyfile(records, doc_dir / records.parent.name / "records.jsonl")
     print(f"held-out accuracy (T = 1, n = {args.n}, {args.limit} problems per level), before -> after:")
     for level in levels_before:
         b, a = levels_before[level], levels_after[level]
-        print(f"  {level}: {b['accuracy']:.3f} ± {b['ci95']:.3f} -> {a['accuracy']:.3f} ± {a['ci95']:.3f}")
-    if gsm8k:
+        print(f"  {level}: {b['accuracy']:.3f} [{b['wilson'][0]:.3f}, {b['wilson'][1]:.3f}] -> {a['accuracy']:.3f} "
+              f"[{a['wilson'][0]:.3f}, {a['wilson'][1]:.3f}] (Wilson 95%, problems as the unit)")
+    if args.gsm8k:
         g = summary["gsm8k"]
         print(f"  gsm8k (greedy, {args.gsm8k_limit} problems): {g['before']['accuracy']:.3f} -> "
               f"{g['after']['accuracy']:.3f} (paired gain {g['gain']['gain']:+.3f} ± {g['gain']['ci95']:.3f})")
-    if greedy:
+    if args.greedy:
         g = summary["greedy"]["macro"]
         print(f"  greedy macro: {g['before']['accuracy']:.3f} -> {g['after']['accuracy']:.3f}")
     m = summary["macro"]
     print(f"  macro: {m['before']['accuracy']:.3f} -> {m['after']['accuracy']:.3f}; "
-          f"{wall / 60:.1f} min in all, load {load_start} -> {load_average()}; wrote {doc_dir}/summary.json")
+          f"{wall / 60:.1f} min in all, load {load_start} -> {common.load_average()}; wrote {doc_dir}/summary.json")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Schemes x seeds on one task, one run after another, and a verdict with error bars.
 
-    python -m scripts.sweep configs/boxed.yaml --out runs/sweep_boxed --seeds 0 1 2 \\
+    python -m scripts.sweep configs/experiments/boxed.yaml --out runs/sweep_boxed --seeds 0 1 2 \\
         --scheme grpo --scheme drgrpo --scheme lipo --scheme daro \\
         --scheme dapo scheme.name=dapo loss.eps_high=0.28 reward.overlong_buffer=16 \\
         --scheme grpo_hadw scheme.hadw.enabled=true
@@ -17,8 +17,12 @@ final train reward (shaping included) and train accuracy (the verifier's verdict
 threshold, and the final mean length of correct and incorrect responses; and OUT/figures/*.png, one per
 metric with a band per scheme. Each scheme is also compared with the first (the baseline) seed by seed,
 and with any other named by --pair (an HA-DW variant with its base scheme): the mean difference and its 95%
-interval, the minimum detectable difference at these seeds (power 0.8), and the paired t-test's p-value
-with Holm's correction across all the comparisons.
+interval over seeds, the minimum detectable difference at these seeds (power 0.8), the paired t-test's p and
+the exact sign-flip permutation p (scripts/stats.py), and Holm's correction over ONE family: every comparison x
+the metrics named by --family (those the claims drawn from the table choose among; default every compared
+metric). Then every run's value of every column, and, with --base-eval, the start model's accuracies with
+Wilson intervals. --publish writes the table, the figures and one archive of the runs' records
+(scripts/results.py regenerates the table from it).
 
 With --heldout N, eval.py also scores each finished run's last checkpoint on the config's eval.benchmarks,
 greedy, every problem (N = 0) or the first N of each, into OUT/<label>/seedS/heldout/: the held-out
@@ -32,15 +36,15 @@ import math
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from scripts.plot import T975, mean_ci, provenance, read_metrics
+from scripts import common
+from scripts.plot import read_metrics
+from scripts.stats import fmt_p, holm, mean_ci, paired_test, wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [  # (key in a run's summary, column title, decimals); per-benchmark val_<name> columns are added
@@ -112,45 +116,23 @@ def heldout_command(base_config, overrides, run_dir, limit):
     if ckpt is None or not (ckpt / "model").is_dir():
         return None
     cfg = load_config(*split_overrides(base_config, overrides))
-    return [sys.executable, str(ROOT / "eval.py"), "--model", str((ckpt / "model").resolve()),
-            "--benchmarks", ",".join(cfg.eval.benchmarks), "--data-dir", cfg.eval.data_dir, "--n", "1",
-            "--temperature", "0", "--max-tokens", str(cfg.eval.max_tokens or cfg.rollout.max_tokens),
-            "--engine", cfg.rollout.engine, "--template", cfg.rollout.template,
-            "--instruction", cfg.rollout.instruction, "--dtype", cfg.sampler_dtype,
-            "--reward", cfg.reward.kind, "--limit", str(limit), "--out", str((run_dir / "heldout").resolve())]
+    return common.eval_command((ckpt / "model").resolve(), cfg.eval.benchmarks, (run_dir / "heldout").resolve(),
+                               data_dir=cfg.eval.data_dir, n=1, temperature=0,
+                               max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens, engine=cfg.rollout.engine,
+                               template=cfg.rollout.template, instruction=cfg.rollout.instruction,
+                               dtype=cfg.sampler_dtype, reward=cfg.reward.kind, limit=limit)
 
 
 def heldout_summary(run_dir):
-    """{heldout_acc: the mean over benchmarks, heldout_<stem>: each one's greedy accuracy} from eval.py's
-    results.json in run_dir/heldout ({} when the run has none)."""
+    """{heldout_acc: the mean over benchmarks, heldout_<stem>: each one's greedy accuracy, n_problems: {heldout_<stem>:
+    problems asked}} from eval.py's results.json in run_dir/heldout ({} when the run has none)."""
     path = run_dir / "heldout" / "results.json"
     if not path.is_file():
         return {}
-    acc = {Path(name).stem: b["avg@n"] for name, b in json.loads(path.read_text())["benchmarks"].items()}
-    return {"heldout_acc": sum(acc.values()) / len(acc), **{f"heldout_{k}": v for k, v in sorted(acc.items())}}
-
-
-def _die_with_parent():
-    """Child side of Popen: get SIGKILL when the sweep dies, so a killed sweep leaves no orphan run."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def run_one(cmd, log_path):
-    """Run train.py, its output into log_path; return its exit status."""
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        try:
-            return proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+    benches = {Path(name).stem: b for name, b in json.loads(path.read_text())["benchmarks"].items()}
+    acc = {k: b["avg@n"] for k, b in benches.items()}
+    return {"heldout_acc": sum(acc.values()) / len(acc), **{f"heldout_{k}": v for k, v in sorted(acc.items())},
+            "n_problems": {f"heldout_{k}": b["num_problems"] for k, b in sorted(benches.items())}}
 
 
 def train_accuracy(record):
@@ -212,93 +194,116 @@ def aggregate(per_seed, columns):
     return out
 
 
-# One-sided 80% quantiles t_{0.80, df} of Student's t for df = 1..30 (power 0.8); beyond 30 the normal
-# quantile 0.842 is within 2% of them.
-T80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868, 0.866,
-       0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854]
+def compared_keys(summaries):
+    """The metrics compared seed by seed: COMPARED, then every in-run and held-out benchmark column."""
+    return list(COMPARED) + [k for k, _, _ in metric_columns(summaries)[len(METRICS):]]
 
 
-def t_two_sided_p(t, df):
-    """P(|T| >= |t|) for Student's t with integer df >= 1, in closed form (Abramowitz & Stegun 26.7.3-4:
-    with theta = atan(|t| / sqrt(df)), P(|T| < |t|) is a finite series in sin and cos theta); float64."""
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2 = math.cos(theta) ** 2
-    if df % 2:  # odd: (2 / pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)], (df - 1) / 2 terms
-        term, series = math.cos(theta), 0.0
-        for j in range(1, (df - 1) // 2 + 1):
-            series += term
-            term *= c2 * (2 * j) / (2 * j + 1)
-        inside = 2 / math.pi * (theta + math.sin(theta) * series)
-    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), df / 2 terms
-        term, series = 1.0, 0.0
-        for j in range(1, df // 2 + 1):
-            series += term
-            term *= c2 * (2 * j - 1) / (2 * j)
-        inside = math.sin(theta) * series
-    return min(1.0, max(0.0, 1.0 - inside))
-
-
-def paired_test(diffs):
-    """The paired comparison of one scheme with another over seeds, from the per-seed differences:
-    mean and 95% half-width (mean_ci), the paired t-test's two-sided p-value, and the minimum detectable
-    difference at two-sided alpha 0.05 and power 0.8, MDD = (t_{0.975, n-1} + t_{0.80, n-1}) s / sqrt(n),
-    s the unbiased std of the differences: the smallest true difference these seeds find 4 times in 5.
-    float64; p and MDD are nan below two seeds, and p is 1 (0) when every difference is 0 (equal and not 0)."""
-    m, h = mean_ci(diffs)
-    n = len(diffs)
-    out = {"mean": m, "ci95": h, "n": n, "values": diffs, "p": math.nan, "mdd": math.nan}
-    if n >= 2:
-        s = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1))
-        t975 = T975[n - 2] if n - 1 <= len(T975) else 1.960
-        t80 = T80[n - 2] if n - 1 <= len(T80) else 0.842
-        out["mdd"] = (t975 + t80) * s / math.sqrt(n)
-        out["p"] = t_two_sided_p(m / (s / math.sqrt(n)), n - 1) if s > 0 else float(m == 0)
-    return out
-
-
-def holm(pvalues):
-    """Holm's step-down adjustment of {label: p}: the i-th smallest of m p-values becomes
-    max over j <= i of min(1, (m - j + 1) p_(j)); a family-wise error rate of 5% holds where it is < 0.05.
-    nan p-values are left out of the family (and stay nan)."""
-    ranked = sorted((p, label) for label, p in pvalues.items() if p == p)
-    out, running = {label: math.nan for label in pvalues}, 0.0
-    for j, (p, label) in enumerate(ranked):
-        running = max(running, min(1.0, (len(ranked) - j) * p))
-        out[label] = running
-    return out
-
-
-def paired_differences(summaries, seeds_of, pairs):
-    """Per pair (label, reference) and metric, the paired comparison over the seeds both ran (paired_test),
-    with Holm's adjustment of the p-values across all the pairs ("p_holm", one family per metric). Runs of
-    one seed share training prompts and sampling seeds, so the paired difference has less noise than the
-    difference of two means. Keyed "label - reference": a pair given twice is one comparison in the family."""
+def paired_differences(summaries, seeds_of, pairs, family=None):
+    """Per pair (label, reference) and metric, the paired comparison over the seeds both ran (stats.paired_test:
+    mean, 95% t-interval, MDD, the t-test's and the exact sign-flip p), and Holm's adjustment ("p_holm") over
+    ONE family: every pair x every metric in `family` (default: every compared metric), the tests the claims
+    drawn from the table choose among. A metric outside the family gets no p_holm (nan): no claim rests on it.
+    Runs of one seed share training prompts and sampling seeds, so the paired difference has less noise than
+    the difference of two means. Keyed "label - reference": a pair given twice is one comparison."""
+    keys = compared_keys(summaries)
+    family = keys if family is None else list(family)
+    unknown = [k for k in family if k not in keys]
+    if unknown:
+        raise SystemExit(f"sweep: --family {' '.join(unknown)}: not a compared metric ({' '.join(keys)})")
     out = {}
-    keys = list(COMPARED) + [k for k, _, _ in metric_columns(summaries)[len(METRICS):]]
     for label, reference in pairs:
         ref = dict(zip(seeds_of[reference], summaries[reference]))
         out[f"{label} - {reference}"] = d = {}
         for key in keys:
             diffs = [s[key] - ref[seed][key] for seed, s in zip(seeds_of[label], summaries[label])
                      if seed in ref and s.get(key) is not None and ref[seed].get(key) is not None]
-            d[key] = paired_test(diffs)
-    for key in keys:
-        for name, p in holm({name: d[key]["p"] for name, d in out.items()}).items():
-            out[name][key]["p_holm"] = p
+            d[key] = {**paired_test(diffs), "p_holm": math.nan}
+    for (name, key), p in holm({(name, key): d[key]["p"] for name, d in out.items() for key in family}).items():
+        out[name][key]["p_holm"] = p
     return out
 
 
-def format_paired(paired):
+def format_paired(paired, family=None):
     keys = list(next(iter(paired.values())))
-    lines = ["| comparison (paired by seed) | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+    family = keys if family is None else list(family)
+    tests = sum(d[k]["p"] == d[k]["p"] for d in paired.values() for k in family)
+    lines = ["| comparison (paired by seed) | " + " | ".join(k.replace("_", " ") + (" (family)" if k in family
+                                                                                     else "") for k in keys) + " |",
              "|" + "---|" * (len(keys) + 1)]
     for name, d in paired.items():
-        cells = [f"{d[k]['mean']:+.3f} ± {d[k]['ci95']:.3f} (n={d[k]['n']}; MDD {d[k]['mdd']:.3f}; "
-                 f"p {d[k]['p']:.3f}, Holm {d[k]['p_holm']:.3f})" if d[k]["n"] else "-" for k in keys]
+        cells = []
+        for k in keys:
+            a = d[k]
+            if not a["n"]:
+                cells.append("-")
+                continue
+            holm_text = f"; Holm {fmt_p(a['p_holm'])}" if k in family else ""
+            cells.append(f"{a['mean']:+.3f} ± {a['ci95']:.3f} (n={a['n']}; MDD {a['mdd']:.3f}; t-test p "
+                         f"{fmt_p(a['p_t'])}, sign-flip p {fmt_p(a['p_exact'])}{holm_text})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("\nmean difference ± half-width of its 95% t-interval over the seeds both ran; MDD: the smallest "
-                 "difference these seeds detect with power 0.8 at two-sided alpha 0.05; p: paired t-test, Holm: "
-                 "adjusted across the comparisons above (a difference separates where Holm < 0.05).")
+    lines.append(
+        "\nmean difference ± half-width of its 95% t-interval over the seeds both ran (seeds are the unit); MDD: "
+        "the smallest difference these seeds detect with power 0.8 at two-sided alpha 0.05; t-test p: the paired "
+        "t-test (n/a where the differences have no spread); sign-flip p: the exact permutation test over the "
+        "seeds' signs (distribution-free; at n seeds it is at least 2 / 2^n, 0.062 at 5). Holm: one family of "
+        f"{tests} tests, the {len(paired)} comparisons x the {len(family)} metrics marked (family), adjusting the "
+        "t-test's p (the sign-flip p where the t-test's is n/a); a difference separates where Holm < 0.05. "
+        "Columns outside the family give unadjusted p-values: no claim rests on them.")
+    return "\n".join(lines)
+
+
+def format_per_seed(summaries, seeds_of, columns, threshold):
+    """Every run's value of every column, scheme by scheme, seeds in the order of the seeds column."""
+    head = ["scheme", "seeds"] + [title.format(thr=threshold) for _, title, _ in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, per_seed in summaries.items():
+        cells = [" ".join(fmt(s.get(key), decimals) for s in per_seed) for key, _, decimals in columns]
+        lines.append("| " + " | ".join([label, " ".join(map(str, seeds_of[label]))] + cells) + " |")
+    lines.append("\neach run's value, in the order of its scheme's seeds (-: the run has none).")
+    return "\n".join(lines)
+
+
+def format_per_problem(summaries, columns):
+    """The second line of every held-out accuracy: per scheme, the mean over its seeds with Wilson's 95% interval
+    with problems as the unit (a problem scores its mean over the seeds, so the interval is conservative): the
+    evaluation's noise (which problems were asked), where the table's t-interval over seeds is training's."""
+    keys = [(k, title) for k, title, _ in columns if k.startswith("heldout_") and k != "heldout_acc"]
+    if not keys:
+        return ""
+    lines = ["| scheme | " + " | ".join(title for _, title in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for label, per_seed in summaries.items():
+        cells = []
+        for key, _ in keys:
+            runs = [s for s in per_seed if s.get(key) is not None]
+            if not runs:
+                cells.append("-")
+                continue
+            m, problems = sum(s[key] for s in runs) / len(runs), min(s["n_problems"][key] for s in runs)
+            lo, hi = wilson(m * problems, problems)
+            cells.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}] ({len(runs)} seeds x {problems} problems)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("\nheld-out accuracy, mean over the seeds [Wilson 95% interval, problems as the unit]: how much "
+                 "the problems asked move it; the t-intervals above, seeds as the unit, add training's variation.")
+    return "\n".join(lines)
+
+
+def format_base_eval(results):
+    """The start model's accuracy on each benchmark of an eval.py results.json, with Wilson's 95% interval
+    (problems as the unit: an avg@n problem counts its mean score) and the mean over benchmarks."""
+    benches = results["benchmarks"]
+    lines = ["| start model | " + " | ".join(Path(b).stem for b in benches) + " | mean |",
+             "|" + "---|" * (len(benches) + 2)]
+    cells = []
+    for b in benches.values():
+        lo, hi = wilson(b["avg@n"] * b["num_problems"], b["num_problems"])
+        cells.append(f"{b['avg@n']:.3f} [{lo:.3f}, {hi:.3f}] ({b['num_problems']} problems)")
+    mean = sum(b["avg@n"] for b in benches.values()) / len(benches)
+    s = results.get("settings", {})
+    n = next(iter(s["n"].values())) if isinstance(s.get("n"), dict) else s.get("n", "?")  # eval.py: per benchmark
+    lines.append(f"| {s.get('model', '?')} (n {n}, T {s.get('temperature', '?')}) | "
+                 + " | ".join(cells) + f" | {mean:.3f} |")
+    lines.append("\naccuracy [Wilson 95% interval] over the problems each benchmark asked (--base-eval).")
     return "\n".join(lines)
 
 
@@ -411,9 +416,16 @@ def main(argv=None):
     ap.add_argument("--pair", nargs=2, action="append", default=[], metavar=("LABEL", "REFERENCE"),
                     help="also compare LABEL with REFERENCE seed by seed (e.g. an HA-DW variant with its base "
                          "scheme); every scheme is compared with the first, and Holm adjusts across all of them")
+    ap.add_argument("--family", nargs="+", metavar="METRIC", help="the metrics whose comparisons form ONE Holm "
+                    "family with every pair (the ones the claims drawn from the table choose among, e.g. heldout_acc "
+                    "heldout_level2 val_acc final_accuracy); default: every compared metric")
+    ap.add_argument("--base-eval", metavar="RESULTS_JSON", help="eval.py's results.json of the start model on the "
+                    "held-out problems: a row of its accuracies with Wilson intervals (published with the runs)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
-    ap.add_argument("--publish", metavar="DIR", help="copy the results to commit into DIR: table.md, table.json, "
-                    "the figures and each run's metrics.jsonl and done.json (no checkpoints)")
+    ap.add_argument("--publish", metavar="DIR", help="write the results to commit into DIR: table.md, table.json, "
+                    "the figures, and records.tar.xz: every finished run's metrics.jsonl, done.json and held-out "
+                    "results.json and per-problem records.jsonl (no checkpoints); python -m scripts.results "
+                    "regenerates the table from it")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (OMP_NUM_THREADS, unless already set): small matmuls on a busy "
                          "machine run faster on 1 thread, since contended threads spin")
@@ -427,7 +439,8 @@ def main(argv=None):
             sys.exit(f"--pair: {label!r} compared with itself")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prepare(args.config, args.set)
+    if not args.report_only:  # a report reads the runs only: their config may have moved since
+        prepare(args.config, args.set)
 
     n_runs, i, t_sweep = len(schemes) * len(args.seeds), 0, time.time()
     summaries, curves, seeds_of = {}, {}, {}
@@ -443,11 +456,11 @@ def main(argv=None):
             print(f"{prefix} {'resuming' if resume else 'running'} ...", flush=True)
             t0 = time.time()
             cmd = run_command(args.config, [*overrides, *args.set], seed, run_dir, resume)
-            rc = run_one(cmd, run_dir / "train.log")
+            rc = common.run(cmd, run_dir / "train.log")[0]
             if rc != 0:
                 sys.exit(f"{prefix} train.py failed (exit {rc}); see {run_dir / 'train.log'}")
             done.write_text(json.dumps({"command": cmd, "seconds": round(time.time() - t0, 1),
-                                        "finished": provenance()}) + "\n")
+                                        "finished": common.provenance()}) + "\n")
             status = f"done in {time.time() - t0:.0f} s"
         elif done.is_file():
             status = "done before, skipped"
@@ -458,7 +471,7 @@ def main(argv=None):
             cmd = heldout_command(args.config, [*overrides, *args.set], run_dir, args.heldout)
             if cmd is None:
                 print(f"{prefix} no checkpoint left, no held-out evaluation", flush=True)
-            elif run_one(cmd, run_dir / "heldout.log") != 0:
+            elif common.run(cmd, run_dir / "heldout.log")[0] != 0:
                 sys.exit(f"{prefix} eval.py failed; see {run_dir / 'heldout.log'}")
         records = [{**r, "train_accuracy": train_accuracy(r)} if "reward_mean" in r else r  # the figure's key
                    for r in read_metrics(run_dir / "metrics.jsonl")]
@@ -475,15 +488,24 @@ def main(argv=None):
     baseline = next(iter(table), None)
     pairs = [(label, baseline) for label in table if label != baseline]
     pairs += [(label, ref) for label, ref in args.pair if label in table and ref in table]
-    paired = paired_differences(summaries, seeds_of, pairs)
+    paired = paired_differences(summaries, seeds_of, pairs, args.family)
     text = format_table(table, columns, args.threshold, len(args.seeds))
+    per_problem = format_per_problem({label: summaries[label] for label in table}, columns)
+    if per_problem:
+        text += "\n\n" + per_problem
+    if args.base_eval:
+        text += "\n\n" + format_base_eval(json.loads(Path(args.base_eval).read_text()))
     if paired:
-        text += "\n\n" + format_paired(paired)
+        text += "\n\n" + format_paired(paired, args.family)
+    text += "\n\n" + format_per_seed({label: summaries[label] for label in table}, seeds_of, columns, args.threshold)
     text += "\n\n" + format_acting({label: summaries[label] for label in table})
     (out / "table.md").write_text(text + "\n")
     (out / "table.json").write_text(json.dumps({"config": args.config, "schemes": schemes, "seeds": args.seeds,
                                                 "set": args.set, "threshold": args.threshold,
-                                                "window": args.window, "table": table,
+                                                "window": args.window, "pairs": pairs,
+                                                "family": args.family or compared_keys(summaries),
+                                                "base_eval": bool(args.base_eval),
+                                                "table": table,
                                                 "runs": {label: dict(zip(seeds_of[label], summaries[label]))
                                                          for label in table},
                                                 "paired": paired}, indent=1) + "\n")
@@ -493,25 +515,36 @@ def main(argv=None):
     print(f"wrote {out / 'table.md'}, {out / 'table.json'} and {len(figures)} figures in {out / 'figures'}")
     if args.publish:
         command = "python -m scripts.sweep " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        print(f"published {publish(out, Path(args.publish), command)} files to {args.publish}")
+        extra = {"base_eval.json": args.base_eval} if args.base_eval else {}
+        print(f"published {publish(out, Path(args.publish), command, extra)} files to {args.publish}")
     return table
 
 
-def publish(out, dest, command):
-    """Copy what backs a README table into dest (to commit): table.md/json, figures/*.png, and per finished
-    run (done.json) metrics.jsonl, done.json (its command and wall time) and heldout/results.json; and
-    published.json: the sweep's command, the date, the machine and its load. A run killed mid-way is left out,
-    as it is of the table."""
-    files = [out / "table.md", out / "table.json", *sorted((out / "figures").glob("*.png"))]
-    finished = [done.parent for done in sorted(out.glob("*/seed*/done.json"))]
-    files += [run / name for run in finished for name in ("metrics.jsonl", "done.json", "heldout/results.json")
-              if (run / name).is_file()]
-    for f in files:
-        target = dest / f.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, target)
-    (dest / "published.json").write_text(json.dumps({"command": command, **provenance()}, indent=1) + "\n")
-    return len(files)
+RUN_FILES = ("metrics.jsonl", "done.json", "heldout/results.json", "heldout/records.jsonl")
+
+
+def publish(out, dest, command, extra=None):
+    """Write what backs a README table into dest (to commit): table.md, table.json, the figures (those
+    dest/README.md shows, or all while it has none), and ONE archive, dest/records.tar.xz (scripts/results.py),
+    of what every finished run (done.json) recorded: metrics.jsonl (each step), done.json (its command, machine
+    and wall time), heldout/results.json and heldout/records.jsonl (eval.py's per-problem verdicts); `extra`
+    ({archive name: file}: base_eval.json, the start model's evaluation); and published.json: the sweep's command,
+    date, machine and load. Archive members not written again are kept. A run killed mid-way is left out, as
+    it is of the table. Returns the number of files written into the archive and beside it."""
+    from scripts import results  # results imports this module
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("table.md", "table.json"):
+        shutil.copyfile(out / name, dest / name)
+    figures = results.place_figures({f"figures/{p.name}": p for p in sorted((out / "figures").glob("*.png"))}, dest)
+    members = {}
+    for done in sorted(out.glob("*/seed*/done.json")):
+        for name in RUN_FILES:
+            if (done.parent / name).is_file():
+                members[str((done.parent / name).relative_to(out))] = (done.parent / name).read_bytes()
+    members.update({name: Path(f).read_bytes() for name, f in (extra or {}).items()})
+    members["published.json"] = (json.dumps({"command": command, **common.provenance()}, indent=1) + "\n").encode()
+    results.update_archive(dest, members)
+    return 2 + len(figures) + len(members)
 
 
 def fmt(x, decimals=3):

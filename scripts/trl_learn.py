@@ -3,8 +3,8 @@
     python -m scripts.smol_learn --seed S                                   (train.py's run, and the base model's eval)
     python -m scripts.trl_learn --trl-python /tmp/trl/bin/python --seed S
 
-TRL trains with the settings of the config train.py ran (configs/smol_learn.yaml: SmolLM2-135M-Instruct, the
-same training rows, chat template, G, prompts per step, max new tokens, temperature 1, lr with the same
+TRL trains with the settings of the config train.py ran (configs/experiments/smol_learn.yaml: SmolLM2-135M-Instruct,
+the same training rows, chat template, G, prompts per step, max new tokens, temperature 1, lr with the same
 warm-up (a LambdaLR from config.py's lr_factor, not HF's warm-up that starts at lr 0), AdamW without weight
 decay, grad clip, clip eps, no KL, loss_type "grpo", rewards from verify.score). Every response of a step is
 trained in one micro-batch (TRL's fastest setting: 64 at once measured faster than 16 x 4, and it
@@ -23,95 +23,61 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from scripts import plot  # noqa: E402
+from scripts import common, plot  # noqa: E402
 
 
 def trl_worker(config, seed, out):
-    """Runs under the TRL interpreter: GRPOTrainer at the config's settings; writes metrics.jsonl (one
-    record per step, train.py's key names) and checkpoints at every eval.every steps."""
-    import datasets
+    """Runs under the TRL interpreter: GRPOTrainer at the config's settings (common.trl_grpo); writes
+    metrics.jsonl (one record per step, train.py's key names) and checkpoints at every eval.every steps."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import AutoModelForCausalLM
 
-    import verify
     from config import load_config
     from data import load_rows
-    from rollout import INSTRUCTION
 
     cfg = load_config(config, [f"seed={seed}"])
     out = Path(out)
-    rows = load_rows(cfg.data, seed)
-    dataset = datasets.Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": f"{r['problem']}\n{INSTRUCTION}"}] for r in rows],
-        "answer": [r["answer"] for r in rows]})
-
-    def accuracy(prompts, completions, answer, **kw):  # 1.0 when verify.py finds the answer, as train.py
-        return [verify.score(c[0]["content"], a) for c, a in zip(completions, answer)]
-
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.optim.lr_factor(cfg.steps))
-    batch = cfg.prompts_per_step * cfg.G
-    args = GRPOConfig(output_dir=str(out / "checkpoints"), per_device_train_batch_size=batch,
-                      gradient_accumulation_steps=1, steps_per_generation=1, num_generations=cfg.G,
-                      max_completion_length=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
-                      top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", epsilon=cfg.loss.eps_low,
-                      epsilon_high=cfg.loss.eps_high, max_grad_norm=cfg.optim.grad_clip, max_steps=cfg.steps,
-                      use_cpu=True, bf16=False, gradient_checkpointing=False, logging_steps=1,
-                      save_strategy="steps", save_steps=cfg.eval.every, save_only_model=True, report_to=[],
-                      seed=seed, dataloader_num_workers=0)
-    log = open(out / "metrics.jsonl", "w")
-
-    class Log(TrainerCallback):  # step seconds from step begin to end (generation + training, not saving)
-        def on_step_begin(self, *a, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, *a, **kw):
-            self.seconds = time.perf_counter() - self.t0
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if "reward" not in (logs or {}):
+    with open(out / "metrics.jsonl", "w") as log:
+        def on_log(state, logs, seconds):
+            if "reward" not in logs:
                 return
             log.write(json.dumps({
                 "step": state.global_step, "score_mean": logs["reward"], "reward_mean": logs["reward"],
                 "len_mean": logs.get("completions/mean_length"), "truncated_frac": logs.get("completions/clipped_ratio"),
                 "zero_var_frac": logs.get("frac_reward_zero_std"), "loss": logs.get("loss"),
-                "grad_norm": logs.get("grad_norm"), "lr": logs.get("learning_rate"), "time/step": self.seconds}) + "\n")
+                "grad_norm": logs.get("grad_norm"), "lr": logs.get("learning_rate"), "time/step": seconds}) + "\n")
             log.flush()
 
-    trainer = GRPOTrainer(model=model, reward_funcs=accuracy, args=args, train_dataset=dataset,
-                          processing_class=AutoTokenizer.from_pretrained(cfg.model.path), callbacks=[Log()],
-                          optimizers=(optimizer, scheduler))
-    trainer.train()
-    log.close()
+        common.trl_grpo(cfg.model.path, load_rows(cfg.data, seed), out / "checkpoints", chat=True, G=cfg.G,
+                        batch=cfg.prompts_per_step * cfg.G, accumulation=1, max_tokens=cfg.rollout.max_tokens,
+                        steps=cfg.steps, seed=seed, model=model, optimizers=(optimizer, scheduler), on_log=on_log,
+                        temperature=cfg.rollout.temperature, top_k=0, epsilon=cfg.loss.eps_low,
+                        epsilon_high=cfg.loss.eps_high, max_grad_norm=cfg.optim.grad_clip, logging_steps=1,
+                        save_strategy="steps", save_steps=cfg.eval.every, save_only_model=True)
 
 
 def run(cmd, env=None):
-    print("+ " + " ".join(map(str, cmd)), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(list(map(str, cmd)), cwd=ROOT, check=True, env=env)
-    return round(time.perf_counter() - t0, 1)
+    """A part of this script, its output to the console; stops the script when it fails. Returns wall seconds."""
+    return common.run(cmd, env=env, echo=True, check=True)[1]
 
 
 def heldout_eval(model, benchmarks, out, *, n, temperature, limit, max_tokens, seed):
-    """eval.py's records for one model (the same command smol_learn.py runs); read back from `out` when an
+    """eval.py's records for one model (the command smol_learn.py runs); read back from `out` when an
     earlier run of this script wrote them there."""
-    if (Path(out) / "records.jsonl").is_file():
-        return plot.read_metrics(Path(out) / "records.jsonl")
-    run([sys.executable, "eval.py", "--model", model, "--benchmarks", ",".join(benchmarks), "--n", n,
-         "--temperature", temperature, "--max-tokens", max_tokens, "--template", "chat", "--dtype", "float32",
-         "--limit", limit, "--seed", seed, "--out", out],
-        env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    if not (Path(out) / "records.jsonl").is_file():
+        run(common.eval_command(model, benchmarks, out, n=n, temperature=temperature, max_tokens=max_tokens,
+                                template="chat", dtype="float32", limit=limit, seed=seed),
+            env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     return plot.read_metrics(Path(out) / "records.jsonl")
 
 
@@ -167,7 +133,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trl-python", required=False, help="an interpreter with trl installed")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", default="configs/smol_learn.yaml")
+    ap.add_argument("--config", default="configs/experiments/smol_learn.yaml")
     ap.add_argument("--ours", default="runs/smol_learn", help="smol_learn.py's --runs: train.py's run of this seed")
     ap.add_argument("--runs", default="runs/trl_learn", help="TRL's checkpoints and eval records (git-ignored)")
     ap.add_argument("--out", default="docs/trl_learn", help="summary, metrics and figure (committed)")
@@ -194,10 +160,10 @@ def main():
     # ---- TRL trains (its own process, its own interpreter), unless a finished run is there ----
     trl_run = run_dir / "trl_run.json"  # when and where TRL trained: written after a finished run
     if not trl_run.is_file():
-        start = plot.provenance()
+        start = common.provenance()
         wall = run([args.trl_python, __file__, "--trl-worker", "--seed", args.seed, "--config", args.config,
                     "--runs", args.runs])
-        trl_run.write_text(json.dumps({"start": start, "after_trl_training": plot.provenance(),
+        trl_run.write_text(json.dumps({"start": start, "after_trl_training": common.provenance(),
                                        "trl_process_wall_s": wall}, indent=1) + "\n")
 
     # ---- eval.py on TRL's checkpoints: greedy during the run, T = 1 on the final model ----
@@ -226,7 +192,7 @@ def main():
     first, last = edge_means(ours)
     threshold = first + (last - first) / 2  # half of train.py's gain in train accuracy
     summary = {"command": f"python -m scripts.trl_learn --trl-python {args.trl_python} --seed {args.seed}",
-               "config": args.config, **json.loads(trl_run.read_text()), "end": plot.provenance(),
+               "config": args.config, **json.loads(trl_run.read_text()), "end": common.provenance(),
                "threshold": {"train_accuracy": round(threshold, 4)}}
     for name, recs, after in (("train.py", ours, ours_after), ("TRL GRPOTrainer", trl, trl_after)):
         times = [r["time/step"] for r in recs]

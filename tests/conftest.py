@@ -61,7 +61,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """configs/tiny.yaml's model, built once per session as `python tiny.py synthetic` builds it: the random
+    """configs/experiments/tiny.yaml's model, built once per session as `python tiny.py synthetic` builds it: the random
     2-layer Qwen2 of the synthetic task, its held-out rows in synthetic.jsonl beside it."""
     from tiny import build_synthetic
     return build_synthetic(tmp_path_factory.mktemp("tiny_synthetic"))

@@ -118,7 +118,7 @@ def test_gpu_check_on_cpu_then_resume_in_one_process(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
 
-    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/experiments/tiny.yaml"),
                               *overrides(out, 3, ["rollout.engine=hf"]), "--resume"],
                              env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -135,7 +135,7 @@ def test_gpu_check_real_shape_plumbing_on_cpu(tmp_path, tiny_model):
     its longest micro-batch (micro_batch_tokens 1024 of rows 512 wide: 2 rows) through forward and backward, and
     counts the checkpoint recomputes; then rank 0 resumes the run at world size 1 for a third step."""
     proc = subprocess.run(torchrun(29645, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "run"),
-                                   "--real-shape", str(ROOT / "configs" / "tiny.yaml"), "--eval-limit", "4",
+                                   "--real-shape", str(ROOT / "configs/experiments/tiny.yaml"), "--eval-limit", "4",
                                    f"model.path={tiny_model}", f"eval.benchmarks=[{tiny_model}/synthetic.jsonl]",
                                    "model.gradient_checkpointing=true", "micro_batch_tokens=1024",
                                    "rollout.engine=hf", "rollout.max_model_len=512"),

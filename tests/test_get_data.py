@@ -345,7 +345,7 @@ def test_names_agree_with_data_py_and_the_configs():
     from data import BENCHMARK_FILES
     written = {f"{name}.jsonl" for name in gd.SOURCES}
     assert set(BENCHMARK_FILES.values()) <= written
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    for path in sorted((ROOT / "configs").glob("**/*.yaml")):  # experiments/ and 7b/ too
         cfg = yaml.safe_load(path.read_text()) or {}
         train = (cfg.get("data") or {}).get("train", "")
         if train.endswith(".jsonl"):

@@ -1,7 +1,8 @@
 """Held out means unseen (issue 43): no training draw of the arith task holds a held-out problem in another
 form (3 + 5 for a held-out 5 + 3, a + c - b for a - b + c, the same story with other names). Checked with a
 canonical form read back from the question's text here, independent of tiny.arith_form (which works on the
-generator's own operands), on the training draws of every config in configs/ that trains on the arith task.
+generator's own operands), on the training draws of every config in configs/experiments/ that trains on the
+arith task.
 
 Before the change (training skipped exact held-out strings only) the overlap check failed on every draw:
 24 of level 1's 30 held-out problems had their swapped form in training (about a third of level-1 rows)."""
@@ -74,7 +75,7 @@ def config_draws():
     """{(data.train, seed): the 100_000 training rows train.py walks} for every arith config and seed."""
     draws = {}
     for name in ARITH_CONFIGS:
-        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        cfg = load_config(ROOT / "configs/experiments" / f"{name}.yaml")
         assert cfg.data.train.partition(":")[0] == "arith", f"{name}.yaml no longer trains on arith"
         for seed in sorted({cfg.seed, *SEEDS}):
             if (cfg.data.train, seed) not in draws:

@@ -1,6 +1,6 @@
-"""The demo's statistics (smol_learn.py): accuracy per level with a 95% interval over problems, the paired
-gain, and the macro average's interval, against values computed by hand. The demo itself is not run here
-(10 minutes); `make smol-learn` is its check."""
+"""The demo's statistics (smol_learn.py, from scripts/stats.py): accuracy per level with a 95% interval over
+problems (t and Wilson), the paired gain, and the macro average's interval, against values computed by hand.
+The demo itself is not run here (10 minutes); `make smol-learn` is its check."""
 import math
 
 import pytest
@@ -21,22 +21,29 @@ def test_level_accuracy_is_a_t_interval_over_problems():
     acc = smol_learn.level_accuracy(BEFORE)
     # level 1: problem means 0.5, 1, 0 -> mean 0.5, s = 0.5, t_{0.975, 2} = 4.303
     assert acc["level1"]["accuracy"] == pytest.approx(0.5)
-    assert acc["level1"]["ci95"] == pytest.approx(4.303 * 0.5 / math.sqrt(3))
+    assert acc["level1"]["ci95"] == pytest.approx(4.303 * 0.5 / math.sqrt(3), rel=1e-4)
     assert (acc["level1"]["problems"], acc["level1"]["n"]) == (3, 4)
+    # Wilson, problems as the unit: 1.5 of 3 -> centre 1/2, half-width z sqrt(1/12 + z^2/36) / (1 + z^2/3)
+    z = 1.959964
+    half = z * math.sqrt(1 / 12 + z * z / 36) / (1 + z * z / 3)
+    assert acc["level1"]["wilson"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-6)
     # level 2: problem means 1, 0 -> mean 0.5, s = sqrt(0.5), t_{0.975, 1} = 12.706
-    assert acc["level2"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2))
+    assert acc["level2"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2), rel=1e-4)
 
 
 def test_paired_gain_and_macro():
     gain = smol_learn.paired_gain(BEFORE, AFTER)
     # level 1 differences 0.5, 0, 0.5: mean 1/3, s = sqrt(1/12)
     assert gain["level1"]["gain"] == pytest.approx(1 / 3)
-    assert gain["level1"]["ci95"] == pytest.approx(4.303 * math.sqrt(1 / 12) / math.sqrt(3))
+    assert gain["level1"]["ci95"] == pytest.approx(4.303 * math.sqrt(1 / 12) / math.sqrt(3), rel=1e-4)
     assert gain["level2"]["gain"] == pytest.approx(0.25)
-    # macro of level 1 (mean 0.5, standard error 0.5 / sqrt 3) and level 2 (mean 0.5, standard error 0.5)
+    # macro of level 1 (0.5 over 3 problems) and level 2 (0.5 over 2): each level's standard error is its Wilson
+    # interval's half-width / z; at p = 1/2 that is sqrt(1/(4n) + z^2/(4n^2)) / (1 + z^2/n)
     m = smol_learn.macro(smol_learn.level_accuracy(BEFORE))
+    z = 1.959964
+    se = lambda n: math.sqrt(1 / (4 * n) + z * z / (4 * n * n)) / (1 + z * z / n)  # noqa: E731
     assert m["accuracy"] == pytest.approx(0.5)
-    assert m["ci95"] == pytest.approx(1.96 * math.sqrt(0.25 / 3 + 0.25) / 2)
+    assert m["ci95"] == pytest.approx(z * math.sqrt(se(3) ** 2 + se(2) ** 2) / 2)
     with pytest.raises(ValueError, match="same problems"):
         smol_learn.paired_gain(BEFORE, AFTER[:-2])
 
@@ -84,7 +91,7 @@ def test_main_wires_the_parts_and_summarises_greedy_and_gsm8k(tmp_path, monkeypa
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     monkeypatch.setattr(smol_learn, "run", fake_run)
-    monkeypatch.setattr(smol_learn.plot, "matmul_gflops", lambda: 0.0)
+    monkeypatch.setattr(smol_learn.common, "matmul_gflops", lambda: 0.0)
     gsm8k = tmp_path / "gsm8k.jsonl"
     argv = ["--runs", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--heldout", str(tmp_path / "arith"),
             "--greedy", "--gsm8k", str(gsm8k), "--gsm8k-limit", "3", "--seed", "1", "rollout.instruction=Add."]

@@ -1,6 +1,6 @@
 """train.py on a real pretrained model (SmolLM2-135M-Instruct, Llama, tied embeddings, chat template): two
 steps with multi-token responses scored by verify.py, engine-vs-trainer log-probs after the weight sync in
-the real loop, and a checkpoint that transformers and vLLM load and agree on. configs/smol.yaml shares each
+the real loop, and a checkpoint that transformers and vLLM load and agree on. configs/experiments/smol.yaml shares each
 prompt among its responses (policy.block_attention), so the log-prob agreement also checks that path on a
 model with grouped-query attention (9 query heads, 3 key/value heads)."""
 import json
@@ -29,7 +29,7 @@ def smol_dir():
 
 def test_two_grpo_steps_and_a_checkpoint_both_engines_load(smol_dir, tmp_path):
     pytest.importorskip("vllm")
-    cfg = load_config(ROOT / "configs" / "smol.yaml", [
+    cfg = load_config(ROOT / "configs/experiments/smol.yaml", [
         f"out_dir={tmp_path}", f"model.path={smol_dir}", "steps=2", "prompts_per_step=4", "G=4",
         "rollout.max_tokens=40", "optim.lr=1e-5", "optim.warmup_steps=1", "reward.workers=0", "diagnostics=true",
         "loss.entropy_coef=0.01"])  # an entropy bonus moves the weights even when every reward is 0

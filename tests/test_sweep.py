@@ -1,5 +1,6 @@
-"""sweep.py: the 95% t-interval, a run's summary numbers, scheme parsing, the base config read through its
-`inherit:` chain, a killed sweep resuming; plot.py's seed bands."""
+"""sweep.py: a run's summary numbers, scheme parsing, the base config read through its `inherit:` chain, a
+killed sweep resuming and publishing its archive, the paired comparisons and their Holm family; plot.py's
+seed bands. The statistics themselves (t quantiles, p-values, Holm, Wilson) are tested in test_stats.py."""
 import json
 import math
 import signal
@@ -11,67 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from scripts.plot import T975, draw_band, mean_ci, plot_main, run_label, seed_group
+from scripts.plot import draw_band, plot_main, run_label, seed_group
 import tiny
-from scripts.sweep import T80, holm, paired_test, parse_schemes, prepare, summarize_run, t_two_sided_p
-
-
-def t_cdf(t, df, n=20000):
-    """Reference: Student's t CDF at t >= 0, its pdf integrated with Simpson's rule (float64)."""
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-    pdf = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)
-    h = t / n
-    s = pdf(0) + pdf(t) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, n))
-    return 0.5 + s * h / 3
-
-
-def t_quantile(q, df):
-    """Reference: solve CDF(t) = q (q > 0.5) by bisection on t_cdf, a second way to the tables."""
-    lo, hi = 0.0, 20.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df, n=4000) < q else (lo, mid)
-    return (lo + hi) / 2
-
-
-@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
-def test_t_tables_match_the_distribution(df):
-    assert T975[df - 1] == pytest.approx(t_quantile(0.975, df), abs=2e-3)
-    assert T80[df - 1] == pytest.approx(t_quantile(0.80, df), abs=2e-3)
-
-
-def test_t_test_p_value():
-    # by hand: df 1 is Cauchy, P(|T| >= 1) = 1 - 2 atan(1) / pi = 0.5; df 2: P(|T| < t) = t / sqrt(2 + t^2)
-    assert t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-15)
-    assert t_two_sided_p(-math.sqrt(2), 2) == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-15)
-    assert t_two_sided_p(0.0, 7) == 1.0
-    for df in (1, 2, 3, 4, 5, 8, 9, 29):
-        for t in (0.4, 1.9, 3.3):
-            assert t_two_sided_p(t, df) == pytest.approx(2 * (1 - t_cdf(t, df)), abs=1e-9), (df, t)
-
-
-def test_paired_test_mdd_and_holm_by_hand():
-    d = paired_test([0.01, 0.03, 0.02, 0.04, 0.0])
-    s = math.sqrt(0.001 / 4)  # squared deviations from the mean 0.02 sum to 0.001
-    assert d["mean"] == pytest.approx(0.02) and d["n"] == 5
-    assert d["mdd"] == pytest.approx((2.776 + 0.941) * s / math.sqrt(5))  # 0.0263
-    assert d["p"] == pytest.approx(t_two_sided_p(0.02 / (s / math.sqrt(5)), 4))
-    assert math.isnan(paired_test([0.1])["mdd"]) and math.isnan(paired_test([0.1])["p"])
-    assert paired_test([0.0, 0.0])["p"] == 1.0 and paired_test([0.1, 0.1])["p"] == 0.0
-    # Holm: sorted 0.005, 0.01, 0.03, 0.04 -> x4 0.02, x3 0.03, x2 0.06, x1 0.04 -> running max 0.06
-    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": math.nan})
-    assert {k: v for k, v in adjusted.items() if k != "e"} == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06,
-                                                                             "d": 0.02})
-    assert math.isnan(adjusted["e"]) and holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # monotone
-
-
-def test_mean_ci():
-    m, h = mean_ci([1.0, 2.0, 3.0])  # s = 1 by hand
-    assert m == 2.0 and h == pytest.approx(4.303 / math.sqrt(3))
-    m, h = mean_ci([0.5, None, 0.7])  # None (a seed without the value) is left out: n = 2, s = 0.1414
-    assert m == pytest.approx(0.6) and h == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
-    assert mean_ci([0.4])[0] == 0.4 and math.isnan(mean_ci([0.4])[1])
-    assert all(math.isnan(x) for x in mean_ci([]))
+from scripts.stats import t_two_sided_p
+from scripts.sweep import parse_schemes, prepare, summarize_run
 
 
 def test_summarize_run():
@@ -127,10 +71,10 @@ def test_seed_bands(tmp_path):
     seeds = [[{"step": s, "reward_mean": 0.1 * s + 0.01 * k} for s in range(1, 6)] for k in range(3)]
     fig, ax = plt.subplots()
     line = draw_band(ax, seeds, "reward_mean", "grpo")
-    # at each step the values are x, x + 0.01, x + 0.02: mean x + 0.01, s = 0.01, half-width 4.303 * 0.01 / sqrt(3)
+    # at each step the values are x, x + 0.01, x + 0.02: mean x + 0.01, s = 0.01, half-width t_{0.975,2} 0.01 / sqrt(3)
     assert np.allclose(line.get_ydata(), [0.1 * s + 0.01 for s in range(1, 6)])
     ys = ax.collections[0].get_paths()[0].vertices[:, 1]
-    assert ys.max() == pytest.approx(0.51 + 4.303 * 0.01 / math.sqrt(3))
+    assert ys.max() == pytest.approx(0.51 + 4.3027 * 0.01 / math.sqrt(3), abs=1e-6)
     plt.close(fig)
     assert run_label(tmp_path / "grpo" / "seed3" / "metrics.jsonl") == "grpo/seed3"
     assert seed_group("grpo/seed3") == "grpo" and seed_group("daro_seed10") == "daro" and seed_group("x") == "x"
@@ -149,7 +93,7 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     """Two tiny runs: kill the sweep (SIGKILL) once the second run has a checkpoint; the next sweep skips
     the first run, resumes the second from its checkpoint, and writes the table and figures."""
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "scripts.sweep", str(ROOT / "configs" / "tiny.yaml"), "--out", str(out),
+    cmd = [sys.executable, "-m", "scripts.sweep", str(ROOT / "configs/experiments/tiny.yaml"), "--out", str(out),
            "--seeds", "0", "--scheme", "grpo", "--scheme", "daro", "--window", "2", "--threshold", "0.1",
            "--set", "steps=8", "prompts_per_step=4", "rollout.engine=hf", "save_every=1", "eval.limit=20"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -189,11 +133,18 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
     acting = runs["daro"]["0"]["acting"]
     assert acting["clip_frac"] == 0.0 and sum(acting["k_frac"].values()) == pytest.approx(1.0)
     assert "| daro | 0.0000 |" in (out / "table.md").read_text()
-    # --publish: what backs a README table, without checkpoints
-    published = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
-    assert {"table.md", "table.json", "published.json", "figures/summary.png", "grpo/seed0/metrics.jsonl",
-            "daro/seed0/done.json"} <= published and not any("checkpoints" in p for p in published)
-    assert json.loads((pub / "published.json").read_text())["command"].startswith("python -m scripts.sweep ")
+    # --publish: the table, the figures and one archive of what the runs recorded, without checkpoints
+    from scripts.results import check, read_archive
+    assert {p.name for p in pub.iterdir()} == {"table.md", "table.json", "figures", "records.tar.xz"}
+    assert "summary.png" in {p.name for p in (pub / "figures").iterdir()}  # no README yet: every figure
+    published = read_archive(pub)
+    assert {"published.json", "grpo/seed0/metrics.jsonl", "daro/seed0/done.json"} <= set(published)
+    assert not any("checkpoints" in name for name in published)
+    assert json.loads(published["published.json"])["command"].startswith("python -m scripts.sweep ")
+    assert published["daro/seed0/metrics.jsonl"] == (out / "daro" / "seed0" / "metrics.jsonl").read_bytes()
+    assert check("tiny", pub) == []  # the archive regenerates the published tables, byte for byte
+    (pub / "table.md").write_text((pub / "table.md").read_text().replace("| grpo | 1 |", "| grpo | 2 |"))
+    assert "table.md differs" in " ".join(check("tiny", pub))
     # --heldout: eval.py on each run's last checkpoint, greedy, the first 30 held-out problems; the column is
     # the mean of the verdicts eval.py wrote per problem, and the scheme is compared with the baseline on it
     for label in ("grpo", "daro"):
@@ -204,13 +155,15 @@ def test_killed_sweep_resumes_where_it_stopped(tmp_path):
         assert len(verdicts) == 30
         assert table[label]["heldout_acc"]["values"] == [pytest.approx(sum(verdicts) / 30)]
         assert f"{label}/seed0/heldout/results.json" in published
+        assert published[f"{label}/seed0/heldout/records.jsonl"] == (held / "records.jsonl").read_bytes()
     paired = json.loads((out / "table.json").read_text())["paired"]["daro - grpo"]["heldout_synthetic"]
     gap = table["daro"]["heldout_acc"]["mean"] - table["grpo"]["heldout_acc"]["mean"]
     assert paired["values"] == [pytest.approx(gap)]
     assert "held-out synthetic" in (out / "table.md").read_text()
 
 
-def test_publish_copies_finished_runs_only(tmp_path):
+def test_publish_archives_finished_runs_only(tmp_path):
+    from scripts.results import read_archive
     from scripts.sweep import publish
     out = tmp_path / "sweep"
     for run, finished in (("grpo/seed0", True), ("grpo/seed1", False)):  # seed 1 was killed mid-run
@@ -219,16 +172,26 @@ def test_publish_copies_finished_runs_only(tmp_path):
         (d / "checkpoints").mkdir()
         (d / "metrics.jsonl").write_text('{"step": 1}\n')
         (d / "heldout" / "results.json").write_text("{}")
+        (d / "heldout" / "records.jsonl").write_text('{"id": 0, "score": 1.0}\n')
         (d / "checkpoints" / "latest").write_text("step_000001")
         if finished:
             (d / "done.json").write_text("{}")
     (out / "figures").mkdir()
-    for name in ("table.md", "table.json", "figures/summary.png"):
+    for name in ("table.md", "table.json", "figures/summary.png", "figures/reward_mean.png"):
         (out / name).write_text("x")
-    assert publish(out, tmp_path / "pub", "python -m scripts.sweep x") == 6
-    published = {str(p.relative_to(tmp_path / "pub")) for p in (tmp_path / "pub").rglob("*") if p.is_file()}
-    assert published == {"table.md", "table.json", "figures/summary.png", "published.json", "grpo/seed0/done.json",
-                         "grpo/seed0/metrics.jsonl", "grpo/seed0/heldout/results.json"}
+    base = tmp_path / "base_model_greedy.json"
+    base.write_text("{}")
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "README.md").write_text("![reward](figures/reward_mean.png)\n")  # the README shows one figure
+    (pub / "figures").mkdir()
+    (pub / "figures" / "old.png").write_text("stale")
+    assert publish(out, pub, "python -m scripts.sweep x", {"base_eval.json": base}) == 2 + 1 + 6
+    assert {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()} == {
+        "README.md", "table.md", "table.json", "figures/reward_mean.png", "records.tar.xz"}
+    assert set(read_archive(pub)) == {"published.json", "base_eval.json", "grpo/seed0/done.json",
+                                      "grpo/seed0/metrics.jsonl", "grpo/seed0/heldout/results.json",
+                                      "grpo/seed0/heldout/records.jsonl"}
 
 
 def test_paired_differences():
@@ -242,35 +205,58 @@ def test_paired_differences():
     d = paired_differences(summaries, seeds_of, [("b", "a")])["b - a"]
     # seeds 0 and 1 in common: accuracy differences 0.05 and 0.1 (seed 2 has no baseline); val: only seed 0
     assert d["final_accuracy"]["mean"] == pytest.approx(0.075) and d["final_accuracy"]["n"] == 2
-    assert d["final_accuracy"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2))
+    assert d["final_accuracy"]["ci95"] == pytest.approx(12.706 * math.sqrt(0.00125) / math.sqrt(2), rel=1e-4)
     assert d["val_acc"]["n"] == 1 and d["val_acc"]["mean"] == pytest.approx(0.0)
     assert d["val_level1"]["mean"] == pytest.approx(0.15) and d["val_level1"]["n"] == 2  # per level too
-    # one comparison: Holm leaves its p-value as it is
-    assert d["final_accuracy"]["p_holm"] == d["final_accuracy"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
+    # one comparison, one family over its metrics: final_accuracy (differences 0.05, 0.1: t = 3) and val_level1
+    # (0.1, 0.2: t = 3) have a p, val_acc (one seed) none; Holm doubles the smaller p, the running max the other
+    assert d["final_accuracy"]["p"] == pytest.approx(t_two_sided_p(3.0, 1))
+    assert d["final_accuracy"]["p_holm"] == d["val_level1"]["p_holm"] == pytest.approx(2 * t_two_sided_p(3.0, 1))
     assert math.isnan(d["val_acc"]["p_holm"])
     # a second pair (a against b, any two schemes): its differences are the first's negated, and Holm takes
-    # both into one family: the smaller p (the same here) doubled, then the running maximum
+    # both into the family
     both = paired_differences(summaries, seeds_of, [("b", "a"), ("a", "b")])
     assert both["a - b"]["val_level1"]["values"] == pytest.approx([-0.1, -0.2])
     p = t_two_sided_p(3.0, 1)
     holm_p = [both[name]["final_accuracy"]["p_holm"] for name in ("b - a", "a - b")]
-    assert holm_p == pytest.approx([min(1, 2 * p)] * 2)
+    # every pair x every compared metric: final_accuracy's two p-values and val_level1's two: 4 tests, all p
+    assert holm_p == pytest.approx([min(1, 4 * p)] * 2)
+    # --family final_accuracy: the family holds only its 2 tests; val_level1 gets no Holm
+    fam = paired_differences(summaries, seeds_of, [("b", "a"), ("a", "b")], family=["final_accuracy"])
+    assert fam["b - a"]["final_accuracy"]["p_holm"] == pytest.approx(min(1, 2 * p))
+    assert math.isnan(fam["b - a"]["val_level1"]["p_holm"])
+    with pytest.raises(SystemExit, match="--family heldout_acc: not a compared metric"):
+        paired_differences(summaries, seeds_of, [("b", "a")], family=["heldout_acc"])
+
+
+def test_a_one_problem_difference_in_every_seed_is_not_p_0():
+    """Five seeds where b beats a by exactly one problem in 100 (0.01): no spread, so no t-test; the table
+    reports the exact sign-flip p 2 / 2^5 and Holm from it, never 0."""
+    from scripts.sweep import format_paired, paired_differences
+    a = [{"final_accuracy": x, "val_acc": 0.3} for x in (0.30, 0.10, 0.50, 0.00, 0.20)]
+    b = [{"final_accuracy": x + 0.01, "val_acc": 0.3} for x in (0.30, 0.10, 0.50, 0.00, 0.20)]
+    d = paired_differences({"a": a, "b": b}, {"a": list(range(5)), "b": list(range(5))}, [("b", "a")])["b - a"]
+    assert d["final_accuracy"]["p"] == 1 / 16 and math.isnan(d["final_accuracy"]["p_t"])
+    assert d["val_acc"]["p"] == 1.0  # every difference 0
+    assert d["final_accuracy"]["p_holm"] == pytest.approx(2 / 16)  # the smaller of 2 tests, doubled
+    text = format_paired({"b - a": d})
+    assert "t-test p n/a, sign-flip p 0.062; Holm 0.125" in text and "p 0.000" not in text
 
 
 def test_pair_names_must_be_schemes(tmp_path):
     from scripts.sweep import main
     with pytest.raises(SystemExit, match="--pair: 'gspo' is not a --scheme label"):
-        main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo",
+        main([str(ROOT / "configs/experiments/tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo",
               "--scheme", "grpo_hadw", "scheme.hadw.enabled=true", "--pair", "grpo_hadw", "gspo", "--report-only"])
     with pytest.raises(SystemExit, match="--pair: 'grpo' compared with itself"):
-        main([str(ROOT / "configs" / "tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo", "--pair", "grpo", "grpo",
+        main([str(ROOT / "configs/experiments/tiny.yaml"), "--out", str(tmp_path), "--scheme", "grpo", "--pair", "grpo", "grpo",
               "--report-only"])
 
 
 def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_path):
     from scripts.sweep import heldout_command, heldout_summary
     run = tmp_path / "run"
-    base = str(ROOT / "configs" / "smol_compare.yaml")
+    base = str(ROOT / "configs/experiments/smol_compare.yaml")
     assert heldout_command(base, [], run, 0) is None and heldout_summary(run) == {}  # no checkpoint: nothing
     (run / "checkpoints" / "step_000020" / "model").mkdir(parents=True)
     (run / "checkpoints" / "latest").write_text("step_000020\n")
@@ -284,5 +270,15 @@ def test_heldout_command_evaluates_the_last_checkpoint_as_the_run_sampled(tmp_pa
                                                                                          "vllm")
     (run / "heldout").mkdir()
     (run / "heldout" / "results.json").write_text(json.dumps(
-        {"benchmarks": {"runs/arith/level1.jsonl": {"avg@n": 0.9}, "runs/arith/level2.jsonl": {"avg@n": 0.4}}}))
-    assert heldout_summary(run) == {"heldout_acc": pytest.approx(0.65), "heldout_level1": 0.9, "heldout_level2": 0.4}
+        {"benchmarks": {"runs/arith/level1.jsonl": {"avg@n": 0.9, "num_problems": 30},
+                        "runs/arith/level2.jsonl": {"avg@n": 0.4, "num_problems": 100}}}))
+    assert heldout_summary(run) == {"heldout_acc": pytest.approx(0.65), "heldout_level1": 0.9, "heldout_level2": 0.4,
+                                    "n_problems": {"heldout_level1": 30, "heldout_level2": 100}}
+
+
+def test_per_problem_line_is_a_wilson_interval_over_problems():
+    from scripts.sweep import format_per_problem, metric_columns
+    runs = [{"heldout_acc": 0.5, "heldout_level2": acc, "n_problems": {"heldout_level2": 100}} for acc in (0.07, 0.09)]
+    text = format_per_problem({"grpo": runs}, metric_columns({"grpo": runs}))
+    # mean 0.08 over 100 problems: Wilson 0.041 to 0.150 (by hand in test_stats.py)
+    assert "| grpo | 0.080 [0.041, 0.150] (2 seeds x 100 problems) |" in text

@@ -126,7 +126,7 @@ def test_worked_answers_score_through_verify_and_grow_with_difficulty():
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
-    """The warm-started model with the default settings (the ones configs/boxed.yaml uses), built once."""
+    """The warm-started model with the default settings (the ones configs/experiments/boxed.yaml uses), built once."""
     return tiny.warm_start_model(tmp_path_factory.mktemp("boxed") / "model", log=None)
 
 
@@ -160,11 +160,11 @@ def test_warm_start_is_imperfect_on_purpose(warm):
 
 
 def test_rl_raises_validation_accuracy(warm, tmp_path):
-    """40 GRPO steps of configs/boxed.yaml from the warm start (one torch thread, as sweep.py runs it)."""
+    """40 GRPO steps of configs/experiments/boxed.yaml from the warm start (one torch thread, as sweep.py runs it)."""
     rows = load_benchmark(str(warm / "val.jsonl"))
     before = sum(greedy_accuracy(warm, rows)[0]) / len(rows)
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "boxed.yaml"),
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/experiments/boxed.yaml"),
            f"model.path={warm}", f"eval.benchmarks=[{warm / 'val.jsonl'}]", "eval.limit=0", "eval.every=40",
            "steps=40", "save_every=0", f"out_dir={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,

@@ -18,7 +18,7 @@ from config import ConfigError, check_config, load_config
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK, HEADER = 32 * 1024, 7         # LevelDB log: 32 KiB blocks; chunk header crc32 u32, length u16, type u8
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-TINY = ["--config", str(ROOT / "configs" / "tiny.yaml"), "prompts_per_step=4", "G=4", "rollout.engine=hf",
+TINY = ["--config", str(ROOT / "configs/experiments/tiny.yaml"), "prompts_per_step=4", "G=4", "rollout.engine=hf",
         "wandb.enabled=true"]
 
 
@@ -177,12 +177,12 @@ def test_two_ranks_log_once_from_rank_0(tmp_path, tiny_model):
 def test_wandb_asked_for_but_not_installed_is_one_config_error(monkeypatch):
     """sys.modules[name] = None is how Python marks a module as not importable: find_spec returns None."""
     monkeypatch.setitem(sys.modules, "wandb", None)
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["wandb.enabled=true"])
+    cfg = load_config(ROOT / "configs/experiments/tiny.yaml", ["wandb.enabled=true"])
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert "'wandb.enabled' is true but the wandb package is not installed" in str(err.value)
     assert "\n" not in str(err.value)
-    check_config(load_config(ROOT / "configs" / "tiny.yaml", ["wandb.enabled=false"]))  # off: no wandb needed
+    check_config(load_config(ROOT / "configs/experiments/tiny.yaml", ["wandb.enabled=false"]))  # off: no wandb needed
 
 
 @pytest.mark.parametrize("override, message", [
@@ -193,4 +193,4 @@ def test_wandb_asked_for_but_not_installed_is_one_config_error(monkeypatch):
 ])
 def test_bad_wandb_keys_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
-        check_config(load_config(ROOT / "configs" / "tiny.yaml", [override]))
+        check_config(load_config(ROOT / "configs/experiments/tiny.yaml", [override]))
