@@ -81,11 +81,25 @@ class OptimConfig:
 class EvalConfig:
     every: int = 0                  # evaluate every N steps (0 = never); also after the last step
     benchmarks: list[str] = field(default_factory=list)  # eval.py names (math500, ...) or "synthetic"
-    data_dir: str = "../shared/data"
+    data_dir: str = "data"          # `make data` (python -m scripts.get_data) writes the benchmarks here
     limit: int = 0                  # problems per benchmark (0 = all)
     n: int = 1
     temperature: float = 0.0
     max_tokens: int = 0             # 0 = rollout.max_tokens
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases tracking, from rank 0 (metrics.py): the merged config once, every metrics.jsonl record
+    at its step, a table of sampled answers per evaluation; --resume continues the same W&B run."""
+    enabled: bool = False
+    project: str = "rlvr"
+    entity: str = ""                # "" = the logged-in account's default entity
+    name: str = ""                  # run name; "" = the last part of out_dir
+    group: str = ""                 # e.g. one group per sweep, its seeds inside it
+    tags: list[str] = field(default_factory=list)
+    mode: str = ""                  # online | offline | disabled; "" = $WANDB_MODE, else online
+    eval_samples: int = 8           # problems per benchmark in each evaluation's table of answers (0 = no table)
 
 
 @dataclass
@@ -109,6 +123,7 @@ class TrainConfig:
     save_every: int = 0             # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     tensorboard: bool = False
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases (WandbConfig)
     diagnostics: bool = False       # per-rank out_dir/diagnostics/rank_R.jsonl: devices, collective backends,
                                     # peak memory per phase, engine-vs-trainer log-prob mismatch (one extra forward),
                                     # the longest micro-batch the config allows (one extra forward + backward),
@@ -283,7 +298,7 @@ def check_config(cfg: TrainConfig):
         logprob_precision(cfg.loss)
     except ValueError as e:
         raise ConfigError(f"config key {e}") from None
-    if cfg.loss.ratio == "sequence" and cfg.scheme.name in ("dapo", "lipo", "daro"):
+    if cfg.loss.ratio == "sequence" and SCHEMES[cfg.scheme.name].per_token_weights:
         warnings.warn(f"loss.ratio 'sequence' (GSPO) with scheme '{cfg.scheme.name}': its W_i weighs tokens, so the "
                       "objective is no longer GSPO's per-sequence mean (grpo / drgrpo weights keep it)")
     if cfg.data.level_sampling not in ("rows", "learnability"):
@@ -299,3 +314,11 @@ def check_config(cfg: TrainConfig):
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config key 'tensorboard' is true but the tensorboard package is not installed "
                           "(pip install tensorboard; metrics.jsonl is written either way)")
+    if cfg.wandb.enabled and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("config key 'wandb.enabled' is true but the wandb package is not installed "
+                          "(pip install wandb; metrics.jsonl is written either way)")
+    if cfg.wandb.mode not in ("", "online", "offline", "disabled"):
+        raise ConfigError("config key 'wandb.mode' must be online, offline, disabled or empty, "
+                          f"got {cfg.wandb.mode!r}")
+    if cfg.wandb.eval_samples < 0:
+        raise ConfigError(f"config key 'wandb.eval_samples' must be >= 0, got {cfg.wandb.eval_samples}")

@@ -116,7 +116,7 @@ def policy_loss(logp, old_logp, mask, A, W, cfg: LossConfig, *, W_reg=None, ref_
 # only ever exists for `chunk_size` tokens at a time, in two reused float32 buffers of chunk_size x V.
 # token_logprobs is a chunked autograd function: the forward keeps only per-token statistics (logsumexp),
 # the backward recomputes each chunk's logits (four matmuls in all; works for any loss, GSPO's included).
-# (benchmarks/bench_logprobs.py holds a same-pass variant for token-local losses, three matmuls, that forms
+# (benchmarks/bench_logprobs.py builds a same-pass variant for token-local losses, three matmuls, that forms
 # the gradient in the forward; it is faster but cannot serve sequence-level ratios, so training uses this.)
 # Conventions: float32 accumulation whatever the input dtype (low-precision inputs are upcast per
 # chunk of tokens; the weight once per call, a transient float32 copy of V x H); logits are (h @ W.T) / T;
@@ -166,7 +166,7 @@ def _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index):
 
 def _chunk_softmax(h_chunk, w, targets, valid, temperature, shifted, expd):
     """Tempered logits of one chunk into `shifted` (minus the row max) and exp(shifted) into `expd`.
-    Returns per-token (logp, entropy, logsumexp, E_p[z] - max, 1 / sum exp); all float32."""
+    Returns per-token (logp, entropy, logsumexp), float32: what the backward needs besides the inputs."""
     h_chunk = h_chunk.float() / temperature
     torch.mm(h_chunk, w.t(), out=shifted)
     row_max = shifted.amax(dim=1)
@@ -178,21 +178,20 @@ def _chunk_softmax(h_chunk, w, targets, valid, temperature, shifted, expd):
     logp = shifted.gather(1, targets.clamp(min=0)[:, None]).view(-1) - log_sum
     entropy = log_sum - centre                  # H = logsumexp - E_p[z]
     zero = torch.zeros((), device=logp.device)
-    return (torch.where(valid, logp, zero), torch.where(valid, entropy, zero),
-            row_max + log_sum, centre, sum_exp.reciprocal())
+    return torch.where(valid, logp, zero), torch.where(valid, entropy, zero), row_max + log_sum
 
 
-def _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, targets, valid):
+def _chunk_logit_grad(logq, q, entropy, g_logp, g_entropy, targets, valid):
     """d loss / d logits for one chunk, written over one of the two buffers (which it returns).
-    `shifted` = z - c and `expd` = exp(z - c) for a per-row constant c, p = expd * inv_sum, centre = E_p[z] - c.
-    d logp_t / dz = onehot(t) - p;  d H / dz = -p * (z - E_p[z])."""
+    `logq` = log p and `q` = p over the chunk's vocabulary rows; entropy H = -E_p[log p] per token.
+    d logp_t / dz = onehot(t) - p;  d H / dz = -p * (log p + H)."""
     g_logp = torch.where(valid, g_logp, 0.0)
     if g_entropy is None:
-        grad = expd.mul_((-g_logp * inv_sum)[:, None])
+        grad = q.mul_((-g_logp)[:, None])
     else:
         g_entropy = torch.where(valid, g_entropy, 0.0)
-        grad = shifted.mul_((-g_entropy * inv_sum)[:, None]).sub_(((g_logp - g_entropy * centre) * inv_sum)[:, None])
-        grad.mul_(expd)
+        grad = logq.mul_((-g_entropy)[:, None]).sub_((g_logp + g_entropy * entropy)[:, None])
+        grad.mul_(q)
     rows = torch.arange(len(targets), device=grad.device)
     grad.index_put_((rows, targets.clamp(min=0)), g_logp, accumulate=True)
     return grad
@@ -216,7 +215,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         n = hidden.shape[0]
         logp, entropy, lse = (torch.zeros(n, device=hidden.device) for _ in range(3))
         for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, hidden.device):
-            logp[a:b], entropy[a:b], lse[a:b], _, _ = _chunk_softmax(
+            logp[a:b], entropy[a:b], lse[a:b] = _chunk_softmax(
                 hidden[a:b], w, targets[a:b], valid[a:b], temperature, shifted, expd)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.settings = (temperature, vocab_size, chunk_size, ignore_index)
@@ -244,7 +243,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             torch.mm(h_chunk, w.t(), out=shifted)       # recompute the chunk's logits
             shifted.sub_(lse[a:b, None])                # = log p
             torch.exp(shifted, out=expd)                # = p
-            grad = _chunk_logit_grad(shifted, expd, torch.ones_like(lse[a:b]), -entropy[a:b], g_logp[a:b],
+            grad = _chunk_logit_grad(shifted, expd, entropy[a:b], g_logp[a:b],
                                      None if g_entropy is None else g_entropy[a:b], targets[a:b], valid[a:b])
             if need_h:
                 torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)

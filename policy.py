@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -129,14 +129,32 @@ def use_onednn_linears(model):
 def load_policy(path, model_cfg, temperature, device, trainable=True, logprob_precision="highest"):
     """The policy with float32 master weights, sharded by FSDP2 over the process group (one shard in one
     process) with a mixed-precision policy: compute in model_cfg.dtype, gradients reduced in float32, AdamW
-    state in float32, at every world size. logprob_precision: the LM-head kernel's (loss.logprob_precision)."""
+    state in float32, at every world size. logprob_precision: the LM-head kernel's (loss.logprob_precision).
+
+    Only rank 0 reads the checkpoint (in float32, on the host); every rank builds the model on the meta device,
+    shards it, allocates its own shards on `device`, and takes its part of each of rank 0's tensors, broadcast one
+    at a time (rank 0 lets each go once sent): a node holds one float32 copy of the model in host memory, not one
+    per rank. The values are those of from_pretrained on every rank (tests/dist_load.py compares them bit for
+    bit, and benchmarks/bench_memory.py --host-rss measures the host memory)."""
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import distribute_tensor
     from transformers import AutoModelForCausalLM
     if not dist.is_initialized():
         raise RuntimeError("load_policy shards the model over the process group: call init_distributed() first")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[model_cfg.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+    if dist.get_rank() == 0:
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # fp32 master weights
+        full = loaded.state_dict()  # rank 0's tensors, held until they are broadcast into the shards
+        buffers = dict(loaded.named_buffers())  # with the non-persistent ones (rotary inv_freq), not in the state dict
+        shared = [loaded.config, loaded.generation_config]
+        del loaded
+    else:
+        full, buffers, shared = {}, {}, [None, None]
+    dist.broadcast_object_list(shared, src=0)  # the config as from_pretrained set it (attention, dtype) on rank 0
+    with torch.device("meta"):  # the same module tree on every rank, tied head included, and no memory
+        model = AutoModelForCausalLM.from_config(shared[0], dtype=torch.float32)
+    model.generation_config = shared[1]  # (save_pretrained writes it into checkpoints)
     if model_cfg.gradient_checkpointing and trainable:
         model.gradient_checkpointing_enable()
     # from_pretrained returns the model in eval mode, and transformers' decoder layers checkpoint only in train
@@ -144,7 +162,6 @@ def load_policy(path, model_cfg, temperature, device, trainable=True, logprob_pr
     # (Qwen2, Llama: attention_dropout 0), so train mode changes nothing else; the KL reference stays in eval.
     model.train(trainable)
     model.config.use_cache = False
-    model.to(device)
     # (not under model.compile: inductor picks its own matmul kernels, and cannot lower the oneDNN op's backward)
     onednn = model_cfg.onednn_linears and not model_cfg.compile and torch.backends.mkldnn.is_available()
     if onednn and device.type == "cpu":
@@ -158,6 +175,21 @@ def load_policy(path, model_cfg, temperature, device, trainable=True, logprob_pr
         if model_cfg.compile:  # the forward only: FSDP2's unshard/reshard hooks stay outside the graph
             layer.forward = torch.compile(layer.forward, dynamic=True)
     fully_shard(policy, mp_policy=mp)  # the root: embedding, final norm, LM head
+    policy.to_empty(device=device)  # this rank's shards (and the unsharded buffers), uninitialised
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # (a tied head once) one full tensor at a time
+            whole = full.pop(name).to(device) if dist.get_rank() == 0 else \
+                torch.empty(param.shape, dtype=param.dtype, device=device)
+            dist.broadcast(whole, src=0)
+            # this rank's part, cut as the sharded parameter is (src_data_rank None: from the local copy, no traffic)
+            param.to_local().copy_(distribute_tensor(whole, param.device_mesh, param.placements,
+                                                     src_data_rank=None).to_local())
+            del whole
+        for name, buf in model.named_buffers():  # to_empty left them uninitialised: rank 0's, persistent or not
+            if dist.get_rank() == 0:
+                buf.copy_(buffers[name])
+            dist.broadcast(buf, src=0)
+    del full, buffers
     note_backend("fsdp all_gather/reduce_scatter, grad-norm all_reduce", device)
     return policy
 
@@ -248,7 +280,7 @@ def longest_pass(policy, rows, width, pad_id, gradient_sync):
 
 @dataclass
 class Micro:
-    """One micro-batch of B responses in R rows, ready for Policy.forward."""
+    """One micro-batch of B responses in R rows, ready for Policy.forward (built complete by make_micro)."""
     input_ids: torch.Tensor       # [R, S] prompt + response sequences, right-padded
     attention_mask: Optional[torch.Tensor]  # [R, S] with one sequence per row; None when packed or shared
     position_ids: Optional[torch.Tensor]    # [R, S] restarting at each packed sequence; None: one per row
@@ -259,32 +291,32 @@ class Micro:
     t_idx: torch.Tensor           # [n] its position in the response
     mask: torch.Tensor            # [B, T] loss mask
     index: torch.Tensor           # [B] the responses' indices in the rank's batch
-    blocks: Optional[PromptBlocks] = None  # share_prompt: the attention blocks
-    # set by plan_micro_batches: what the loss needs besides the tokens
+    blocks: Optional[PromptBlocks]  # share_prompt: the attention blocks
+    real_tokens: int              # tokens in its rows before padding (input_ids holds rows x widest)
     dummy: bool = False           # a one-token pass of zero weight, only to join the ranks' collectives
-    real_tokens: int = 0          # tokens in its rows before padding (input_ids holds rows x widest)
-    A: Optional[torch.Tensor] = None      # [B] advantages, W [B] weights, W_reg [B] KL / entropy weights
-    W: Optional[torch.Tensor] = None
-    W_reg: Optional[torch.Tensor] = None
-    old_logp: Optional[torch.Tensor] = None  # [B, T] log pi_old, when the policy moves within the step
-    ref_logp: Optional[torch.Tensor] = None  # [B, T] log pi_ref, with a KL term
 
 
-def plan_micro_batches(batch, trained, cfg, *, pad_id, device):
-    """Every micro-batch of the step, built once: per mini-batch (batch.mini: its local groups), a list of
-    Micro holding tokens, A, W and W_reg (old and reference log-probs are added by the trainer's first pass).
+def dummy_micro(pad_id, device):
+    """A one-token micro-batch of no response (index empty, mask 0, no real tokens): the pass a rank with
+    fewer micro-batches makes so that every rank joins FSDP's collectives equally often."""
+    mb = make_micro([[pad_id]], [[pad_id]], [[0.0]], [[0]], pad_id, device)
+    return dataclasses.replace(mb, index=mb.index[:0], real_tokens=0, dummy=True)
+
+
+def plan_micro_batches(batch, mini, trained, cfg, *, pad_id, device):
+    """Every micro-batch of the step, built once: per mini-batch (`mini`: its local groups), a list of Micro.
 
     Only responses in `trained` go in. Responses (or, with cfg.share_prompt, a prompt's trained responses
     side by side) are packed into rows by pack_micro_batches under cfg.micro_batch_tokens / micro_batch_size.
     Every rank gets the same number of micro-batches per mini-batch, at least one (dummies pad): FSDP's
     collectives run once per forward and backward, so a rank with fewer responses joins them with a
     zero-weight pass, and every optimiser step's backward leaves gradients (maybe zero), as the full batch
-    would. `batch` needs prompt_ids, response_ids, loss_mask (lists per response), A, W, W_reg ([n] tensors)
-    and mini; cfg: G, share_prompt, micro_batch_size, micro_batch_tokens."""
+    would. `batch` needs prompt_ids, response_ids, loss_mask (lists per response); cfg: G, share_prompt,
+    micro_batch_size, micro_batch_tokens."""
     G, share = cfg.G, cfg.share_prompt
     row_len = lambda row: row_tokens(row, batch.prompt_ids, batch.response_ids, share)  # noqa: E731
     plan = []
-    for local in batch.mini:
+    for local in mini:
         groups = [[q * G + i for i in range(G) if trained[q * G + i]] for q in local]
         items = [g for g in groups if g] if share else [[i] for g in groups for i in g]
         rows_of_items = pack_micro_batches(list(range(len(items))), [row_len(it) for it in items],
@@ -292,19 +324,9 @@ def plan_micro_batches(batch, trained, cfg, *, pad_id, device):
         chunks = [[[i for u in row for i in items[u]] for row in rows] for rows in rows_of_items]
         n_max = int(all_reduce(torch.tensor([max(1, len(chunks))]), dist.ReduceOp.MAX if dist.is_initialized()
                                else None))  # every rank: the most micro-batches any rank has
-        micros = []
-        for rows in chunks:
-            mb = make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, pad_id, device,
-                            share_prompt=share)
-            mb.A, mb.W, mb.W_reg = (x[mb.index].to(device) for x in (batch.A, batch.W, batch.W_reg))
-            mb.real_tokens = sum(row_len(row) for row in rows)
-            micros.append(mb)
-        for _ in range(n_max - len(chunks)):
-            mb = make_micro([[pad_id]], [[pad_id]], [[0.0]], [[0]], pad_id, device)
-            mb.dummy, mb.index = True, mb.index[:0]
-            mb.A = mb.W = mb.W_reg = torch.zeros(1, device=device)
-            micros.append(mb)
-        plan.append(micros)
+        micros = [make_micro(batch.prompt_ids, batch.response_ids, batch.loss_mask, rows, pad_id, device,
+                             share_prompt=share) for rows in chunks]
+        plan.append(micros + [dummy_micro(pad_id, device) for _ in range(n_max - len(chunks))])
     return plan
 
 
@@ -354,7 +376,8 @@ def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device, share_
     gradients of one row per response (tested), with the prompt's forward and backward done once."""
     index = [i for row in rows for i in row]
     r_len = torch.tensor([len(response_ids[i]) for i in index])
-    width = max(row_tokens(row, prompt_ids, response_ids, share_prompt) for row in rows)
+    row_lengths = [row_tokens(row, prompt_ids, response_ids, share_prompt) for row in rows]
+    width = max(row_lengths)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros_like(input_ids)
     prompt_last, response_start, row_of, spans, shared = [], [], [], [], False
@@ -399,7 +422,7 @@ def make_micro(prompt_ids, response_ids, loss_mask, rows, pad_id, device, share_
         blocks = PromptBlocks(*(to(x) for x in dataclasses.astuple(blocks)))
     return Micro(to(input_ids), to(attention_mask), to(position_ids) if packed or shared else None,
                  to(torch.tensor(row_of)[b_idx]), to(cols), to(targets), to(b_idx), to(t_idx), to(mask),
-                 torch.tensor(index, dtype=torch.long), blocks)
+                 torch.tensor(index, dtype=torch.long), blocks, real_tokens=sum(row_lengths))
 
 
 def prompt_blocks(spans, positions):
@@ -417,12 +440,18 @@ def prompt_blocks(spans, positions):
     return PromptBlocks(q_index, q_dest, k_index, mask[:, None])
 
 
-def per_token(policy, mb, grad):
-    """[B, T] log-probs and entropies of a micro-batch; with grad=True both carry the graph (the loss's
-    entropy bonus, loss.entropy_coef, differentiates through the entropy)."""
+class PerToken(NamedTuple):
+    """A micro-batch's per-token values, [B, T] float32, 0 past each response's end."""
+    logp: torch.Tensor     # log pi of each response token
+    entropy: torch.Tensor  # the entropy of pi at its position
+
+
+def per_token(policy, mb, grad) -> PerToken:
+    """Log-probs and entropies of a micro-batch; with grad=True both carry the graph (the loss's entropy
+    bonus, loss.entropy_coef, differentiates through the entropy)."""
     with contextlib.nullcontext() if grad else torch.no_grad():
         logp, ent = policy(mb.input_ids, mb.attention_mask, mb.position_ids, mb.rows, mb.cols, mb.targets, mb.blocks)
     B, T = mb.mask.shape
     out_logp = torch.zeros(B, T, device=logp.device, dtype=logp.dtype).index_put((mb.b_idx, mb.t_idx), logp)
     out_ent = torch.zeros(B, T, device=ent.device, dtype=ent.dtype).index_put((mb.b_idx, mb.t_idx), ent)
-    return out_logp, out_ent
+    return PerToken(out_logp, out_ent)

@@ -2,11 +2,11 @@
 -> weights synced back into the rollout engine. FSDP2 at every world size: one process is a group of one
 (distributed.init_distributed), torchrun shards over many GPUs/CPUs.
 
-    python train.py --config configs/tiny.yaml                          # CPU, a few minutes (make tiny)
+    python train.py --config configs/experiments/tiny.yaml              # CPU, a few minutes (make tiny)
     torchrun --nproc_per_node 8 train.py --config configs/daro.yaml     # 8 GPUs
-    python train.py --config configs/tiny.yaml --resume                 # continue the last checkpoint
+    python train.py --config configs/experiments/tiny.yaml --resume     # continue the last checkpoint
     python train.py --config configs/daro.yaml --print-config           # the merged config, as yaml
-    python plot.py runs/tiny [runs/other ...] --out plots/              # PNG figures from metrics.jsonl
+    python -m scripts.plot runs/tiny [runs/other ...] --out plots/      # PNG figures from metrics.jsonl
 
 The file reads top to bottom: the batch (rollout and rewards), A and W, the update, `training_step` (the
 whole step on one screen), checkpoints, validation, and the loop (`train`).
@@ -14,6 +14,7 @@ whole step on one screen), checkpoints, validation, and the loop (`train`).
 import argparse
 import dataclasses
 import gc
+import os
 import random
 import shutil
 import sys
@@ -28,6 +29,7 @@ import yaml
 from torch.distributed.fsdp import FSDPModule
 
 import eval as evaluation  # 'eval' is a builtin; the module is eval.py
+import memory
 from config import ConfigError, TrainConfig, check_config, load_config
 from data import load_benchmark, prompt_stream, reward_function
 from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_reduce, barrier, check_every_rank_reads,
@@ -37,7 +39,8 @@ from distributed import (CheckpointError, agree_on_checkpoint, all_gather, all_r
 from loss import logprob_precision, policy_loss
 from metrics import (MetricsLog, Progress, accumulate, gather_responses, run_summary, step_metrics,
                      update_metrics)
-from policy import KernelTimer, Policy, RecomputeCounter, load_policy, longest_pass, per_token, plan_micro_batches
+from policy import (KernelTimer, Micro, Policy, RecomputeCounter, load_policy, longest_pass, per_token,
+                    plan_micro_batches)
 from rollout import encode_prompts, make_engine
 from weights import Scheme, StepStats, make_scheme
 
@@ -48,7 +51,7 @@ from weights import Scheme, StepStats, make_scheme
 @dataclass
 class Batch:
     """This rank's share of one step: P_local prompt groups of G responses, flattened group-major (response
-    p * G + i is prompt p's i-th sample). collect_batch fills the first part, weigh the second."""
+    p * G + i is prompt p's i-th sample), scored. Built by collect_batch; weigh reads it."""
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     loss_mask: list[list[float]]   # per response token: 0 drops it from the loss (DAPO's overlong filtering)
@@ -60,12 +63,6 @@ class Batch:
     rows: list = field(default_factory=list)     # the prompts' data rows
     groups: list = field(default_factory=list)   # their samples (rollout.Sample), G each
     info: dict = field(default_factory=dict)     # generation: rounds, dynamic sampling, skipped prompts
-    # weigh(): per response [P_local * G], and where this rank's groups sit in the global batch
-    A: Optional[torch.Tensor] = None             # advantages
-    W: Optional[torch.Tensor] = None             # weights (the global normaliser included)
-    W_reg: Optional[torch.Tensor] = None         # weights of the KL and entropy terms
-    position: list[int] = field(default_factory=list)   # global position of each local group
-    mini: list[list[int]] = field(default_factory=list)  # the local groups of each mini-batch
 
 
 def overlong_penalty(length, max_len, buffer):
@@ -108,7 +105,7 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     score = reward_function(cfg.reward.kind, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     rows, groups, scores, rewards = [], [], [], []
     rounds, gave_up, skipped = 0, False, 0
-    counts = torch.zeros(3, dtype=torch.float64)  # correct, sampled, reward sum
+    correct = sampled = reward_sum = 0.0  # over every response sampled (before dynamic sampling's filter)
     by_level = torch.zeros(len(stream.levels), 2, dtype=torch.float64)  # correct, sampled: for a LevelCurriculum
     while True:
         drawn = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
@@ -130,9 +127,10 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
                     rw[p, i] += overlong_penalty(s.length, cfg.rollout.max_tokens, cfg.reward.overlong_buffer)
         rounds += 1
         k = (sc > 0.5).sum(1)
-        counts += torch.tensor([float(k.sum()), float(sc.numel()), float(rw.double().sum())], dtype=torch.float64)
-        for row, correct in zip(mine, k.tolist()) if stream.levels else ():
-            by_level[stream.levels.index(row["level"])] += torch.tensor([correct, G], dtype=torch.float64)
+        correct, sampled = correct + float(k.sum()), sampled + sc.numel()
+        reward_sum += float(rw.double().sum())
+        for row, k_p in zip(mine, k.tolist()) if stream.levels else ():
+            by_level[stream.levels.index(row["level"])] += torch.tensor([k_p, G], dtype=torch.float64)
         keep = [p for p in range(len(mine)) if not cfg.reward.dynamic_sampling or 0 < k[p] < G]
         rows += [mine[p] for p in keep]
         groups += [out[p] for p in keep]
@@ -149,24 +147,46 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     if cfg.reward.dynamic_sampling:  # trim to P groups in all: the first P of the global order
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
-    counts = all_reduce(torch.cat([counts, torch.tensor([float(skipped)], dtype=torch.float64), by_level.view(-1)]))
-    correct, sampled, reward_sum, skipped = counts[:4].tolist()
-    stream.observe(counts[4:].view(-1, 2))  # every rank's verdicts, before dynamic sampling's filter
+    total = sum_over_ranks(correct=correct, sampled=sampled, reward_sum=reward_sum, skipped=skipped,
+                           by_level=by_level)
+    stream.observe(total["by_level"])  # every rank's verdicts, before dynamic sampling's filter
+    accuracy = float(total["correct"]) / max(float(total["sampled"]), 1.0)
     samples = [s for g in groups for s in g]
     return Batch(prompt_ids=[s.prompt_ids for s in samples], response_ids=[s.token_ids for s in samples],
                  loss_mask=[[0.0 if cfg.reward.overlong_filter and s.truncated else 1.0] * s.length for s in samples],
-                 rewards=rewards, correct=scores > 0.5, accuracy=correct / max(sampled, 1.0),
-                 reward_mean=reward_sum / max(sampled, 1.0),
+                 rewards=rewards, correct=scores > 0.5, accuracy=accuracy,
+                 reward_mean=float(total["reward_sum"]) / max(float(total["sampled"]), 1.0),
                  engine_logprobs=[s.logprobs for s in samples], rows=rows, groups=groups,
                  info={"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up),
-                       "accuracy": correct / max(sampled, 1.0), "skipped_prompts": int(skipped)})
+                       "accuracy": accuracy, "skipped_prompts": int(total["skipped"])})
+
+
+def sum_over_ranks(**values):
+    """Each named number or float64 tensor summed over all ranks, in one collective; returned by name as
+    float64 tensors of their own shapes (a number: 0-d)."""
+    parts = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in values.items()}
+    flat = all_reduce(torch.cat([p.reshape(-1) for p in parts.values()]))
+    pieces = flat.split([p.numel() for p in parts.values()])
+    return {k: piece.view(p.shape) for (k, p), piece in zip(parts.items(), pieces)}
 
 
 # ---------------------------------------------------------------------------------------------
 # A and W: from the whole global batch, as one process holding every rank's groups would compute them.
 
-def weigh(cfg: TrainConfig, scheme: Scheme, batch: Batch):
-    """Fill batch.A, W, W_reg, position and mini; returns the number of groups in the global batch.
+@dataclass
+class Weighting:
+    """What weigh computes for this rank's responses ([P_local * G] float32, in the batch's order), and where
+    its groups sit in the global batch."""
+    A: torch.Tensor            # advantages
+    W: torch.Tensor            # weights (the global normaliser included)
+    W_reg: torch.Tensor        # weights of the KL and entropy terms
+    position: list[int]        # global position of each local group
+    mini: list[list[int]]      # the local groups of each mini-batch
+    n_groups: int              # groups in the global batch (0: dynamic sampling kept none on any rank)
+
+
+def weigh(cfg: TrainConfig, scheme: Scheme, batch: Batch) -> Weighting:
+    """A, W and W_reg of this rank's responses, computed from every rank's groups.
 
     Every rank gathers the rewards, lengths and verdicts of all groups (a few numbers per response) in the
     global order, which interleaves the ranks (rank r's q-th group sits at q * world + r when shares are
@@ -180,22 +200,22 @@ def weigh(cfg: TrainConfig, scheme: Scheme, batch: Batch):
     order = interleaved([parts[0].shape[0] for parts in gathered])
     R, L, C = (torch.stack([gathered[r][j][q] for r, q in order]) if order else empty[:0]
                for j, empty in enumerate((batch.rewards, lengths, batch.correct)))
-    position = {rq: i for i, rq in enumerate(order)}
-    batch.position = [position[(rank, q)] for q in range(P_local)]
+    index = {rq: i for i, rq in enumerate(order)}
+    position = [index[(rank, q)] for q in range(P_local)]
+    slices = [(len(R) * j // cfg.mini_batches, len(R) * (j + 1) // cfg.mini_batches) for j in range(cfg.mini_batches)]
+    mini = [[q for q in range(P_local) if a <= position[q] < b] for a, b in slices]
     if not order:
-        return 0
+        nothing = torch.zeros(0)
+        return Weighting(nothing, nothing, nothing, position, mini, n_groups=0)
     scheme.begin_step(R, L, C, batch.accuracy, reward_mean=batch.reward_mean)
     A = scheme.advantages(R)
     W, W_reg = torch.zeros(len(R), G), torch.zeros(len(R), G)
-    slices = [(len(R) * j // cfg.mini_batches, len(R) * (j + 1) // cfg.mini_batches) for j in range(cfg.mini_batches)]
     for a, b in slices:
         if b > a:
             W[a:b] = scheme.weights(R[a:b], L[a:b], C[a:b])
             W_reg[a:b] = W[a:b] if cfg.loss.reg_weight == "scheme" else 1.0 / max(float(L[a:b].sum()), 1.0)
-    mine = batch.position
-    batch.A, batch.W, batch.W_reg = A[mine].flatten(), W[mine].flatten(), W_reg[mine].flatten()
-    batch.mini = [[q for q in range(P_local) if a <= mine[q] < b] for a, b in slices]
-    return len(R)
+    return Weighting(A[position].flatten(), W[position].flatten(), W_reg[position].flatten(), position, mini,
+                     n_groups=len(R))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,20 +247,38 @@ class Update:
     grad_norms: list[float]
 
 
-def reference_logprobs(tr: Trainer, plan):
-    """Store log pi_old (the policy before this step's first update) and log pi_ref in every micro-batch.
-    pi_old is needed only when the policy moves within the step (several epochs or mini-batches);
-    otherwise the ratio is 1 and the loss uses the current log-probs, detached."""
-    need_old = tr.cfg.ppo_epochs > 1 or tr.cfg.mini_batches > 1
-    for mb in (mb for mini in plan for mb in mini):
-        if need_old:
-            mb.old_logp = per_token(tr.policy, mb, grad=False)[0]
-        if tr.cfg.loss.kl_beta:
-            mb.ref_logp = per_token(tr.ref_policy, mb, grad=False)[0]
+@dataclass
+class MicroBatch:
+    """One micro-batch of the update, complete when built: its tokens and what the loss reads besides them."""
+    tokens: Micro                    # B responses laid out for Policy.forward (policy.plan_micro_batches)
+    A: torch.Tensor                  # [B] advantages, W [B] weights, W_reg [B] KL / entropy weights
+    W: torch.Tensor
+    W_reg: torch.Tensor
+    old_logp: Optional[torch.Tensor]  # [B, T] log pi_old when the policy moves within the step, else None
+    ref_logp: Optional[torch.Tensor]  # [B, T] log pi_ref with a KL term (loss.kl_beta), else None
+
+
+def micro_batches(tr: Trainer, batch: Batch, weighting: Weighting, trained) -> list[list[MicroBatch]]:
+    """The step's micro-batches, per mini-batch, each with its responses' A, W and W_reg and, before any
+    update, log pi_old (the policy before this step's first update) and log pi_ref. pi_old is needed only
+    when the policy moves within the step (several epochs or mini-batches); otherwise the ratio is 1 and the
+    loss uses the current log-probs, detached. A dummy (no response) gets zero weights."""
+    cfg, device = tr.cfg, tr.device
+    need_old = cfg.ppo_epochs > 1 or cfg.mini_batches > 1
+
+    def complete(mb: Micro):
+        A, W, W_reg = ((torch.zeros(1, device=device) if mb.dummy else x[mb.index].to(device))
+                       for x in (weighting.A, weighting.W, weighting.W_reg))
+        return MicroBatch(mb, A, W, W_reg,
+                          old_logp=per_token(tr.policy, mb, grad=False).logp if need_old else None,
+                          ref_logp=per_token(tr.ref_policy, mb, grad=False).logp if cfg.loss.kl_beta else None)
+
+    plan = plan_micro_batches(batch, weighting.mini, trained, cfg, pad_id=tr.pad_id, device=device)
+    return [[complete(mb) for mb in mini] for mini in plan]
 
 
 def update_policy(tr: Trainer, plan, n_responses) -> Update:
-    """ppo_epochs passes over the plan's mini-batches (policy.plan_micro_batches), one optimiser step each."""
+    """ppo_epochs passes over the plan's mini-batches (micro_batches), one optimiser step each."""
     cfg, (_, world_size) = tr.cfg, world()
     sharded = isinstance(tr.policy, FSDPModule)
     per_response, loss_sum, grad_norms = {}, 0.0, []
@@ -249,14 +287,14 @@ def update_policy(tr: Trainer, plan, n_responses) -> Update:
             for n, mb in enumerate(mini):
                 if sharded:  # reduce-scatter gradients once per optimiser step, after its last backward
                     tr.policy.set_requires_gradient_sync(cfg.grad_sync == "micro_batch" or n == len(mini) - 1)
-                logp, ent = per_token(tr.policy, mb, grad=True)
-                old = mb.old_logp if mb.old_logp is not None else logp.detach()
-                loss, stats = policy_loss(logp, old, mb.mask, mb.A, mb.W, cfg.loss, W_reg=mb.W_reg,
-                                          ref_logp=mb.ref_logp, entropy=ent)
+                now = per_token(tr.policy, mb.tokens, grad=True)
+                old = mb.old_logp if mb.old_logp is not None else now.logp.detach()
+                loss, stats = policy_loss(now.logp, old, mb.tokens.mask, mb.A, mb.W, cfg.loss, W_reg=mb.W_reg,
+                                          ref_logp=mb.ref_logp, entropy=now.entropy)
                 # FSDP averages gradients over ranks; the loss is a global sum, so undo the average
                 (loss * world_size).backward()
                 loss_sum += float(loss.detach().double())
-                accumulate(per_response, stats, mb.index, n_responses)  # a dummy's index is empty
+                accumulate(per_response, stats, mb.tokens.index, n_responses)  # a dummy's index is empty
             grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy.parameters(), cfg.optim.grad_clip)
             grad_norms.append(float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm))
             tr.optimizer.step()
@@ -269,26 +307,27 @@ def train_on_batch(tr: Trainer, batch: Batch):
     Loss and gradient equal those of one process holding every rank's groups."""
     cfg = tr.cfg
     # ---- A, W: from every rank's groups
-    n_groups = weigh(cfg, tr.scheme, batch)
-    if n_groups == 0:  # dynamic sampling kept no group on any rank: nothing to learn from this step
+    weighting = weigh(cfg, tr.scheme, batch)
+    if weighting.n_groups == 0:  # dynamic sampling kept no group on any rank: nothing to learn from this step
         tr.scheduler.step()
         return {"empty_batch": 1.0}
     # ---- plan: a response with A_i = 0 adds nothing to the policy-gradient term (-min(r 0, clip(r) 0) = 0):
     # without a KL or entropy term it needs no forward or backward (its tokens still count in W's normalisers)
     regularised = cfg.loss.kl_beta or cfg.loss.entropy_coef
-    trained = torch.tensor([not (cfg.skip_zero_advantage and not regularised and a == 0) for a in batch.A.tolist()])
-    plan = plan_micro_batches(batch, trained.tolist(), cfg, pad_id=tr.pad_id, device=tr.device)
-    # ---- update: log pi_old and log pi_ref, then ppo_epochs x mini_batches optimiser steps
-    reference_logprobs(tr, plan)
+    trained = torch.tensor([not (cfg.skip_zero_advantage and not regularised and a == 0)
+                            for a in weighting.A.tolist()])
+    plan = micro_batches(tr, batch, weighting, trained.tolist())  # log pi_old and log pi_ref included
+    # ---- update: ppo_epochs x mini_batches optimiser steps
     update = update_policy(tr, plan, len(batch.response_ids))
     lr = tr.optimizer.param_groups[0]["lr"]  # the rate this step used (the scheduler moves on to the next)
     tr.scheduler.step()
     # ---- the scheme's own update (DARO's w_mu), from every response's statistics in the global order
-    responses = gather_responses(batch, {**update.per_response, "W": batch.W, "trained": trained}, n_groups)
+    responses = gather_responses(weighting.position, {**update.per_response, "W": weighting.W, "trained": trained},
+                                 weighting.n_groups, cfg.G)
     tr.scheme.update(StepStats(surrogate=responses["surrogate"], abs_surrogate=responses["abs_surrogate"],
                                W=responses["W"], epochs=cfg.ppo_epochs,
                                optimizer_steps=cfg.ppo_epochs * cfg.mini_batches))
-    return update_metrics(cfg, update, responses, plan, lr)
+    return update_metrics(cfg, update, responses, [[mb.tokens for mb in mini] for mini in plan], lr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,14 +385,13 @@ def diagnose_batch(tr: Trainer, batch: Batch):
     and max |engine - trainer| over the response tokens, float64 differences of float32 values, both at
     temperature 1 (the engine returns raw-logit log-probs). Every rank runs the same number of passes."""
     n = len(batch.response_ids)
-    whole = dataclasses.replace(batch, mini=[list(range(n // tr.cfg.G))], A=torch.zeros(n), W=torch.zeros(n),
-                                W_reg=torch.zeros(n))
-    (micros,) = plan_micro_batches(whole, [True] * n, tr.cfg, pad_id=tr.pad_id, device=tr.device)
+    (micros,) = plan_micro_batches(batch, [list(range(n // tr.cfg.G))], [True] * n, tr.cfg, pad_id=tr.pad_id,
+                                   device=tr.device)
     temperature, tr.policy.temperature = tr.policy.temperature, 1.0
     deltas = []
     try:
         for mb in micros:
-            logp = per_token(tr.policy, mb, grad=False)[0].double().cpu()
+            logp = per_token(tr.policy, mb, grad=False).logp.double().cpu()
             for b, i in enumerate(mb.index.tolist()):
                 engine = torch.tensor(batch.engine_logprobs[i], dtype=torch.float64)
                 deltas.append((logp[b, : len(engine)] - engine).abs())
@@ -443,9 +481,10 @@ def load_val_sets(cfg: TrainConfig):
     return sets
 
 
-def run_eval(cfg: TrainConfig, engine, val_sets):
+def run_eval(cfg: TrainConfig, engine, val_sets, samples=None):
     """Validation accuracy (avg@n) through eval.py, each rank sampling its share of the problems (rows
-    rank, rank + world, ...), scored by the run's reward, and the verdicts gathered."""
+    rank, rank + world, ...), scored by the run's reward, and the verdicts gathered. `samples`, a list: rank 0
+    appends its own eval.py records to it, each with its problem (the W&B table of answers)."""
     rank, world_size = world()
     shards = {name: rows[rank::world_size] for name, rows in val_sets.items()}
     mine = {name: rows for name, rows in shards.items() if rows}
@@ -453,6 +492,9 @@ def run_eval(cfg: TrainConfig, engine, val_sets):
     records = evaluation.evaluate(engine, mine, n=cfg.eval.n, temperature=cfg.eval.temperature,
                                   max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens, seed=cfg.seed + rank,
                                   score_fn=score, progress=False)[1] if mine else []
+    if samples is not None and rank == 0:  # this rank's own answers, with their problems, for the W&B table
+        problem = {(name, row["id"]): row["problem"] for name, rows in mine.items() for row in rows}
+        samples += [{**r, "problem": problem[r["benchmark"], r["id"]]} for r in records]
     scores = {name: [] for name in shards}
     for part in all_gather([(r["benchmark"], r["score"]) for r in records]):
         for name, s in part:
@@ -512,10 +554,17 @@ def build_trainer(cfg: TrainConfig, model_path, base_path, device):
     return Trainer(cfg, policy, ref_policy, optimizer, scheduler, scheme, device, pad_id), tokenizer
 
 
-def train(cfg: TrainConfig, resume=False):
-    """The run, in a process group that this call sets up (or joins, under torchrun) and takes down."""
+def train(cfg: TrainConfig, resume=False, memory_check=True):
+    """The run, in a process group that this call sets up (or joins, under torchrun) and takes down. On GPUs the
+    memory plan (memory.py) runs first, before any model or engine is built: a run it says cannot fit is refused
+    in one line naming the key to change (memory_check=False, train.py --skip-memory-check, runs it anyway)."""
     device = init_distributed()
     try:
+        if memory_check and device.type == "cuda":
+            try:
+                memory.check(cfg, world()[1], torch.cuda.mem_get_info(device)[1])
+            except memory.PlanError as e:
+                raise SetupError(f"{e} (--skip-memory-check starts anyway)") from None
         return run(cfg, resume, device)
     finally:
         gc.collect()  # free FSDP state before its process group: torch 2.13 + gloo can abort at exit
@@ -535,7 +584,7 @@ def run(cfg: TrainConfig, resume, device):
     start = load_checkpoint(ckpt, tr, stream) if ckpt is not None else 0
     if ckpt is not None and rank == 0:
         print(f"resumed from {ckpt} at step {start}", file=sys.stderr)
-    log = MetricsLog(run_dir, start, cfg.tensorboard)
+    log = MetricsLog(run_dir, start, cfg.tensorboard, cfg.wandb, dataclasses.asdict(cfg))
 
     engine = make_engine(dataclasses.replace(cfg.rollout, dtype=cfg.sampler_dtype), model_path, seed=cfg.seed + rank)
     progress = Progress(start, cfg.steps, enabled=rank == 0)
@@ -543,9 +592,10 @@ def run(cfg: TrainConfig, resume, device):
         info = {"device": str(tr.device), **engine.info()} if cfg.diagnostics else {}
         for step in range(start, cfg.steps):
             m, diag = training_step(tr, engine, stream, step)
+            samples = [] if log.wants_samples else None
             if cfg.eval.every and cfg.eval.benchmarks and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.steps):
-                m.update(run_eval(cfg, engine, val_sets))
-            log.write(m)
+                m.update(run_eval(cfg, engine, val_sets, samples))
+            log.write(m, samples)
             progress.update(m)
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
                 save_checkpoint(run_dir, step + 1, tr, stream, tokenizer, cfg.keep_checkpoints)
@@ -558,7 +608,7 @@ def run(cfg: TrainConfig, resume, device):
         log.close()
     if rank == 0 and cfg.steps > start:
         print(run_summary(log.path), file=sys.stderr)
-        print(f"done: {log.path}; plots: python plot.py {run_dir}", file=sys.stderr)
+        print(f"done: {log.path}; plots: python -m scripts.plot {run_dir}", file=sys.stderr)
     return run_dir
 
 
@@ -567,6 +617,14 @@ def main(argv=None):
     ap.add_argument("--config", help="yaml config (see configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir's latest checkpoint")
     ap.add_argument("--print-config", action="store_true", help="print the merged config as yaml and exit")
+    ap.add_argument("--memory-plan", action="store_true", help="print the memory plan per GPU, term by term, and "
+                    "exit: 0 when it fits with 15%% headroom, 1 (one line naming the key to change) when not")
+    ap.add_argument("--world-size", type=int, help="--memory-plan: GPUs to plan for (default: $WORLD_SIZE, else 1)")
+    ap.add_argument("--model-config", help="--memory-plan: a directory holding the model's config.json (default: "
+                                           "model.path; no weights are read)")
+    ap.add_argument("--gpu-memory", type=float, default=80.0, help="--memory-plan: GB per GPU (default 80)")
+    ap.add_argument("--skip-memory-check", action="store_true", help="on GPUs, start even when the memory plan "
+                                                                     "says the run cannot fit")
     ap.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = ap.parse_args(argv)
     try:
@@ -577,8 +635,17 @@ def main(argv=None):
     if args.print_config:
         print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
         return
+    if args.memory_plan:
+        world_size = args.world_size or int(os.environ.get("WORLD_SIZE", 1))
+        try:
+            p = memory.plan(cfg, memory.read_model_config(args.model_config or cfg.model.path), world_size,
+                            args.gpu_memory * memory.GB, name=args.config or "")
+        except memory.PlanError as e:
+            sys.exit(f"memory plan: {e}")
+        print(memory.format_plan(p, cfg))
+        sys.exit(0 if p.fits() else 1)
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, memory_check=not args.skip_memory_check)
     except CheckpointError as e:
         sys.exit(f"checkpoint error: {e}")
     except SetupError as e:

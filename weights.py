@@ -15,7 +15,9 @@ Reduction choices: "std" is the unbiased (Bessel-corrected) std by default, as v
 `std: population` switches to the population std.
 
 To add a scheme for an ablation: write a subclass of Scheme with `advantages` and `weights`, and add
-its name to SCHEMES. HA-DW (`scheme.hadw.enabled`) wraps any of them.
+its name to SCHEMES; its own settings go in a config of its own, a field of SchemeConfig under its name
+(as DAROConfig and BlindHardConfig), and `per_token_weights = True` marks a W_i that normalises by token
+counts. HA-DW (`scheme.hadw.enabled`) wraps any of them.
 `python weights.py --G 8` prints every scheme's effective difficulty curve w(mu), from this code.
 """
 import argparse
@@ -67,13 +69,20 @@ class HADWConfig:
 
 
 @dataclass
+class BlindHardConfig:
+    """The positive control's handicap. See class BlindHard."""
+    mu: float = 0.25                # groups with pass rate k / G <= mu get no gradient (1/4: the hardest quarter)
+
+
+@dataclass
 class SchemeConfig:
+    """What every scheme shares, and each scheme's own settings under its name (scheme.daro.lr=0.05)."""
     name: str = "grpo"              # grpo | drgrpo | dapo | lipo | daro | blind_hard (see SCHEMES)
     std: str = "unbiased"           # "unbiased" | "population": the std of GRPO/DAPO/LIPO
     eps: float = 1e-6               # A = (r - mean) / (std + eps)
     correct_threshold: float = 0.5  # without the verifier's verdicts, reward > this counts as correct
-    blind_mu: float = 0.25          # blind_hard only: groups with pass rate k / G <= this get no gradient
     daro: DAROConfig = field(default_factory=DAROConfig)
+    blind_hard: BlindHardConfig = field(default_factory=BlindHardConfig)
     hadw: HADWConfig = field(default_factory=HADWConfig)
 
 
@@ -110,6 +119,11 @@ class Scheme:
     step (DARO's Fig. 2, logged for every scheme), and empty state. A scheme overrides `advantages` and
     `weights`; one with state of its own (DARO) also `update` (calling this one), `metrics` and the
     state_dict pair. The trainer calls begin_step, then advantages and weights, then update, once a step."""
+
+    # Whether W_i normalises by a token count shared across responses (1 / tokens of the batch: DAPO, LIPO; of
+    # a bucket: DARO) rather than per response (GRPO's 1 / (|o_i| G P)) or by a constant (Dr.GRPO's): with
+    # GSPO's sequence ratio (loss.ratio "sequence") such a W weighs tokens, and config.check_config warns.
+    per_token_weights = False
 
     def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
         self.cfg, self.G, self.max_len = cfg, G, max_len
@@ -220,6 +234,7 @@ class DAPO(Scheme):
     W_i = 1 / sum_j |o_j|                           token-level mean over the whole batch
     Effective curve: w(mu) ~ sqrt(mu (1 - mu)) on token sums.
     """
+    per_token_weights = True
 
     def advantages(self, rewards):
         return self._group_std_advantage(rewards)
@@ -247,25 +262,26 @@ class BlindHard(GRPO):
     """A positive control, not a method: GRPO blind to the hardest difficulty buckets.
 
     A_i = GRPO's
-    W_i = GRPO's 1 / (|o_i| G P) where the prompt's pass rate k / G > blind_mu;  0 where k / G <= blind_mu
-    (k counts the verifier's verdicts, as DARO's buckets do; blind_mu = 1/4 by default, the hardest quarter.)
+    W_i = GRPO's 1 / (|o_i| G P) where the prompt's pass rate k / G > mu;  0 where k / G <= mu
+    (k counts the verifier's verdicts, as DARO's buckets do; mu = scheme.blind_hard.mu, 1/4 by default: the
+    hardest quarter.)
 
     The handicap is known and large where hard prompts are common: on a prompt with pass rate mu a correct
     answer carries GRPO's largest advantage, about sqrt((1 - mu) / mu) (2.6 at mu = 1/8), and this scheme drops
     those groups whole, so hard prompts learn only from what transfers from easier ones: accuracy on the hard
-    levels should lag GRPO's. blind_mu grades the handicap (1/8 at G = 8 drops only k = 1), so a sweep can
+    levels should lag GRPO's. mu grades the handicap (1/8 at G = 8 drops only k = 1), so a sweep can
     measure its power between "no gradient from hard prompts" and GRPO. (A constant factor on the loss would be
     no control: AdamW and gradient clipping undo it.) A sweep that cannot separate this scheme from GRPO cannot
-    separate the real schemes either. `python benchmarks/scheme_diagnostics.py` prints the share of GRPO's
+    separate the real schemes either. `python -m scripts.scheme_diagnostics` prints the share of GRPO's
     signal it drops on batches like a run's.
     """
 
     def weights(self, rewards, lengths, correct=None):
-        G, blind_mu = rewards.shape[1], self.cfg.blind_mu
-        if not 1 / G <= blind_mu < 1:
-            raise ValueError(f"blind_hard needs 1 / G <= scheme.blind_mu < 1 to drop a bucket but not all, "
-                             f"got blind_mu={blind_mu} at G={G}")
-        seen = pass_counts(self.correct(rewards, correct)) > math.floor(blind_mu * G + 1e-9)
+        G, mu = rewards.shape[1], self.cfg.blind_hard.mu
+        if not 1 / G <= mu < 1:
+            raise ValueError(f"blind_hard needs 1 / G <= scheme.blind_hard.mu < 1 to drop a bucket but not all, "
+                             f"got mu={mu} at G={G}")
+        seen = pass_counts(self.correct(rewards, correct)) > math.floor(mu * G + 1e-9)
         return super().weights(rewards, lengths, correct) * seen[:, None]
 
 
@@ -311,6 +327,7 @@ class DARO(Scheme):
     - normalize: w is divided by its mean over the buckets present in the mini-batch, so that the
       weights move the balance between difficulties but not the overall loss scale.
     """
+    per_token_weights = True  # Omega_mu: 1 / (tokens of the bucket), by default
 
     def __init__(self, cfg: SchemeConfig, *, G: int, max_len: int):
         super().__init__(cfg, G=G, max_len=max_len)
@@ -431,6 +448,7 @@ class HADW(Scheme):
             raise ValueError(f"scheme.hadw: anchor must be belief|moving_average, sigma_of accuracies|beliefs and "
                              f"signal reward|verdicts, got {cfg.anchor!r}, {cfg.sigma_of!r}, {cfg.signal!r}")
         self.base, self.hadw = base, cfg
+        self.per_token_weights = base.per_token_weights  # W_i is the base scheme's
         self.belief = None        # C_t^- for the next batch
         self.beliefs = []         # history of beliefs (C_0, C_1^+, ...)
         self.accuracies = []      # history of y_t (batch accuracies, or mean rewards: `signal`)

@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from loss import _chunk_logit_grad, _chunk_softmax, _chunks, _prepare, token_logprobs  # noqa: E402
+from loss import token_logprobs  # noqa: E402
 
 METHODS = ["naive", "recompute", "same-pass", "matmuls-x3", "naive-logp"]
 
@@ -55,6 +55,39 @@ class _PrecomputedGrad(torch.autograd.Function):
         return tuple(None if t is None else t.mul_(g.to(t.dtype)) for t in grads) + (None, None, None)
 
 
+def softmax_chunks(h, w, targets, valid, temperature, chunk_size):
+    """The tempered softmax of h @ w.T / temperature, chunk_size tokens at a time, in two float32 [chunk, V]
+    buffers reused by every chunk. Yields (rows, z, e, logp, entropy, centre, inv_sum) per chunk: z = logits
+    minus each row's max (written in place), e = exp(z), and per token [c] float32: log p(target) (0 where not
+    valid), the entropy H = log sum e - E_p[z] (0 where not valid), E_p[z] and 1 / sum e."""
+    n, vocab = h.shape[0], w.shape[0]
+    z_buf = torch.empty(min(n, chunk_size), vocab, device=h.device)
+    e_buf = torch.empty_like(z_buf)
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        z, e = z_buf[: b - a], e_buf[: b - a]
+        torch.mm(h[a:b].float() / temperature, w.t(), out=z)
+        z.sub_(z.amax(dim=1, keepdim=True))
+        torch.exp(z, out=e)
+        sum_e = e.sum(dim=1)
+        centre = torch.bmm(e[:, None, :], z[:, :, None]).view(-1) / sum_e  # no third [c, V] tensor
+        logp = z.gather(1, targets[a:b].clamp(min=0)[:, None])[:, 0] - sum_e.log()
+        entropy = sum_e.log() - centre
+        ok = valid[a:b]
+        yield slice(a, b), z, e, torch.where(ok, logp, 0.0), torch.where(ok, entropy, 0.0), centre, 1.0 / sum_e
+
+
+def logit_grad(z, e, inv_sum, centre, g_logp, g_entropy, targets, valid):
+    """d loss / d z for one chunk from the loss's gradients w.r.t. logp and entropy, written over z and e.
+    p = e * inv_sum; d logp_t / dz = onehot(t) - p; d H / dz = -p (z - E_p[z])."""
+    g_logp = torch.where(valid, g_logp, 0.0)
+    g_entropy = torch.zeros_like(g_logp) if g_entropy is None else torch.where(valid, g_entropy, 0.0)
+    # -p (g_logp + g_entropy (z - E_p[z])), then + g_logp at the target
+    grad = z.sub_(centre[:, None]).mul_(g_entropy[:, None]).add_(g_logp[:, None]).mul_(e).mul_(-inv_sum[:, None])
+    grad[torch.arange(len(targets), device=z.device), targets.clamp(min=0)] += g_logp
+    return grad
+
+
 def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab_size=None, chunk_size=None,
                      ignore_index=-100):
     """A token-local loss and its gradient in ONE pass over the vocabulary (three matmuls, no recompute).
@@ -67,24 +100,26 @@ def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab
     Ignored tokens enter loss_fn with logp = entropy = 0 and get no gradient.
     Returns (loss, logprobs, entropy): loss is differentiable (its backward scales the stored grad_hidden and
     grad_weight: one float32 V x H tensor is held until then); logprobs and entropy are detached, float32.
+    Chunks as loss.token_logprobs's (about 128 MB of float32 logits per buffer by default).
     """
-    shape = targets.shape
-    h, t, vocab_size, chunk_size = _prepare(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
+    if hidden.shape[:-1] != targets.shape or weight.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and targets "
+                         f"{tuple(targets.shape)} disagree: want [..., H], [V, H] and [...]")
+    shape, vocab_size = targets.shape, vocab_size or weight.shape[0]
+    chunk_size = chunk_size or max(1, 2**25 // vocab_size)
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long()
     need_h, need_w = (torch.is_grad_enabled() and x.requires_grad for x in (hidden, weight))
     w = weight.detach()[:vocab_size].float()
     valid = t != ignore_index
-    n = h.shape[0]
     grad_h = torch.zeros(h.shape, device=h.device) if need_h else None
     grad_w = torch.zeros(weight.shape, device=weight.device) if need_w else None
-    logp, entropy = torch.zeros(n, device=h.device), torch.zeros(n, device=h.device)
+    logp, entropy = torch.zeros(len(t), device=h.device), torch.zeros(len(t), device=h.device)
     total = torch.zeros((), device=h.device)
-    for a, b, shifted, expd in _chunks(n, chunk_size, vocab_size, h.device):
-        lp, ent, _, centre, inv_sum = _chunk_softmax(h[a:b].detach(), w, t[a:b], valid[a:b], temperature,
-                                                     shifted, expd)
-        logp[a:b], entropy[a:b] = lp, ent
+    for rows, z, e, lp, ent, centre, inv_sum in softmax_chunks(h.detach(), w, t, valid, temperature, chunk_size):
+        logp[rows], entropy[rows] = lp, ent
         with torch.enable_grad():
             lp, ent = lp.requires_grad_(), ent.requires_grad_()
-            chunk_loss = loss_fn(lp, ent, slice(a, b))
+            chunk_loss = loss_fn(lp, ent, rows)
             if chunk_loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar per chunk, got shape {tuple(chunk_loss.shape)}")
             g_logp, g_entropy = (torch.autograd.grad(chunk_loss, (lp, ent), allow_unused=True)
@@ -93,11 +128,11 @@ def token_loss_fused(hidden, weight, targets, loss_fn, *, temperature=1.0, vocab
         if not (need_h or need_w) or (g_logp is None and g_entropy is None):
             continue
         g_logp = torch.zeros_like(lp) if g_logp is None else g_logp
-        grad = _chunk_logit_grad(shifted, expd, inv_sum, centre, g_logp, g_entropy, t[a:b], valid[a:b])
+        grad = logit_grad(z, e, inv_sum, centre, g_logp, g_entropy, t[rows], valid[rows])
         if need_h:
-            torch.mm(grad, w, out=grad_h[a:b]).div_(temperature)
+            torch.mm(grad, w, out=grad_h[rows]).div_(temperature)
         if need_w:
-            grad_w[:vocab_size].addmm_(grad.t(), h[a:b].detach().float() / temperature)
+            grad_w[:vocab_size].addmm_(grad.t(), h[rows].detach().float() / temperature)
     if need_h:
         grad_h = grad_h.to(hidden.dtype).view(hidden.shape)
     if need_w:

@@ -13,19 +13,20 @@ after each phase (peak since the previous phase, allocated, reserved, device-use
 timers, the padding share of the micro-batches, the LM-head kernel's share of the train time, the gradient-
 checkpoint recomputes and the tokens of the longest micro-batch the config allows, which every step runs through
 forward and backward (at zero weight) while the engine sleeps, before the update. Extra arguments are train.py
-config overrides. The default config is the tiny random model (configs/tiny.yaml; the model is built beside the
-run dir unless model.path is given), in bfloat16 on GPUs and float32 on CPUs.
+config overrides. The default config is the tiny random model (configs/experiments/tiny.yaml; the model is built
+beside the run dir unless model.path is given), in bfloat16 on GPUs and float32 on CPUs.
 
 --real-shape CONFIG: any GPU config as it stands (its model, dtype, lengths, micro-batches, checkpointing), for
 2 steps of 2 x world-size prompts and eval.limit problems per benchmark; it fails (exit 1) when the config
-checkpoints and no recompute was counted. Then rank 0 resumes the run for a third step at another world size
-(1 process after N; 2 ranks after 1 where a second device exists) and prints that step too.
+checkpoints and no recompute was counted, and when a phase's measured peak exceeds the memory plan's
+(memory.py) by more than 10%: each rank prints plan and measurement side by side, phase by phase, so that the
+first GPU run corrects the plan's assumptions in one look. Then rank 0 resumes the run for a third step at
+another world size (1 process after N; 2 ranks after 1 where a second device exists) and prints that step too.
 """
 import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,10 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import memory  # noqa: E402
+from config import TrainConfig, from_dict  # noqa: E402
+from scripts import common  # noqa: E402
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
                 "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
 
@@ -79,8 +84,7 @@ def report(rank, rec):
 
 def run_train(cmd, log, env):
     """train.py as a child process, its output in `log`; returns its exit status (and prints its end on failure)."""
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    rc = common.run(cmd, log, env=env, append=False)[0]
     if rc != 0:
         sys.stdout.write(f"train.py failed (exit {rc}); the end of {log}:\n"
                          + "".join(Path(log).read_text().splitlines(True)[-40:]))
@@ -100,6 +104,63 @@ def check_recomputes(rank, rec, cfg):
     return 0
 
 
+GIB = 2**30
+TOLERANCE = 0.10  # a measured phase may exceed its plan by this share before gpu_check fails
+PHASES = {"rollout": ("rollout",), "update": ("longest_micro_batch", "train"), "sync": ("sync",)}
+OUTSIDE_ALLOCATOR = ("vLLM engine", "engine", "CUDA context", "NCCL")  # plan terms torch's allocator may not see
+
+
+def measured_phase(mem, names):
+    """Bytes a phase used on the device: the allocator's peak over the phase plus what the device held beyond the
+    allocator's live tensors at its end (device_used - allocated: the engine's own memory, the CUDA context, NCCL
+    buffers, cached blocks), from the diagnostics' GiB; the largest over the phase's records. None without CUDA."""
+    got = [mem[n] for n in names if mem.get(n)]
+    if not got:
+        return None
+    return max((m["peak"] + m["device_used"] - m["allocated"]) * GIB for m in got), \
+        max(m["peak"] * GIB for m in got), max((m["device_used"] - m["allocated"]) * GIB for m in got)
+
+
+def compare_memory(p, mem, tolerance=TOLERANCE):
+    """(lines, ok): the plan `p` (memory.Plan) against one rank's measured memory per phase (the diagnostics'
+    `mem`: GiB peak / allocated / reserved / device_used per phase), side by side, in GB: the total, and its two
+    parts (the allocator's peak against the plan's allocator terms; the rest of the device against the plan's
+    engine, context and NCCL terms). ok is False when a measured total exceeds the plan by more than `tolerance`."""
+    lines = [f"memory, GB: {'phase':8} {'plan':>7} {'measured':>9} {'ratio':>6}   allocator: plan / measured   "
+             "outside it: plan / measured"]
+    ok = True
+    for phase, names in PHASES.items():
+        ph = p.phase(phase)
+        got = measured_phase(mem, names)
+        outside = sum(t.bytes for t in ph.terms if t.name.startswith(OUTSIDE_ALLOCATOR))
+        planned = ph.total()
+        if got is None:
+            lines.append(f"memory, GB: {phase:8} {planned / 1e9:7.2f} {'n/a':>9} (no CUDA device: not compared)")
+            continue
+        total, peak, rest = got
+        bad = total > (1 + tolerance) * planned
+        ok &= not bad
+        lines.append(f"memory, GB: {phase:8} {planned / 1e9:7.2f} {total / 1e9:9.2f} {total / planned:6.2f}   "
+                     f"{(planned - outside) / 1e9:9.2f} / {peak / 1e9:6.2f}   {outside / 1e9:12.2f} / "
+                     f"{rest / 1e9:6.2f}" + (f"   FAIL: above the plan by more than {tolerance:.0%}" if bad else ""))
+    return lines, ok
+
+
+def check_memory(rank, rec, out, model, world_size):
+    """Exit status 1 (and the side-by-side lines) when a phase's measured memory exceeds the plan by > 10%."""
+    import torch
+    cfg = from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    card = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else memory.CARD_BYTES
+    try:
+        p = memory.plan(cfg, memory.read_model_config(model or cfg.model.path), world_size, card, advise=False)
+    except memory.PlanError as e:
+        sys.stdout.write(f"[rank {rank}] memory plan: {e}\n")
+        return 1
+    lines, ok = compare_memory(p, rec["mem"])
+    sys.stdout.write("".join(f"[rank {rank}] {line}\n" for line in lines))
+    return 0 if ok else 1
+
+
 def resume_elsewhere(args, out, train_args, world_size):
     """Rank 0: one more step of the run from its last checkpoint at another world size (1 process after N ranks;
     2 ranks after 1 when a second device exists, else 1 again, said so). Returns its exit status."""
@@ -110,6 +171,13 @@ def resume_elsewhere(args, out, train_args, world_size):
     launch = [sys.executable] if new_size == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                      "--nproc_per_node", "2", "--master_port", str(args.resume_port)]
     note = "" if new_size != world_size else " (the same: no second device)"
+    if torch.cuda.is_available():  # a model too large for the other world size (the 7B on one GPU): say so, skip
+        cfg = from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text()))
+        p = memory.plan(cfg, memory.read_model_config(args.model or cfg.model.path), new_size,
+                        torch.cuda.mem_get_info()[1], advise=False)
+        if not p.fits():
+            sys.stdout.write(f"[resume] skipped: the memory plan does not fit world size {new_size}\n")
+            return 0
     sys.stdout.write(f"[resume] step {args.steps + 1} from step {args.steps}'s checkpoint at world size "
                      f"{new_size}{note}\n")
     rc = run_train([*launch, str(ROOT / "train.py"), *train_args(args.steps + 1), "--resume"],
@@ -149,12 +217,11 @@ def main(argv=None):
     else:
         extra = args.overrides
         if not any(o.startswith("model.path=") for o in extra):  # the tiny model, built beside the run per rank
-            sys.path.insert(0, str(ROOT))
             from tiny import build_synthetic
             extra = [f"model.path={build_synthetic(out.parent / f'{out.name}.tiny_model.rank{rank}')}", *extra]
 
         def train_args(steps):
-            return ["--config", str(ROOT / "configs" / "tiny.yaml"), *overrides(out, steps, extra)]
+            return ["--config", str(ROOT / "configs/experiments/tiny.yaml"), *overrides(out, steps, extra)]
     t0 = time.perf_counter()
     rc = run_train([sys.executable, str(ROOT / "train.py"), *train_args(args.steps)], log, env)
     if rc != 0:
@@ -170,6 +237,7 @@ def main(argv=None):
                      f"{cfg['model']['gradient_checkpointing']}, micro-batches of {cfg['micro_batch_tokens']} tokens "
                      f"/ {cfg['micro_batch_size']} rows\n")
     rc = check_recomputes(rank, rec, cfg)
+    rc = check_memory(rank, rec, out, args.model, world_size) or rc
     if rank == 0 and rc == 0:
         rc = resume_elsewhere(args, out, train_args, world_size)
     return rc

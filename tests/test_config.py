@@ -56,13 +56,41 @@ def test_missing_file_and_typo_in_yaml(tmp_path):
 
 
 def test_tensorboard_without_the_package_is_a_config_error(monkeypatch):
-    cfg = load_config(CONFIGS / "tiny.yaml", ["tensorboard=true"])
+    cfg = load_config(CONFIGS / "experiments/tiny.yaml", ["tensorboard=true"])
     real_find_spec = config.importlib.util.find_spec
     monkeypatch.setattr(config.importlib.util, "find_spec",
                         lambda name: None if name == "tensorboard" else real_find_spec(name))
     with pytest.raises(ConfigError, match="'tensorboard' is true but the tensorboard package is not installed"):
         config.check_config(cfg)
-    config.check_config(load_config(CONFIGS / "tiny.yaml", []))  # off: no package needed
+    config.check_config(load_config(CONFIGS / "experiments/tiny.yaml", []))  # off: no package needed
+
+
+def test_gspo_warning_follows_the_schemes_per_token_weights(monkeypatch):
+    """GSPO's sequence ratio warns with a scheme whose W weighs tokens, read from the scheme class: a new
+    per-token scheme registered in weights.SCHEMES warns without check_config naming it."""
+    import warnings
+    import weights
+
+    class TokenMean(weights.GRPO):
+        per_token_weights = True
+
+    monkeypatch.setitem(weights.SCHEMES, "token_mean", TokenMean)
+
+    def warns(name, ratio="sequence"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config.check_config(load_config(None, [f"scheme.name={name}", f"loss.ratio={ratio}"]))
+        return [str(w.message) for w in caught if "GSPO" in str(w.message)]
+
+    assert warns("token_mean") and warns("dapo") and warns("daro")
+    assert not warns("grpo") and not warns("blind_hard") and not warns("token_mean", ratio="token")
+
+
+def test_a_schemes_own_knob_sits_under_its_name():
+    """blind_hard's handicap is scheme.blind_hard.mu; the shared SchemeConfig has no blind_mu any more."""
+    assert load_config(None, ["scheme.blind_hard.mu=0.125"]).scheme.blind_hard.mu == 0.125
+    with pytest.raises(ConfigError, match="scheme.blind_mu"):
+        load_config(None, ["scheme.blind_mu=0.125"])
 
 
 # ---- inherit: a base file loaded first, then the file's own keys, then the command line
@@ -157,7 +185,7 @@ METHODS = {
     "dapo_hadw": ("dapo",   "token",    0.2,    0.28,   True,  512, True),
 }
 # the reference settings every method shares (SPEC.md, "Reference hyperparameters")
-SHARED = {"model.path": "Qwen/Qwen2.5-Math-1.5B", "data.train": "../shared/data/math_train.jsonl", "G": 8,
+SHARED = {"model.path": "Qwen/Qwen2.5-Math-1.5B", "data.train": "data/math_train.jsonl", "G": 8,
           "prompts_per_step": 256, "mini_batches": 16, "optim.lr": 1e-6, "optim.weight_decay": 0.1,
           "optim.warmup_steps": 10, "optim.grad_clip": 1.0, "loss.kl_beta": 0.0, "rollout.max_tokens": 3072,
           "rollout.template": "qwen_math", "scheme.hadw.k": 10, "scheme.hadw.lambda_scale": 1.5}
@@ -176,8 +204,8 @@ def inherits_base(path):
 
 
 def test_every_config_file_loads_and_checks():
-    paths = sorted(CONFIGS.glob("*.yaml"))
-    assert len(paths) >= 13
+    paths = sorted(CONFIGS.glob("**/*.yaml"))  # configs/7b/ too
+    assert len(paths) >= 22
     for path in paths:
         config.check_config(load_config(path))
 
@@ -236,31 +264,4 @@ def test_print_config_shows_the_merged_config():
     assert config.from_dict(config.TrainConfig, printed) == expected  # the printed yaml is a config itself
 
 
-GPU_CONFIGS = ["grpo", "drgrpo", "dapo", "lipo", "gspo", "daro", "grpo_hadw", "gspo_hadw", "dapo_hadw", "qwen05_gsm8k"]
-# benchmarks/bench_memory.py's figures (measured on the CPU, bf16 with gradient checkpointing; docs/GPU.md): KiB per
-# token per layer (checkpointed input), outside the layers, the backward's working set; the LM-head kernel's
-# backward peak in bytes; the row width they were measured at
-MEASURED = {"Qwen/Qwen2.5-Math-1.5B": dict(layer=3.00, outside=16.50, backward=143.05, kernel=2.605e9, width=4096),
-            "Qwen/Qwen2.5-0.5B-Instruct": dict(layer=1.75, outside=8.75, backward=77.56, kernel=1.632e9, width=1536)}
-
-
-@pytest.mark.parametrize("name", GPU_CONFIGS)
-def test_gpu_configs_micro_batch_tokens_leave_headroom(name):
-    """docs/GPU.md's formula: the update's peak per GPU, fixed(N) + per-token activations x micro_batch_tokens,
-    stays under 85% of an 80 GB card at 1 and at 8 GPUs; and micro_batch_size rows of the widest sequence the
-    config allows can fill micro_batch_tokens (else the row cap, not the token budget, sets the micro-batch)."""
-    import sys
-    sys.path.insert(0, str(CONFIGS.parent / "benchmarks"))
-    import bench_memory
-    cfg = load_config(CONFIGS / f"{name}.yaml")
-    m = MEASURED[cfg.model.path]
-    width = cfg.data.max_prompt_tokens + cfg.rollout.max_tokens
-    assert width == m["width"] and cfg.model.gradient_checkpointing and cfg.model.dtype == "bfloat16"
-    assert cfg.micro_batch_size * width >= cfg.micro_batch_tokens
-    shape = bench_memory.SHAPES["qwen2.5-1.5b" if "1.5B" in cfg.model.path else "qwen2.5-0.5b"]
-    counts = bench_memory.parameter_counts(shape)
-    act = {k: m[k] * 1024 for k in ("layer", "outside", "backward")}
-    for n_gpus in (1, 8):
-        b = bench_memory.budget(counts, shape["num_hidden_layers"], act, {"backward_peak": m["kernel"]}, n_gpus,
-                                kl_reference=cfg.loss.kl_beta > 0)
-        assert b.peak(cfg.micro_batch_tokens) <= 0.85 * 80e9, (n_gpus, b.peak(cfg.micro_batch_tokens) / 1e9)
+# The memory of every GPU config (its plan at its declared world size): tests/test_memory.py.

@@ -105,14 +105,15 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
             torch.testing.assert_close(two["delta"][k], one["delta"][k], rtol=1e-4, atol=1e-5 * scale)
 
 
-def plan_of(cfg, prompts, responses, mini, trained):
-    """policy.plan_micro_batches on a batch of these token lists (A, W, W_reg: the response's index)."""
+def plan_of(cfg, prompts, responses, mini, trained, policy=None, ref_policy=None):
+    """train.micro_batches on a batch of these token lists (A, W, W_reg: the response's index); the policies
+    are needed only where the config wants log pi_old (several mini-batches or epochs) or log pi_ref (a KL)."""
     from types import SimpleNamespace
-    from policy import plan_micro_batches
     index = torch.arange(len(responses), dtype=torch.float32)
-    batch = SimpleNamespace(prompt_ids=prompts, response_ids=responses, loss_mask=[[1.0] * len(r) for r in responses],
-                            A=index, W=index + 100, W_reg=index + 200, mini=mini)
-    return plan_micro_batches(batch, trained, cfg, pad_id=0, device=torch.device("cpu"))
+    batch = SimpleNamespace(prompt_ids=prompts, response_ids=responses, loss_mask=[[1.0] * len(r) for r in responses])
+    weighting = train.Weighting(A=index, W=index + 100, W_reg=index + 200, position=[], mini=mini, n_groups=0)
+    tr = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), pad_id=0, policy=policy, ref_policy=ref_policy)
+    return train.micro_batches(tr, batch, weighting, trained)
 
 
 def test_token_budget_plan_packs_responses_under_the_budget():
@@ -126,18 +127,20 @@ def test_token_budget_plan_packs_responses_under_the_budget():
     prompts, responses = [[7]] * 20, [[9] * (n - 1) for n in seq_lens]  # a row of one: prompt + response
     plan = plan_of(cfg, prompts, responses, mini, trained)
     for local, micros in zip(mini, plan):
-        flat = [i for mb in micros for i in mb.index.tolist()]
+        flat = [i for mb in micros for i in mb.tokens.index.tolist()]
         assert sorted(flat) == [q * 4 + i for q in local for i in range(4) if trained[q * 4 + i]]
         width = max(seq_lens[i] for i in flat)  # rows are as wide as the mini-batch's longest response
         for mb in micros:
-            assert not mb.dummy and mb.input_ids.shape[1] <= width
-            assert len(mb.input_ids) <= 3 and mb.input_ids.numel() <= max(100, width)
-            assert mb.A.tolist() == mb.index.float().tolist() and (mb.W - mb.A).eq(100).all()  # each its own
+            assert not mb.tokens.dummy and mb.tokens.input_ids.shape[1] <= width
+            assert len(mb.tokens.input_ids) <= 3 and mb.tokens.input_ids.numel() <= max(100, width)
+            assert mb.A.tolist() == mb.tokens.index.float().tolist() and (mb.W - mb.A).eq(100).all()  # each its own
             assert (mb.W_reg - mb.A).eq(200).all()
-    assert sum(mb.real_tokens for mini_ in plan for mb in mini_) == sum(seq_lens) - seq_lens[5]
+            assert mb.old_logp is None and mb.ref_logp is None  # one mini-batch in cfg, no KL: neither needed
+    assert sum(mb.tokens.real_tokens for mini_ in plan for mb in mini_) == sum(seq_lens) - seq_lens[5]
     runs = plan_of(load_config(None, ["G=4", "micro_batch_size=3"]), prompts, responses, mini, trained)
-    assert all(mb.position_ids is None for micros in runs for mb in micros)  # one response per row, padded
-    assert sum(mb.input_ids.numel() for m in runs for mb in m) > sum(mb.input_ids.numel() for m in plan for mb in m)
+    assert all(mb.tokens.position_ids is None for micros in runs for mb in micros)  # one response per row, padded
+    computed = [sum(mb.tokens.input_ids.numel() for m in p for mb in m) for p in (runs, plan)]
+    assert computed[0] > computed[1]
 
 
 def test_plan_pads_with_dummies_and_a_mini_batch_of_nothing_trained():
@@ -147,8 +150,70 @@ def test_plan_pads_with_dummies_and_a_mini_batch_of_nothing_trained():
     plan = plan_of(cfg, [[5]] * 4, [[6, 7]] * 4, [[0], [1]], [True, True, False, False])
     assert [len(m) for m in plan] == [1, 1]
     (real,), (dummy,) = plan
-    assert not real.dummy and real.index.tolist() == [0, 1]
-    assert dummy.dummy and dummy.index.numel() == 0 and dummy.mask.sum() == 0 and dummy.W.abs().sum() == 0
+    assert not real.tokens.dummy and real.tokens.index.tolist() == [0, 1] and real.tokens.real_tokens == 6
+    assert dummy.tokens.dummy and dummy.tokens.index.numel() == 0 and dummy.tokens.mask.sum() == 0
+    assert dummy.tokens.real_tokens == 0 and dummy.W.abs().sum() == 0 and dummy.A.abs().sum() == 0
+
+
+def test_weigh_returns_A_W_and_the_mini_batches_it_computed():
+    """GRPO over 3 groups of G = 2 in 2 mini-batches (groups [0] and [1, 2]), one process, written out by hand:
+    A = (r - mean) / (unbiased std + eps): +-0.5 / sqrt(0.5) where a group's rewards differ, 0 where equal;
+    W = 1 / (|o_i| G P_mini); W_reg = 1 / (tokens in the mini-batch), or W with loss.reg_weight "scheme".
+    The batch is left as collect_batch built it. No group on any rank: n_groups 0 and nothing to train."""
+    from weights import make_scheme
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    lengths = [2, 3, 1, 1, 4, 2]
+    batch = train.Batch(prompt_ids=[[5]] * 6, response_ids=[[6] * n for n in lengths],
+                        loss_mask=[[1.0] * n for n in lengths], rewards=rewards, correct=rewards > 0.5)
+    cfg = load_config(None, ["G=2", "mini_batches=2"])
+    w = train.weigh(cfg, make_scheme(cfg.scheme, G=2, max_len=8), batch)
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)
+    torch.testing.assert_close(w.A, torch.tensor([a, -a, 0.0, 0.0, -a, a]))
+    torch.testing.assert_close(w.W, torch.tensor([1 / 4, 1 / 6, 1 / 4, 1 / 4, 1 / 16, 1 / 8]))
+    torch.testing.assert_close(w.W_reg, torch.tensor([1 / 5] * 2 + [1 / 8] * 4))
+    assert w.position == [0, 1, 2] and w.mini == [[0], [1, 2]] and w.n_groups == 3
+    assert not hasattr(batch, "A") and not hasattr(batch, "mini")
+    cfg = load_config(None, ["G=2", "mini_batches=2", "loss.reg_weight=scheme"])
+    assert torch.equal(train.weigh(cfg, make_scheme(cfg.scheme, G=2, max_len=8), batch).W_reg, w.W)
+    empty = train.Batch(prompt_ids=[], response_ids=[], loss_mask=[], rewards=torch.zeros(0, 2),
+                        correct=torch.zeros(0, 2, dtype=torch.bool))
+    none = train.weigh(cfg, make_scheme(cfg.scheme, G=2, max_len=8), empty)
+    assert none.n_groups == 0 and none.A.numel() == 0 and none.mini == [[], []]
+
+
+def test_micro_batches_carry_old_and_reference_logprobs_when_built(tmp_path):
+    """A micro-batch is complete when built: with two mini-batches (the policy moves within the step) and a KL
+    term, each carries log pi_old of the policy and log pi_ref of the reference model, taken before any update:
+    log_softmax of each model's full float64 logits on prompt + response at the response tokens (written out
+    here), 0 past each response's end."""
+    from transformers import AutoModelForCausalLM
+    from policy import Policy
+    T = 0.8
+    dirs = [build_tiny_model(tmp_path / name, seed=seed) for name, seed in (("policy", 0), ("ref", 1))]
+    load = lambda d, dtype: AutoModelForCausalLM.from_pretrained(d, dtype=dtype)  # noqa: E731
+    prompts = [[5, 6, 7]] * 2 + [[8, 9]] * 2
+    responses = [[10, 11, 12], [13], [14, 15], [16, 17, 18, 19]]
+
+    def naive(model, i):  # float64, the whole vocabulary
+        p, o = prompts[i], responses[i]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + o])).logits[0, len(p) - 1: len(p) + len(o) - 1] / T
+        return torch.log_softmax(logits, -1).gather(1, torch.tensor(o)[:, None])[:, 0]
+
+    want = {name: [naive(load(d, torch.float64), i) for i in range(4)] for name, d in zip(("old", "ref"), dirs)}
+    cfg = load_config(None, ["G=2", "mini_batches=2", "loss.kl_beta=0.1", "micro_batch_size=1"])
+    plan = plan_of(cfg, prompts, responses, [[0], [1]], [True] * 4, *(Policy(load(d, torch.float32), T) for d in dirs))
+    assert [len(m) for m in plan] == [2, 2]
+    seen = []
+    for mb in (mb for m in plan for mb in m):
+        for b, i in enumerate(mb.tokens.index.tolist()):
+            n = len(responses[i])
+            for name, got in (("old", mb.old_logp), ("ref", mb.ref_logp)):
+                torch.testing.assert_close(got[b, :n].double(), want[name][i], rtol=1e-5, atol=1e-5)
+                assert got[b, n:].eq(0).all() and not got.requires_grad
+            seen.append(i)
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert not torch.allclose(want["old"][0], want["ref"][0], atol=1e-3)  # two different models
 
 
 def test_shared_prompt_plan_keeps_each_group_in_one_row():
@@ -161,7 +226,7 @@ def test_shared_prompt_plan_keeps_each_group_in_one_row():
     outs = [list(range(n)) for n in lengths]
     trained = [True] * 20
     trained[2] = trained[13] = False
-    plan = plan_of(cfg, prompts, outs, [[0, 1, 2], [3, 4]], trained)
+    plan = [[mb.tokens for mb in m] for m in plan_of(cfg, prompts, outs, [[0, 1, 2], [3, 4]], trained)]
     assert sorted(i for m in plan for mb in m for i in mb.index.tolist()) == [i for i in range(20) if trained[i]]
     # a row of a micro-batch holds the responses whose predicting columns sit in it (row ids of its tokens)
     groups = [{int(mb.index[b]) // 4 for b in mb.b_idx[mb.rows == r].unique().tolist()}
@@ -180,7 +245,7 @@ def run_cli(args, **kw):
 
 
 def test_kill_and_resume_reproduces_metrics(tmp_path, tiny_model):
-    common = ["--config", str(ROOT / "configs" / "tiny.yaml"), *TINY, f"model.path={tiny_model}", "steps=6", "save_every=2", "prompts_per_step=8",
+    common = ["--config", str(ROOT / "configs/experiments/tiny.yaml"), *TINY, f"model.path={tiny_model}", "steps=6", "save_every=2", "prompts_per_step=8",
               "data.level_sampling=learnability",  # the curriculum's counts and draws resume too
               "rollout.engine=vllm"]
     full = run_cli([*common, f"out_dir={tmp_path / 'full'}"])
@@ -212,7 +277,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_one(fails, tmp
     """A full disk mid-checkpoint (seen as torch's "unexpected pos" in DCP's shard writes, or as ENOSPC in
     rank 0's model files): one CheckpointError line naming the free space, `latest` still the previous
     checkpoint, no partial directory left, and --resume goes on from it."""
-    cfg = lambda steps: load_config(ROOT / "configs" / "tiny.yaml", TINY + [
+    cfg = lambda steps: load_config(ROOT / "configs/experiments/tiny.yaml", TINY + [
         f"model.path={tiny_model}", f"out_dir={tmp_path}", f"steps={steps}", "prompts_per_step=2", "G=4",
         "save_every=1", "rollout.engine=hf"])
     train.train(cfg(1))
@@ -238,7 +303,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_one(fails, tmp
 
 
 def test_checkpoint_loads_in_transformers_and_vllm(tmp_path, tiny_model):
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", TINY + [f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
+    cfg = load_config(ROOT / "configs/experiments/tiny.yaml", TINY + [f"model.path={tiny_model}", f"out_dir={tmp_path}", "steps=1", "prompts_per_step=4",
                                                                      "rollout.engine=hf"])
     train.train(cfg)
     ckpt = latest_checkpoint(tmp_path)
@@ -269,7 +334,7 @@ def test_checkpoint_loads_in_transformers_and_vllm(tmp_path, tiny_model):
 ])
 def test_cli_errors_name_the_problem(args, message, tmp_path, tiny_model):
     """A user's mistake stops the run with one line that names it: no traceback."""
-    proc = run_cli(["--config", str(ROOT / "configs" / "tiny.yaml"), f"out_dir={tmp_path}", "steps=1",
+    proc = run_cli(["--config", str(ROOT / "configs/experiments/tiny.yaml"), f"out_dir={tmp_path}", "steps=1",
                     f"model.path={tiny_model}", f"eval.benchmarks=[{tiny_model}/synthetic.jsonl]", *args])
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0 and message in out, out

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from weights import (DARO, HADW, DAROConfig, HADWConfig, SchemeConfig, effective_curve, hadw_bias_probability,
-                     make_scheme, StepStats)
+from weights import (DARO, HADW, SCHEMES, BlindHardConfig, DAROConfig, HADWConfig, SchemeConfig, effective_curve,
+                     hadw_bias_probability, make_scheme, StepStats)
 
 EPS = 1e-6
 
@@ -126,21 +126,42 @@ def test_blind_hard_control_is_grpo_without_the_hardest_quarter():
     shaped[0, 0] = 0.0
     W = control.weights(shaped, lengths[2:3], correct=rewards[2:3] > 0.5)
     assert (W > 0).all() and (control.weights(shaped, lengths[2:3]) == 0).all()  # fallback: k = 2
-    with pytest.raises(ValueError, match="blind_mu=0.25 at G=2"):
+    with pytest.raises(ValueError, match="scheme.blind_hard.mu < 1 .* got mu=0.25 at G=2"):
         make_scheme(SchemeConfig(name="blind_hard"), G=2, max_len=8)(torch.tensor([[1.0, 0.0]]), torch.ones(1, 2))
 
 
-@pytest.mark.parametrize("G, blind_mu, dropped", [(8, 0.125, 1), (8, 0.3, 2), (16, 0.25, 4), (16, 0.5, 8)])
-def test_blind_hard_grades_its_handicap_by_blind_mu(G, blind_mu, dropped):
+@pytest.mark.parametrize("G, mu, dropped", [(8, 0.125, 1), (8, 0.3, 2), (16, 0.25, 4), (16, 0.5, 8)])
+def test_blind_hard_grades_its_handicap_by_its_own_mu(G, mu, dropped):
     # one prompt at each k = 0..G: exactly the groups with k <= dropped lose their weight, the rest keep GRPO's
     rewards = torch.tensor([[1.0] * k + [0.0] * (G - k) for k in range(G + 1)])
     lengths = torch.full(rewards.shape, 5.0)
-    W = make_scheme(SchemeConfig(name="blind_hard", blind_mu=blind_mu), G=G, max_len=8).weights(rewards, lengths)
+    blind = lambda mu: SchemeConfig(name="blind_hard", blind_hard=BlindHardConfig(mu=mu))  # noqa: E731
+    W = make_scheme(blind(mu), G=G, max_len=8).weights(rewards, lengths)
     kept = [k for k in range(G + 1) if (W[k] > 0).all()]
     assert kept == list(range(dropped + 1, G + 1)) and (W[:dropped + 1] == 0).all()
     np.testing.assert_allclose(W[dropped + 1:].numpy(), 1.0 / (5.0 * G * (G + 1)), rtol=1e-6)
-    with pytest.raises(ValueError, match="scheme.blind_mu"):
-        make_scheme(SchemeConfig(name="blind_hard", blind_mu=1.0), G=G, max_len=8).weights(rewards, lengths)
+    with pytest.raises(ValueError, match="scheme.blind_hard.mu"):
+        make_scheme(blind(1.0), G=G, max_len=8).weights(rewards, lengths)
+
+
+def test_per_token_weights_says_whether_W_counts_other_responses_tokens():
+    """A scheme's per_token_weights (what config.check_config's GSPO warning reads) against what its W does:
+    W_i of a response moves when another response of the same bucket grows longer exactly where W normalises
+    by a token count shared across responses (DAPO and LIPO: the batch's; DARO: the bucket's), and not where
+    it is per response (GRPO, the blind_hard control) or a constant (Dr.GRPO). HA-DW says its base's."""
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]])   # two groups in one bucket, k = 2
+    lengths = torch.full(rewards.shape, 3.0)
+    longer = lengths.clone()
+    longer[1, 1] = 9.0
+    for name, cls in SCHEMES.items():
+        weights = lambda L: make_scheme(SchemeConfig(name=name), G=4, max_len=16).weights(  # noqa: E731
+            rewards, L, rewards > 0.5)
+        moved = not torch.equal(weights(lengths)[0], weights(longer)[0])
+        assert cls.per_token_weights == moved, name
+        for wrapped in (False, True):
+            scheme = make_scheme(SchemeConfig(name=name, hadw=HADWConfig(enabled=wrapped)), G=4, max_len=16)
+            assert scheme.per_token_weights == cls.per_token_weights
+    assert [n for n, c in SCHEMES.items() if c.per_token_weights] == ["dapo", "lipo", "daro"]
 
 
 # ---------------------------------------------------------------- DARO
