@@ -79,7 +79,7 @@ def check_command(cmd, tmp_path, pending):
     together by run_pending, in one process (each check imports torch otherwise)."""
     env, launcher, entry, args = split_command(cmd)
     if launcher == "make":
-        dry = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        dry = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert dry.returncode == 0, f"{cmd}: make -n failed: {dry.stderr}"
         recipe = [line for line in dry.stdout.splitlines() if COMMAND.match(line) and " pip " not in line]
         for line in recipe:
