@@ -84,8 +84,8 @@ def update_metrics(cfg, update, responses, plan, lr):
         m.update(ratio_max=float(responses["ratio_max"].max()), ratio_min=float(responses["ratio_min"].min()))
     for key, name in [("clip_low", "clip_low"), ("clip_high", "clip_high"), ("approx_kl", "approx_kl"),
                       ("ratio", "ratio_mean"), ("entropy", "entropy"), ("kl_ref", "kl_ref")]:
-        if key in responses:
-            m[name] = float(responses[key].sum()) / max(tok, 1.0)
+        if key in responses and tok > 0:  # a step that trained no token has no value, not 0
+            m[name] = float(responses[key].sum()) / tok
     return m
 
 

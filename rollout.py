@@ -12,8 +12,9 @@ What a Sample holds (both engines):
   logprobs   one float per token of token_ids, EOS included: log pi(token | prefix) under the
              engine's weights, computed from the RAW logits (log_softmax at temperature 1, no top-p):
              the quantity the trainer recomputes as pi_old. Sampling itself uses temperature/top_p.
-             None when generate(..., logprobs=False) (the trainer asks for them only for diagnostics:
-             vLLM's per-token log-prob bookkeeping is work the loss does not need).
+             None when generate(..., logprobs=False). The trainer asks vLLM for them every step (their
+             mean negation over all samples is gen/entropy) and HF generate only for diagnostics (it
+             would keep every step's logits).
   truncated  True when the response hit max_tokens (or the engine's max_model_len) without EOS or a
              stop string.
 

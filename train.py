@@ -59,7 +59,7 @@ class Batch:
     correct: torch.Tensor          # [P_local, G] bool, the verifier's verdicts: mu, DARO's buckets
     accuracy: Optional[float] = None  # correct / sampled over the step, before any filtering (HA-DW's y_t)
     reward_mean: Optional[float] = None  # mean reward (shaping included) over the same responses (y_t in reward units)
-    engine_logprobs: Optional[list[list[float]]] = None  # the engine's log-probs of the responses (diagnostics)
+    engine_logprobs: Optional[list[list[float]]] = None  # the engine's log-probs of the responses (None: not asked)
     rows: list = field(default_factory=list)     # the prompts' data rows
     groups: list = field(default_factory=list)   # their samples (rollout.Sample), G each
     info: dict = field(default_factory=dict)     # generation: rounds, dynamic sampling, skipped prompts
@@ -106,6 +106,9 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
     rows, groups, scores, rewards = [], [], [], []
     rounds, gave_up, skipped = 0, False, 0
     correct = sampled = reward_sum = 0.0  # over every response sampled (before dynamic sampling's filter)
+    nll = tokens = 0.0  # -log pi(y_t) of every sampled token and their count: gen/entropy
+    # vLLM returns the sampled token's log-prob at little cost; HF generate would keep every step's logits
+    want_logprobs = cfg.diagnostics or cfg.rollout.engine == "vllm"
     by_level = torch.zeros(len(stream.levels), 2, dtype=torch.float64)  # correct, sampled: for a LevelCurriculum
     while True:
         drawn = stream.take(P)[rank::world_size]  # every rank walks the same stream and takes its share
@@ -113,7 +116,7 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         skipped += len(drawn) - len(mine)
         t0 = time.perf_counter()
         seed = hash_seed(cfg.seed, step, rounds, rank)
-        out = engine.generate([r["problem"] for r in mine], G, seed=seed, logprobs=cfg.diagnostics) if mine else []
+        out = engine.generate([r["problem"] for r in mine], G, seed=seed, logprobs=want_logprobs) if mine else []
         t1 = time.perf_counter()
         sc = torch.tensor(score([s.text for g in out for s in g], [r["answer"] for r in mine for _ in range(G)],
                                 [r["problem"] for r in mine for _ in range(G)]),  # the problem: "round to ..."
@@ -128,6 +131,8 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         rounds += 1
         k = (sc > 0.5).sum(1)
         correct, sampled = correct + float(k.sum()), sampled + sc.numel()
+        for s in (s for g in out for s in g if s.logprobs is not None):
+            nll, tokens = nll - sum(s.logprobs), tokens + len(s.logprobs)
         reward_sum += float(rw.double().sum())
         for row, k_p in zip(mine, k.tolist()) if stream.levels else ():
             by_level[stream.levels.index(row["level"])] += torch.tensor([k_p, G], dtype=torch.float64)
@@ -148,7 +153,7 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         quota = sum(1 for r, _ in interleaved(all_gather(len(rows)))[:P] if r == rank)
         rows, groups, scores, rewards = rows[:quota], groups[:quota], scores[:quota], rewards[:quota]
     total = sum_over_ranks(correct=correct, sampled=sampled, reward_sum=reward_sum, skipped=skipped,
-                           by_level=by_level)
+                           by_level=by_level, nll=nll, tokens=tokens)
     stream.observe(total["by_level"])  # every rank's verdicts, before dynamic sampling's filter
     accuracy = float(total["correct"]) / max(float(total["sampled"]), 1.0)
     samples = [s for g in groups for s in g]
@@ -158,7 +163,11 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
                  reward_mean=float(total["reward_sum"]) / max(float(total["sampled"]), 1.0),
                  engine_logprobs=[s.logprobs for s in samples], rows=rows, groups=groups,
                  info={"gen_rounds": rounds, "dynamic_sampling_gave_up": float(gave_up),
-                       "accuracy": accuracy, "skipped_prompts": int(total["skipped"])})
+                       "accuracy": accuracy, "skipped_prompts": int(total["skipped"]),
+                       # the policy's entropy over every sampled response, trained or not (the logged `entropy`
+                       # covers trained tokens only): the mean of -log pi(y_t) over sampled tokens, which at
+                       # temperature 1 has the per-token entropy as its expectation; absent without log-probs
+                       **({"entropy": float(total["nll"]) / float(total["tokens"])} if total["tokens"] else {})})
 
 
 def sum_over_ranks(**values):

@@ -49,3 +49,26 @@ def test_batch_metrics_over_ranks_equal_one_process_holding_every_group(monkeypa
     assert two_ranks.keys() == one_process.keys()
     for key, value in one_process.items():
         assert abs(two_ranks[key] - value) < 1e-6, (key, two_ranks[key], value)
+
+
+def test_a_step_that_trains_no_token_logs_no_per_token_mean():
+    """Per-token means (entropy, clip shares, ratio) over the trained tokens: with none trained (every group
+    without signal, skip_zero_advantage), the step has no value for them, not 0.0; with tokens, the sum over
+    tokens (3 + 1) / 8 tokens."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import metrics
+    cfg = SimpleNamespace(ppo_epochs=1, mini_batches=1)
+    update = SimpleNamespace(loss=0.0, grad_norms=[0.0])
+    responses = {"tokens": torch.zeros(4, dtype=torch.float64), "pg_loss": torch.zeros(4, dtype=torch.float64),
+                 "ratio_max": torch.zeros(4, dtype=torch.float64), "ratio_min": torch.zeros(4, dtype=torch.float64),
+                 "trained": torch.zeros(4), "entropy": torch.zeros(4, dtype=torch.float64),
+                 "clip_low": torch.zeros(4, dtype=torch.float64)}
+    none = metrics.update_metrics(cfg, update, responses, [[]], 1e-5)
+    assert "entropy" not in none and "clip_low" not in none and none["skipped_frac"] == 1.0
+    responses.update(tokens=torch.tensor([5.0, 3.0, 0, 0], dtype=torch.float64), trained=torch.tensor([1.0, 1, 0, 0]),
+                     entropy=torch.tensor([3.0, 1.0, 0, 0], dtype=torch.float64))
+    some = metrics.update_metrics(cfg, update, responses, [[]], 1e-5)
+    assert some["entropy"] == 4 / 8 and some["skipped_frac"] == 0.5

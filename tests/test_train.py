@@ -347,7 +347,8 @@ def test_overlong_penalty():
 
 
 class ScriptedEngine:
-    """generate() returns fixed texts per prompt (the first character is the answer for first_char)."""
+    """generate() returns fixed texts per prompt (the first character is the answer for first_char); each
+    token's log-prob is -0.1 x its response's length, or None when log-probs are not asked for."""
 
     max_model_len = None
 
@@ -358,10 +359,11 @@ class ScriptedEngine:
     def tokenizer(text, add_special_tokens=True):  # one id per character
         return {"input_ids": [3] * len(text)}
 
-    def generate(self, prompts, n, seed=None, **kw):
+    def generate(self, prompts, n, seed=None, logprobs=True):
         from rollout import Sample
         return [[Sample(prompt_ids=[3], token_ids=[5] * len(t), text=t, length=len(t), truncated=False,
-                        logprobs=[0.0] * len(t)) for t in self.texts[p]] for p in prompts]
+                        logprobs=[-0.1 * len(t)] * len(t) if logprobs else None) for t in self.texts[p]]
+                for p in prompts]
 
 
 def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp_path):
@@ -386,6 +388,19 @@ def test_dynamic_sampling_filters_on_verdicts_and_accuracy_counts_everything(tmp
     assert info["dynamic_sampling_gave_up"] == 1.0  # one round allowed, one group of two kept
     # the dropped group's rewards differed (overlong shaping: 6 tokens -> -1, 5 -> -0.5), its verdicts did not
     assert train.overlong_penalty(6, 6, 2) == -1.0 and train.overlong_penalty(5, 6, 2) == -0.5
+    # gen/entropy: -log pi(y_t) over every sampled token, the dropped group's too. Lengths 1, 6, 1, 5 and 1, 1, 2,
+    # 1 (18 tokens), each token at -0.1 x its length: 0.1 (1 + 36 + 1 + 25 + 1 + 1 + 4 + 1) / 18 = 7 / 18
+    assert info["entropy"] == pytest.approx(7 / 18)
+
+
+def test_gen_entropy_is_absent_when_the_engine_returns_no_logprobs():
+    """HF generate is not asked for log-probs (it would keep every step's logits): no gen/entropy, not 0."""
+    from data import PromptStream
+    cfg = load_config(ROOT / "configs" / "grpo.yaml", TINY + ["G=2", "prompts_per_step=1", "rollout.engine=hf"])
+    engine = ScriptedEngine({"p": ["5", "6"]})
+    batch = train.collect_batch(cfg, engine, PromptStream([{"id": "a", "problem": "p", "answer": "5"}], 0, False),
+                                0, {"rollout": 0.0, "verify": 0.0})
+    assert "entropy" not in batch.info and batch.info["accuracy"] == 0.5
 
 
 def test_level_curriculum_counts_every_verdict_before_dynamic_sampling():
