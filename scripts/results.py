@@ -41,6 +41,7 @@ from scripts.stats import level_accuracy, macro, mean_ci, normal_quantile, paire
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = {"smol_hard": "docs/results/smol_hard", "smol_compare": "docs/results/smol_compare",
+               "smol_controls": "docs/results/smol_controls",
                "smol_learn": "docs/smol_learn", "smol_levels": "docs/smol_levels", "trl_learn": "docs/trl_learn"}
 ARCHIVE = "records.tar.xz"
 KEPT = ("README.md", "table.md", "table.json", ARCHIVE)  # beside the archive, with the *.png figures
