@@ -131,8 +131,8 @@ def collect_batch(cfg: TrainConfig, engine, stream, step, timers) -> Batch:
         rounds += 1
         k = (sc > 0.5).sum(1)
         correct, sampled = correct + float(k.sum()), sampled + sc.numel()
-        for s in (s for g in out for s in g if s.logprobs is not None):
-            nll, tokens = nll - sum(s.logprobs), tokens + len(s.logprobs)
+        logprobs = [s.logprobs for g in out for s in g if s.logprobs is not None]
+        nll, tokens = nll - sum(map(sum, logprobs)), tokens + sum(map(len, logprobs))
         reward_sum += float(rw.double().sum())
         for row, k_p in zip(mine, k.tolist()) if stream.levels else ():
             by_level[stream.levels.index(row["level"])] += torch.tensor([k_p, G], dtype=torch.float64)
