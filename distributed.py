@@ -259,7 +259,7 @@ def publish(ckpt_root, tmp, final, keep):
     (ckpt_root / "latest.tmp").write_text(final.name)
     os.replace(ckpt_root / "latest.tmp", ckpt_root / "latest")
     others = [p for p in sorted(ckpt_root.glob("step_*")) if p.name != final.name]
-    for old in (others[:len(others) - (keep - 1)] if keep > 0 else []):
+    for old in (others[:max(0, len(others) - (keep - 1))] if keep > 0 else []):  # never a negative slice end
         shutil.rmtree(old, ignore_errors=True)
 
 

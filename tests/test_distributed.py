@@ -59,6 +59,18 @@ def test_publish_keeps_the_checkpoint_it_just_wrote(tmp_path):
     assert sorted(p.name for p in root.glob("step_*")) == ["step_000024", "step_000025"]
 
 
+def test_publish_keeps_every_checkpoint_while_fewer_than_keep(tmp_path):
+    """keep 4, saves at steps 5, 10, 15, 20: all four stay. With fewer others than keep - 1 the slice end went
+    negative and dropped the oldest (keep 4 kept 2: steps 15 and 20)."""
+    from distributed import publish
+    root = tmp_path / "checkpoints"
+    for step in (5, 10, 15, 20, 25):
+        (root / "tmp").mkdir(parents=True)
+        publish(root, root / "tmp", root / f"step_{step:06d}", keep=4)
+        kept = [int(p.name[5:]) for p in sorted(root.glob("step_*"))]
+        assert kept == [s for s in (5, 10, 15, 20, 25) if s <= step][-4:]
+
+
 def test_checkpoints_agreement_and_long_prompts_on_two_ranks(tmp_path):
     model_dir = build_tiny_model(tmp_path / "model")
     script = [str(ROOT / "tests" / "dist_checks.py"), str(tmp_path), str(model_dir)]
