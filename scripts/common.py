@@ -147,15 +147,17 @@ def eval_command(model, benchmarks, out, *, n, temperature, max_tokens, limit=No
 # ---- TRL's GRPOTrainer (runs under an interpreter with trl installed) ----
 
 def trl_grpo(model_path, rows, output_dir, *, chat, G, batch, accumulation, max_tokens, steps, seed, model=None,
-             optimizers=(None, None), on_log=None, **settings):
+             optimizers=(None, None), on_log=None, on_reward=None, **settings):
     """TRL's GRPOTrainer on `rows` (dicts with problem and answer) at this project's CPU settings: float32, no KL
     (beta 0), loss_type "grpo", no gradient checkpointing, temperature 1 and top_p 1 unless `settings` (further
     GRPOConfig fields) say otherwise; `batch` responses per micro-batch (G per prompt), `accumulation`
     micro-batches and one generation per optimiser step. chat: each problem in the chat template with
     rollout.INSTRUCTION, rewarded 1.0 when verify.score finds the answer (as train.py); else the plain prompt,
     rewarded 1.0 when the completion starts with the answer (the tiny sum task). `model`, when given, is the
-    loaded model to train (else TRL loads model_path). on_log(state, logs, step_seconds) at each log; returns
-    the seconds of every step (generation and training, from step begin to end: saving is not counted)."""
+    loaded model to train (else TRL loads model_path). on_log(state, logs, step_seconds) at each log;
+    on_reward(problems) at each reward call, with the problem of every completion scored (G per prompt, in TRL's
+    order). Returns the seconds of every step (generation and training, from step begin to end: saving is not
+    counted)."""
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -166,14 +168,20 @@ def trl_grpo(model_path, rows, output_dir, *, chat, G, batch, accumulation, max_
     if chat:
         prompts = [[{"role": "user", "content": f"{r['problem']}\n{INSTRUCTION}"}] for r in rows]
 
-        def reward(prompts, completions, answer, **kw):
-            return [verify.score(c[0]["content"], a) for c, a in zip(completions, answer)]
+        def score(completion, answer):
+            return verify.score(completion[0]["content"], answer)
     else:
         prompts = [r["problem"] for r in rows]
 
-        def reward(prompts, completions, answer, **kw):
-            return [float(c.startswith(a)) for c, a in zip(completions, answer)]
-    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer": [r["answer"] for r in rows]})
+        def score(completion, answer):
+            return float(completion.startswith(answer))
+
+    def reward(prompts, completions, answer, problem, **kw):  # TRL passes the dataset's other columns by name
+        if on_reward is not None:
+            on_reward(list(problem))
+        return [score(c, a) for c, a in zip(completions, answer)]
+    dataset = datasets.Dataset.from_dict({"prompt": prompts, "answer": [r["answer"] for r in rows],
+                                          "problem": [r["problem"] for r in rows]})
     seconds = []
 
     class Timer(TrainerCallback):

@@ -449,46 +449,58 @@ def seed_level_table(per_seed):
 
 
 def trl_table(seeds):
-    """train.py beside TRL's GRPOTrainer, per seed (trl_learn.py's summary.json), and the ratios' mean over seeds."""
+    """train.py beside TRL's GRPOTrainer on equal terms, per seed (trl_learn.py's summary.json): held-out
+    accuracy at each checkpoint, the threshold, the time to it, and the ratio over seeds."""
+    from scripts.trl_learn import TRAINERS, ratio_over_seeds
     names = list(seeds)
-    trainers = ("train.py", "TRL GRPOTrainer")
-    head = ["", *[f"{t}, {n}" for t in trainers for n in names]]
+    head = ["", *[f"{t}, {n}" for t in TRAINERS for n in names]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label, f):
-        lines.append("| " + " | ".join([label] + [f(seeds[n][t], seeds[n]) for t in trainers for n in names]) + " |")
+        lines.append("| " + " | ".join([label] + [f(seeds[n]["trainers"][t], seeds[n], t) for t in TRAINERS
+                                                  for n in names]) + " |")
 
-    row("machine (the run's own record)", lambda r, s: s["start"]["machine"]["cpu"])
-    row("TRL's part started (UTC)", lambda r, s: s["start"]["date"])
-    row("training seconds (sum of step times)", lambda r, s: f"{r['train_seconds']:.0f}")
-    row("median step (s)", lambda r, s: f"{r['median_step_s']:.1f}")
-    row("train accuracy, steps 1-3 -> last 3",
-        lambda r, s: "{:.2f} -> {:.2f}".format(*r["train_accuracy_first_last_3"]))
-    row("threshold (train accuracy, 3-step mean)", lambda r, s: f"{s['threshold']['train_accuracy']:.2f}")
-    row("step and training seconds to the threshold", lambda r, s: "never" if r["time_to_threshold"] is None else
-        f"step {r['time_to_threshold']['step']}, {r['time_to_threshold']['seconds']:.0f} s")
-    row("held-out greedy, levels 1-2 mean, step 0 / " + " / ".join(seeds[names[0]]["train.py"]["greedy_levels_1_2"]),
-        lambda r, s: " / ".join(pct(v) for v in [(s["greedy_base"]["level1"] + s["greedy_base"]["level2"]) / 2,
-                                                 *r["greedy_levels_1_2"].values()]))
-    levels = list(seeds[names[0]]["heldout_before"])
-    for lv in levels:
-        row(f"held-out {lv.replace('level', 'level ')}, T = 1: before -> after [Wilson]",
-            lambda r, s, lv=lv: f"{pct(s['heldout_before'][lv]['accuracy'])} -> " + wilson_text(
-                r["heldout_after"][lv]["accuracy"], r["heldout_after"][lv]["problems"]))
-    row("held-out macro after (5 levels)", lambda r, s: pm(macro(r["heldout_after"])["accuracy"],
-                                                           macro(r["heldout_after"])["ci95"]))
-    row("held-out macro gain, paired per problem",
-        lambda r, s: pm(*macro_gain(r["gain"], r["heldout_after"]), sign=True))
+    def part(s, t):
+        return next(p for p in s["parts"] if p["name"] == t)
+
+    row("machine (the run's own record)", lambda r, s, t: part(s, t)["start"]["machine"]["cpu"])
+    row("started (UTC); order within the seed", lambda r, s, t: f"{part(s, t)['start']['date']}; "
+        f"{s['order'].index(t) + 1} of 2")
+    row("load average (1 min) at start -> end", lambda r, s, t: f"{part(s, t)['start']['load_average_1_5_15'][0]} -> "
+        f"{part(s, t)['end']['load_average_1_5_15'][0]}")
+    row("matmul GFLOP/s at start -> end", lambda r, s, t: f"{part(s, t)['start']['matmul_gflops']:.0f} -> "
+        f"{part(s, t)['end']['matmul_gflops']:.0f}")
+    row("generation", lambda r, s, t: "vLLM" if t == "train.py" else s["trl_generation"])
+    row("same prompts as train.py's draws, in order", lambda r, s, t: "yes" if s["same_prompts"] else "NO")
+    row("training seconds (sum of step times)", lambda r, s, t: f"{r['train_seconds']:.0f}")
+    row("median step (s)", lambda r, s, t: f"{r['median_step_s']:.1f}")
+    row("held-out greedy, trained levels' mean, step 0 / " + " / ".join(
+        seeds[names[0]]["trainers"]["train.py"]["heldout_mean"]),
+        lambda r, s, t: " / ".join(pct(v) for v in [sum(s["base"].values()) / len(s["base"]),
+                                                     *r["heldout_mean"].values()]))
+    for lv in seeds[names[0]]["base"]:
+        last = lambda r, lv=lv: list(r["heldout"].values())[-1][lv]  # noqa: E731
+        row(f"held-out {lv.replace('level', 'level ')}, step 0 -> last",
+            lambda r, s, t, lv=lv, last=last: f"{pct(s['base'][lv])} -> {pct(last(r))}")
+    row("threshold (held-out, trained levels' mean)",
+        lambda r, s, t: "none (a trainer did not gain)" if s["threshold"] is None else pct(s["threshold"]))
+    row("first checkpoint at the threshold, training seconds through it", lambda r, s, t: "never"
+        if r["time_to_threshold"] is None else f"step {r['time_to_threshold']['step']}, "
+        f"{r['time_to_threshold']['seconds']:.0f} s")
     ratios = [seeds[n]["time_to_threshold_ratio"] for n in names]
     steps = [seeds[n]["median_step_ratio"] for n in names]
-    seconds = [seeds[n]["train.py"]["train_seconds"] / seeds[n]["TRL GRPOTrainer"]["train_seconds"] for n in names]
-    lines.append(f"\ntrain.py / TRL, per seed ({', '.join(names)}): time to the threshold "
-                 f"{' / '.join(str(r) for r in ratios)}, median step {' / '.join(str(r) for r in steps)}, training "
-                 f"seconds {' / '.join(f'{r:.3f}' for r in seconds)}")
+    lines.append(f"\ntrain.py / TRL, per seed ({', '.join(names)}): time to the held-out threshold "
+                 f"{' / '.join(str(r) for r in ratios)}, median step {' / '.join(str(r) for r in steps)}")
     if len(names) >= 2 and None not in ratios:
-        m, h = mean_ci(ratios)
-        lines[-1] += (f"; over seeds (the unit), time to the threshold {m:.2f} ± {h:.2f} (95% t-interval, "
-                      f"{len(names)} seeds)")
+        g, lo, hi = ratio_over_seeds(ratios)
+        lines[-1] += (f"; over seeds (the unit), time to the threshold {g:.2f} [{lo:.2f}, {hi:.2f}] (geometric "
+                      f"mean, 95% t-interval of the log-ratios, {len(names)} seeds)")
+    first = seeds[names[0]]
+    lines.append(f"\nheld-out: eval.py greedy on the first {first['limit']} problems of each trained level "
+                 f"({', '.join(Path(b).stem for b in first['benchmarks'])}), the same command for the start model "
+                 f"and every {first['every']}-step checkpoint of both; threshold: the start model's mean plus half "
+                 "the smaller gain at the last step; time: training seconds (generation and update) through the "
+                 "first checkpoint at or above it, at a resolution of one checkpoint.")
     return "\n".join(lines)
 
 
@@ -523,7 +535,7 @@ def summary_table(members):
         groups.setdefault(str(Path(run).parent) if "/" in run else "", {})[run] = s
     sections = []
     for group, seeds in sorted(groups.items()):
-        if all("TRL GRPOTrainer" in s for s in seeds.values()):
+        if all("trainers" in s for s in seeds.values()):
             sections.append(f"## {group or 'runs'}: train.py and TRL\n\n"
                             + trl_table({Path(run).name: s for run, s in seeds.items()}))
         else:

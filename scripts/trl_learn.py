@@ -1,26 +1,37 @@
-"""TRL's GRPOTrainer and train.py learning the same task side by side: accuracy per step and per second.
+"""train.py and TRL's GRPOTrainer on equal terms: the time each needs to reach a held-out accuracy.
 
-    python -m scripts.smol_learn --seed S                                   (train.py's run, and the base model's eval)
-    python -m scripts.trl_learn --trl-python /tmp/trl/bin/python --seed S
+    python -m scripts.trl_learn --trl-python /tmp/trl/bin/python --seeds 0 1
+    python -m scripts.results trl_learn          # archive, table.md and figure from what it wrote
 
-TRL trains with the settings of the config train.py ran (configs/experiments/smol_learn.yaml: SmolLM2-135M-Instruct,
-the same training rows, chat template, G, prompts per step, max new tokens, temperature 1, lr with the same
-warm-up (a LambdaLR from config.py's lr_factor, not HF's warm-up that starts at lr 0), AdamW without weight
-decay, grad clip, clip eps, no KL, loss_type "grpo", rewards from verify.score). Every response of a step is
-trained in one micro-batch (TRL's fastest setting: 64 at once measured faster than 16 x 4, and it
-fits in memory here). TRL generates with transformers' `generate`, as its default (use_vllm=False) does.
+Per seed, back to back on one machine, the two trainers in alternating order (seed list position 0: train.py
+first, 1: TRL first, ...), so a drift of the machine's speed does not favour one:
+- **train.py** `--config CONFIG seed=S save_every=E` (no in-run evaluation);
+- **TRL's GRPOTrainer** (common.trl_grpo, under --trl-python) at the same config's settings: the same model,
+  G, prompts per step, new tokens, temperature, AdamW with the same warm-up (a LambdaLR from config.py's
+  lr_factor), grad clip, clip eps, no KL, loss_type "grpo", rewards from verify.score, all responses of a step
+  in one micro-batch, a checkpoint every E steps; and **the same prompts in the same order**: train.py's draws
+  (`drawn_prompts`), fed with shuffle_dataset=False, so TRL's RepeatSampler walks them in order. The problems
+  TRL is rewarded on are recorded, and the summary says whether they are train.py's draws, step by step;
+- **eval.py**, the same command for every model: greedy on the first --limit held-out problems of each
+  trained level (tiny.arith_heldout_rows: no form of them is ever drawn), for the start model and each
+  checkpoint of both.
 
-Then eval.py, as smol_learn.py calls it, on TRL's checkpoints: greedy on the config's eval.limit problems of
-each level at every eval.every steps (the curve train.py drew during its run), and at temperature 1, n = 4 on
-the final model (smol_learn's "after"). Both runs' metrics and evaluations go to --out/seed_<S>/ with a
-summary (accuracy per step, seconds per step, time to a threshold) and one figure of both against steps and
-against training seconds (the sum of step times: both exclude model loading, engine start and evaluation).
+The threshold is the start model's held-out accuracy (mean over the trained levels) plus half the smaller of
+the two trainers' gains at the last step, so both reach it; a trainer's time to it is its training seconds
+(the sum of step times, generation and update: no loading, saving or evaluation) through its first checkpoint
+at or above it. Reported: the ratio train.py / TRL per seed, and over seeds (the unit) the geometric mean with
+the 95% t-interval of the log-ratios.
+
+Generation is the one difference, and it is labelled: train.py samples with vLLM (its CPU build), TRL with
+transformers' `generate`, because TRL's vLLM path samples in bfloat16 on a CPU (docs/trl_learn says why).
+--trl-vllm gives TRL vLLM in colocate mode (for a GPU, where both sample in the trained dtype).
 
 TRL is not a dependency: install it beside this project's torch, e.g.
     python -m venv --system-site-packages /tmp/trl && /tmp/trl/bin/pip install trl==1.16.0
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -29,16 +40,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from scripts import common, plot  # noqa: E402
+from scripts.stats import level_accuracy, mean_ci  # noqa: E402
+
+TRAINERS = ("train.py", "TRL GRPOTrainer")
+ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
-def trl_worker(config, seed, out):
-    """Runs under the TRL interpreter: GRPOTrainer at the config's settings (common.trl_grpo); writes
-    metrics.jsonl (one record per step, train.py's key names) and checkpoints at every eval.every steps."""
+def drawn_prompts(cfg):
+    """The rows train.py draws on one rank, in order: the first steps x prompts_per_step rows of its prompt
+    stream (one take of prompts_per_step a step; train.py skips a prompt over data.max_prompt_tokens, and the
+    summary counts those: gen/skipped_prompts). Only a stream that does not look at the policy can be
+    replayed: a level curriculum or dynamic sampling draws by the rewards."""
+    from data import prompt_stream
+    if cfg.data.level_sampling != "rows" or cfg.reward.dynamic_sampling:
+        sys.exit("trl_learn: the config draws prompts by the rewards (data.level_sampling or "
+                 "reward.dynamic_sampling): TRL cannot be fed the same prompts")
+    return prompt_stream(cfg.data, cfg.seed).take(cfg.steps * cfg.prompts_per_step)
+
+
+def trl_worker(config, seed, out, every, vllm):
+    """Runs under the TRL interpreter: GRPOTrainer at the config's settings on drawn_prompts, in order; writes
+    metrics.jsonl (one record per step, train.py's key names), rewarded.jsonl (the problems of each reward call)
+    and a checkpoint every `every` steps."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from config import load_config
-    from data import load_rows
 
     cfg = load_config(config, [f"seed={seed}"])
     out = Path(out)
@@ -47,7 +74,8 @@ def trl_worker(config, seed, out):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.optim.lr_factor(cfg.steps))
-    with open(out / "metrics.jsonl", "w") as log:
+    generation = {"use_vllm": True, "vllm_mode": "colocate"} if vllm else {}
+    with open(out / "metrics.jsonl", "w") as log, open(out / "rewarded.jsonl", "w") as rewarded:
         def on_log(state, logs, seconds):
             if "reward" not in logs:
                 return
@@ -58,70 +86,153 @@ def trl_worker(config, seed, out):
                 "grad_norm": logs.get("grad_norm"), "lr": logs.get("learning_rate"), "time/step": seconds}) + "\n")
             log.flush()
 
-        common.trl_grpo(cfg.model.path, load_rows(cfg.data, seed), out / "checkpoints", chat=True, G=cfg.G,
+        def on_reward(problems):
+            rewarded.write(json.dumps(problems) + "\n")
+
+        common.trl_grpo(cfg.model.path, drawn_prompts(cfg), out / "checkpoints", chat=True, G=cfg.G,
                         batch=cfg.prompts_per_step * cfg.G, accumulation=1, max_tokens=cfg.rollout.max_tokens,
                         steps=cfg.steps, seed=seed, model=model, optimizers=(optimizer, scheduler), on_log=on_log,
-                        temperature=cfg.rollout.temperature, top_k=0, epsilon=cfg.loss.eps_low,
-                        epsilon_high=cfg.loss.eps_high, max_grad_norm=cfg.optim.grad_clip, logging_steps=1,
-                        save_strategy="steps", save_steps=cfg.eval.every, save_only_model=True)
+                        on_reward=on_reward, temperature=cfg.rollout.temperature, top_k=0,
+                        epsilon=cfg.loss.eps_low, epsilon_high=cfg.loss.eps_high, max_grad_norm=cfg.optim.grad_clip,
+                        logging_steps=1, save_strategy="steps", save_steps=every, save_only_model=True,
+                        shuffle_dataset=False, **generation)
 
 
-def run(cmd, env=None):
-    """A part of this script, its output to the console; stops the script when it fails. Returns wall seconds."""
-    return common.run(cmd, env=env, echo=True, check=True)[1]
+def same_prompts(rewarded, drawn, G):
+    """Whether TRL's reward calls (lists of problems, each prompt's G completions together) scored exactly
+    the drawn problems, in order, each G times."""
+    seen = [p for call in rewarded for p in call]
+    return seen == [r["problem"] for r in drawn for _ in range(G)]
 
 
-def heldout_eval(model, benchmarks, out, *, n, temperature, limit, max_tokens, seed):
-    """eval.py's records for one model (the command smol_learn.py runs); read back from `out` when an
-    earlier run of this script wrote them there."""
-    if not (Path(out) / "records.jsonl").is_file():
-        run(common.eval_command(model, benchmarks, out, n=n, temperature=temperature, max_tokens=max_tokens,
-                                template="chat", dtype="float32", limit=limit, seed=seed),
-            env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-    return plot.read_metrics(Path(out) / "records.jsonl")
-
-
-def edge_means(records, k=3):
-    """Train accuracy (score_mean) averaged over the first and over the last k steps."""
-    acc = [r["score_mean"] for r in records]
-    return [sum(acc[:k]) / k, sum(acc[-k:]) / k]
-
-
-def time_to(records, threshold, smooth=3):
-    """Training seconds (cumulative step time) until the `smooth`-step mean of train accuracy first
-    reaches `threshold`; None if it never does."""
-    acc, seconds = [r["score_mean"] for r in records], 0.0
-    for i, r in enumerate(records):
-        seconds += r["time/step"]
-        window = acc[max(0, i - smooth + 1): i + 1]
-        if sum(window) / len(window) >= threshold:
-            return {"step": r["step"], "seconds": round(seconds, 1)}
+def time_to(curve, seconds_at, threshold):
+    """The first checkpoint step whose held-out accuracy (curve: {step: accuracy}) is at or above `threshold`,
+    with the training seconds through it (seconds_at: {step: cumulative seconds}); None if none is."""
+    for step in sorted(curve):
+        if curve[step] >= threshold:
+            return {"step": step, "seconds": round(seconds_at[step], 1)}
     return None
 
 
+def cumulative_seconds(records):
+    """{step: training seconds through it}: the running sum of each step's time/step."""
+    total, out = 0.0, {}
+    for r in records:
+        total += r["time/step"]
+        out[r["step"]] = total
+    return out
+
+
+def ratio_over_seeds(ratios):
+    """(geometric mean, low, high) of per-seed ratios: the 95% t-interval of their logs, exponentiated (seeds
+    the unit; nan bounds below two seeds)."""
+    m, h = mean_ci([math.log(r) for r in ratios])
+    return math.exp(m), math.exp(m - h), math.exp(m + h)
+
+
+class Part:
+    """One part of a seed's work, run once: a finished part (its record in parts.json) is not run again."""
+
+    def __init__(self, run_dir):
+        self.file = run_dir / "parts.json"
+        self.done = json.loads(self.file.read_text()) if self.file.is_file() else {}
+
+    def __call__(self, name, cmd):
+        if name not in self.done:
+            start = common.provenance()
+            wall = common.run(cmd, env=ENV, echo=True, check=True)[1]
+            self.done[name] = {"command": " ".join(map(str, cmd)), "start": start, "end": common.provenance(),
+                               "wall_s": round(wall, 1)}
+            self.file.write_text(json.dumps(self.done, indent=1) + "\n")
+        return self.done[name]
+
+
+def run_seed(args, seed, position, cfg, benchmarks):
+    """Both trainers on one seed and every evaluation; returns the seed's summary."""
+    run_dir = Path(args.runs) / f"seed_{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    part, py, E = Part(run_dir), sys.executable, args.every
+    ours, trl = run_dir / "train_py", run_dir / "trl"
+    trl.mkdir(exist_ok=True)
+    commands = {
+        "train.py": [py, "train.py", "--config", args.config, f"seed={seed}", f"out_dir={ours}", f"save_every={E}",
+                     f"keep_checkpoints={cfg.steps // E}", "eval.every=0"],
+        "TRL GRPOTrainer": [args.trl_python, __file__, "--trl-worker", "--seeds", seed, "--config", args.config,
+                            "--runs", args.runs, "--every", E] + (["--trl-vllm"] if args.trl_vllm else [])}
+    for name in TRAINERS if position % 2 == 0 else TRAINERS[::-1]:
+        part(name, commands[name])
+    order = sorted(TRAINERS, key=lambda name: part.done[name]["start"]["date"])  # as they ran (a part re-run moves)
+
+    # ---- eval.py, the same command on the start model and every checkpoint of both ----
+    def heldout(name, model):
+        out = run_dir / f"eval_{name}"
+        part(f"eval {name}", common.eval_command(model, benchmarks, out, n=1, temperature=0.0, limit=args.limit,
+                                                  max_tokens=cfg.rollout.max_tokens, template="chat",
+                                                  dtype="float32", seed=seed))
+        return {lv: v["accuracy"] for lv, v in level_accuracy(plot.read_metrics(out / "records.jsonl")).items()}
+
+    steps = range(E, cfg.steps + 1, E)
+    base = heldout("base", cfg.model.path)
+    levels = {"train.py": {s: heldout(f"train_py_{s}", ours / "checkpoints" / f"step_{s:06d}" / "model") for s in steps},
+              "TRL GRPOTrainer": {s: heldout(f"trl_{s}", trl / "checkpoints" / f"checkpoint-{s}") for s in steps}}
+
+    # ---- the threshold and the time to it ----
+    mean = lambda acc: sum(acc.values()) / len(acc)  # noqa: E731  (over the trained levels)
+    curves = {name: {s: mean(acc) for s, acc in levels[name].items()} for name in TRAINERS}
+    records = {"train.py": plot.read_metrics(ours / "metrics.jsonl"), "TRL GRPOTrainer": plot.read_metrics(trl / "metrics.jsonl")}
+    gain = min(curves[name][cfg.steps] - mean(base) for name in TRAINERS)
+    threshold = mean(base) + gain / 2 if gain > 0 else None
+    summary = {"command": "python -m scripts.trl_learn " + " ".join(sys.argv[1:]), "config": args.config,
+               "seed": seed, "order": list(order), "every": E, "limit": args.limit,
+               "benchmarks": [str(b) for b in benchmarks],
+               "trl_generation": "vllm colocate" if args.trl_vllm else "transformers generate",
+               "same_prompts": same_prompts(plot.read_metrics(trl / "rewarded.jsonl"), drawn_prompts(cfg), cfg.G),
+               "train_py_skipped_prompts": sum(r.get("gen/skipped_prompts", 0) for r in records["train.py"]),
+               "parts": [dict(name=n, **p) for n, p in part.done.items()],
+               "base": base, "threshold": threshold, "trainers": {}}
+    for name in TRAINERS:
+        times, seconds_at = [r["time/step"] for r in records[name]], cumulative_seconds(records[name])
+        summary["trainers"][name] = {
+            "steps": len(times), "train_seconds": round(sum(times), 1), "median_step_s": statistics.median(times),
+            "heldout": {str(s): acc for s, acc in levels[name].items()},
+            "heldout_mean": {str(s): v for s, v in curves[name].items()},
+            "time_to_threshold": None if threshold is None else time_to(curves[name], seconds_at, threshold)}
+    a, b = (summary["trainers"][n]["time_to_threshold"] for n in TRAINERS)
+    summary["time_to_threshold_ratio"] = round(a["seconds"] / b["seconds"], 4) if a and b else None
+    summary["median_step_ratio"] = round(summary["trainers"]["train.py"]["median_step_s"]
+                                         / summary["trainers"]["TRL GRPOTrainer"]["median_step_s"], 4)
+    doc_dir = Path(args.out) / f"seed_{seed}"
+    doc_dir.mkdir(parents=True, exist_ok=True)
+    (doc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (doc_dir / "train_py_metrics.jsonl").write_text((ours / "metrics.jsonl").read_text())
+    (doc_dir / "trl_metrics.jsonl").write_text((trl / "metrics.jsonl").read_text())
+    return summary
+
+
 def draw(doc_dir, path):
-    """Both trainers, every seed under doc_dir (a line per seed): train accuracy against steps and against
-    training seconds, and the greedy held-out accuracy on the trained levels during the run."""
+    """Both trainers, every seed under doc_dir (a line per seed): held-out accuracy on the trained levels at
+    each checkpoint against training seconds and against steps, and train accuracy against steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     for seed_dir in sorted(Path(doc_dir).glob("seed_*")):
-        summary = json.loads((seed_dir / "summary.json").read_text())
-        base = (summary["greedy_base"]["level1"] + summary["greedy_base"]["level2"]) / 2
-        for name, file, color in (("train.py", "train_py_metrics.jsonl", "C0"),
-                                  ("TRL GRPOTrainer", "trl_metrics.jsonl", "C3")):
-            recs, label = plot.read_metrics(seed_dir / file), f"{name}, {seed_dir.name.replace('_', ' ')}"
-            style = "-" if seed_dir.name.endswith("0") else "--"
-            seconds = {r["step"]: sum(q["time/step"] for q in recs[: i + 1]) for i, r in enumerate(recs)}
-            steps, acc = plot.curve(recs, "score_mean", smooth=3)
-            ax[0].plot(steps, acc, style, color=color, label=label)
-            ax[1].plot([seconds[s] for s in steps], acc, style, color=color, label=label)
-            greedy = summary[name]["greedy_levels_1_2"]
-            ax[2].plot([0, *map(int, greedy)], [base, *greedy.values()], "o" + style, color=color, label=label)
-    ax[0].set(xlabel="step", ylabel="train accuracy (3-step mean)", ylim=(0, 1))
-    ax[1].set(xlabel="training seconds (sum of step times)", ylabel="train accuracy (3-step mean)", ylim=(0, 1))
-    ax[2].set(xlabel="step", ylabel="held-out greedy accuracy, levels 1-2", ylim=(0, 1))
+        s = json.loads((seed_dir / "summary.json").read_text())
+        base = sum(s["base"].values()) / len(s["base"])
+        style = "-" if s["order"][0] == "train.py" else "--"
+        for name, file, color in zip(TRAINERS, ("train_py_metrics.jsonl", "trl_metrics.jsonl"), ("C0", "C3")):
+            recs, label = plot.read_metrics(seed_dir / file), f"{name}, seed {s['seed']}"
+            seconds_at = cumulative_seconds(recs)
+            curve = {int(k): v for k, v in s["trainers"][name]["heldout_mean"].items()}
+            ax[0].plot([0, *(seconds_at[k] for k in curve)], [base, *curve.values()], "o" + style, color=color,
+                       label=label)
+            ax[1].plot([0, *curve], [base, *curve.values()], "o" + style, color=color, label=label)
+            ax[2].plot(*plot.curve(recs, "score_mean", smooth=3), style, color=color, label=label)
+        if s["threshold"] is not None:
+            ax[0].axhline(s["threshold"], color="grey", lw=0.8, ls=style)
+    ax[0].set(xlabel="training seconds (sum of step times)", ylabel="held-out greedy accuracy, trained levels")
+    ax[1].set(xlabel="step", ylabel="held-out greedy accuracy, trained levels")
+    ax[2].set(xlabel="step", ylabel="train accuracy (3-step mean)", ylim=(0, 1))
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
@@ -131,98 +242,41 @@ def draw(doc_dir, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trl-python", required=False, help="an interpreter with trl installed")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trl-python", help="an interpreter with trl installed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--config", default="configs/experiments/smol_learn.yaml")
-    ap.add_argument("--ours", default="runs/smol_learn", help="smol_learn.py's --runs: train.py's run of this seed")
-    ap.add_argument("--runs", default="runs/trl_learn", help="TRL's checkpoints and eval records (git-ignored)")
-    ap.add_argument("--out", default="docs/trl_learn", help="summary, metrics and figure (committed)")
-    ap.add_argument("--limit", type=int, default=8, help="as smol_learn.py's --limit")
-    ap.add_argument("--figure", action="store_true", help="only redraw --out/side_by_side.png from its seeds")
+    ap.add_argument("--every", type=int, default=5, help="steps between checkpoints (both trainers)")
+    ap.add_argument("--limit", type=int, default=50, help="held-out problems per trained level, greedy")
+    ap.add_argument("--trl-vllm", action="store_true", help="TRL samples with vLLM (colocate), not generate")
+    ap.add_argument("--runs", default="runs/trl_learn", help="checkpoints and eval records (git-ignored)")
+    ap.add_argument("--out", default="docs/trl_learn", help="summaries and metrics (committed)")
     ap.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.figure:
-        return draw(args.out, Path(args.out) / "side_by_side.png")
-    run_dir, doc_dir = Path(args.runs) / f"seed_{args.seed}", Path(args.out) / f"seed_{args.seed}"
     if args.trl_worker:
-        return trl_worker(args.config, args.seed, run_dir)
+        return trl_worker(args.config, args.seeds[0], Path(args.runs) / f"seed_{args.seeds[0]}" / "trl",
+                          args.every, args.trl_vllm)
     if not args.trl_python:
         sys.exit("trl_learn: pass --trl-python (an interpreter with trl installed; see the module docstring)")
-    ours_dir = Path(args.ours) / f"seed_{args.seed}"
-    if not (ours_dir / "train" / "metrics.jsonl").exists() or not (ours_dir / "eval_before").exists():
-        sys.exit(f"trl_learn: no train.py run at {ours_dir}; run `python -m scripts.smol_learn --seed {args.seed}` first")
+    import tiny
     from config import load_config
-    from scripts.smol_learn import level_accuracy, macro, paired_gain
-    cfg = load_config(args.config, [f"seed={args.seed}"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    doc_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- TRL trains (its own process, its own interpreter), unless a finished run is there ----
-    trl_run = run_dir / "trl_run.json"  # when and where TRL trained: written after a finished run
-    if not trl_run.is_file():
-        start = common.provenance()
-        wall = run([args.trl_python, __file__, "--trl-worker", "--seed", args.seed, "--config", args.config,
-                    "--runs", args.runs])
-        trl_run.write_text(json.dumps({"start": start, "after_trl_training": common.provenance(),
-                                       "trl_process_wall_s": wall}, indent=1) + "\n")
-
-    # ---- eval.py on TRL's checkpoints: greedy during the run, T = 1 on the final model ----
-    greedy = {"train.py": {}, "TRL GRPOTrainer": {}}
-    for step in range(cfg.eval.every, cfg.steps + 1, cfg.eval.every):
-        recs = heldout_eval(run_dir / "checkpoints" / f"checkpoint-{step}", cfg.eval.benchmarks,
-                            run_dir / f"greedy_{step}", n=1, temperature=0.0, limit=cfg.eval.limit,
-                            max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens, seed=args.seed)
-        acc = level_accuracy(recs)
-        greedy["TRL GRPOTrainer"][step] = {k: v["accuracy"] for k, v in acc.items()}
-    base_greedy = level_accuracy(heldout_eval(
-        cfg.model.path, cfg.eval.benchmarks, Path(args.runs) / "base_greedy", n=1, temperature=0.0,
-        limit=cfg.eval.limit, max_tokens=cfg.eval.max_tokens or cfg.rollout.max_tokens, seed=0))
-    final = run_dir / "checkpoints" / f"checkpoint-{cfg.steps}"
-    before = plot.read_metrics(ours_dir / "eval_before" / "records.jsonl")
-    trl_after = heldout_eval(final, cfg.eval.benchmarks, run_dir / "eval_after", n=4, temperature=1.0,
-                             limit=args.limit, max_tokens=cfg.rollout.max_tokens, seed=args.seed)
-    ours_after = plot.read_metrics(ours_dir / "eval_after" / "records.jsonl")
-    ours = plot.read_metrics(ours_dir / "train" / "metrics.jsonl")
-    trl = plot.read_metrics(run_dir / "metrics.jsonl")
-    for r in ours:
-        if any(k.startswith("val/") for k in r):
-            greedy["train.py"][r["step"]] = {k[4:]: v for k, v in r.items() if k.startswith("val/")}
-
-    # ---- the summary: accuracy per step and per second, both trainers ----
-    first, last = edge_means(ours)
-    threshold = first + (last - first) / 2  # half of train.py's gain in train accuracy
-    summary = {"command": f"python -m scripts.trl_learn --trl-python {args.trl_python} --seed {args.seed}",
-               "config": args.config, **json.loads(trl_run.read_text()), "end": common.provenance(),
-               "threshold": {"train_accuracy": round(threshold, 4)}}
-    for name, recs, after in (("train.py", ours, ours_after), ("TRL GRPOTrainer", trl, trl_after)):
-        times = [r["time/step"] for r in recs]
-        levels_after = level_accuracy(after)
-        summary[name] = {
-            "steps": len(recs), "train_seconds": round(sum(times), 1), "median_step_s": statistics.median(times),
-            "train_accuracy_first_last_3": edge_means(recs),
-            "time_to_threshold": time_to(recs, threshold),
-            "greedy_levels_1_2": {s: (v["level1"] + v["level2"]) / 2 for s, v in greedy[name].items()},
-            "heldout_after": levels_after, "gain": paired_gain(before, after),
-            "macro_after": macro(levels_after)}
-    summary["heldout_before"] = level_accuracy(before)
-    summary["greedy_base"] = {k: v["accuracy"] for k, v in base_greedy.items()}
-    a, b = (summary[n]["time_to_threshold"] for n in ("train.py", "TRL GRPOTrainer"))
-    summary["time_to_threshold_ratio"] = round(a["seconds"] / b["seconds"], 3) if a and b else None
-    summary["median_step_ratio"] = round(summary["train.py"]["median_step_s"]
-                                         / summary["TRL GRPOTrainer"]["median_step_s"], 3)
-    (doc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (doc_dir / "trl_metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
-    (doc_dir / "train_py_metrics.jsonl").write_text((ours_dir / "train" / "metrics.jsonl").read_text())
-    draw(args.out, Path(args.out) / "side_by_side.png")
-    for name in ("train.py", "TRL GRPOTrainer"):
-        s = summary[name]
-        print(f"{name:16} {s['steps']} steps, {s['train_seconds']:.0f} s training (median {s['median_step_s']:.1f} s/step); "
-              f"train accuracy {s['train_accuracy_first_last_3'][0]:.2f} -> {s['train_accuracy_first_last_3'][1]:.2f}; "
-              f"threshold {threshold:.2f} at {s['time_to_threshold']}; held-out macro after "
-              f"{s['macro_after']['accuracy']:.3f} ± {s['macro_after']['ci95']:.3f}")
-    print(f"train.py / TRL: median step {summary['median_step_ratio']}, time to threshold "
-          f"{summary['time_to_threshold_ratio']}; load {summary['start']['load_average_1_5_15']} -> "
-          f"{summary['end']['load_average_1_5_15']}; wrote {doc_dir}")
+    cfg = load_config(args.config)
+    if cfg.steps % args.every:
+        sys.exit(f"trl_learn: --every {args.every} does not divide the config's {cfg.steps} steps")
+    trained = {f"level{lv}" for lv in tiny.parse_levels(cfg.data.train.partition(":")[2])}
+    benchmarks = [p for p in tiny.write_arith_heldout("runs/arith") if p.stem in trained]
+    summaries = [run_seed(args, seed, i, load_config(args.config, [f"seed={seed}"]), benchmarks)
+                 for i, seed in enumerate(args.seeds)]
+    for s in summaries:
+        for name in TRAINERS:
+            t = s["trainers"][name]
+            print(f"seed {s['seed']} {name:16} {t['train_seconds']:.0f} s training (median {t['median_step_s']:.1f} "
+                  f"s/step); held-out {' '.join(f'{v:.2f}' for v in t['heldout_mean'].values())}; threshold "
+                  f"{s['threshold']} at {t['time_to_threshold']}")
+        print(f"seed {s['seed']}: train.py / TRL time to threshold {s['time_to_threshold_ratio']}, same prompts "
+              f"{s['same_prompts']}")
+    ratios = [s["time_to_threshold_ratio"] for s in summaries]
+    if len(ratios) >= 2 and None not in ratios:
+        print("over seeds: train.py / TRL time to threshold {:.3f} [{:.3f}, {:.3f}]".format(*ratio_over_seeds(ratios)))
 
 
 if __name__ == "__main__":

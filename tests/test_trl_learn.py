@@ -1,13 +1,76 @@
-"""scripts/trl_learn.py: the time to a threshold, by hand (the script itself needs TRL and runs by hand)."""
+"""scripts/trl_learn.py's pieces, by hand (the script itself needs TRL and runs by hand): TRL is fed train.py's
+own draws, the time to a held-out threshold, and the ratio over seeds."""
+import math
+from pathlib import Path
 
+import pytest
+
+import train
+from config import load_config
+from data import prompt_stream
+from rollout import Sample
 from scripts import trl_learn
+from scripts.stats import t_quantile
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_time_to_threshold_sums_step_seconds_up_to_the_first_window_mean_at_threshold():
-    recs = [{"step": i + 1, "score_mean": a, "time/step": t}
-            for i, (a, t) in enumerate([(0.0, 10.0), (0.6, 20.0), (0.3, 5.0), (0.9, 7.0), (0.9, 1.0)])]
-    # 2-step means: 0.0, 0.3, 0.45, 0.6, 0.9 -> 0.44 first reached at step 3, after 10 + 20 + 5 seconds
-    assert trl_learn.time_to(recs, 0.44, smooth=2) == {"step": 3, "seconds": 35.0}
-    # 3-step means (the first windows shorter): 0.0, 0.3, 0.3, 0.6, 0.7 -> 0.55 at step 4, 42 s
-    assert trl_learn.time_to(recs, 0.55, smooth=3) == {"step": 4, "seconds": 42.0}
-    assert trl_learn.time_to(recs, 0.95, smooth=1) is None
+class WrongEngine:
+    """Answers every prompt G times with "0" (no answer is 0): collect_batch keeps every group (GRPO)."""
+    max_model_len = None
+
+    @staticmethod
+    def tokenizer(text, add_special_tokens=True):  # one id per character
+        return {"input_ids": [3] * len(text)}
+
+    def generate(self, prompts, n, seed=None, logprobs=True):
+        return [[Sample(prompt_ids=[3], token_ids=[5], text="0", length=1, truncated=False, logprobs=None)
+                 for _ in range(n)] for _ in prompts]
+
+
+def test_drawn_prompts_are_the_rows_train_py_draws_step_by_step():
+    """The list TRL is fed equals what train.collect_batch draws over the run's steps, in order."""
+    cfg = load_config(ROOT / "configs/experiments/smol_learn.yaml",  # the fake tokenizer has no chat template
+                      ["steps=3", "prompts_per_step=4", "G=2", "reward.workers=0", "seed=7", "rollout.template=qwen_math"])
+    stream, drawn = prompt_stream(cfg.data, cfg.seed), []
+    for step in range(cfg.steps):
+        batch = train.collect_batch(cfg, WrongEngine(), stream, step, {"rollout": 0.0, "verify": 0.0})
+        drawn += [r["problem"] for r in batch.rows]
+    assert len(drawn) == 12 and len(set(drawn)) > 1
+    assert [r["problem"] for r in trl_learn.drawn_prompts(cfg)] == drawn
+    other = load_config(ROOT / "configs/experiments/smol_learn.yaml", ["steps=3", "prompts_per_step=4", "seed=8"])
+    assert [r["problem"] for r in trl_learn.drawn_prompts(other)] != drawn  # the seed draws them
+
+
+def test_drawn_prompts_refuses_a_stream_that_reads_the_rewards():
+    cfg = load_config(ROOT / "configs/experiments/smol_levels.yaml")
+    with pytest.raises(SystemExit, match="draws prompts by the rewards"):
+        trl_learn.drawn_prompts(cfg)
+
+
+def test_same_prompts_checks_order_and_each_prompt_g_times():
+    drawn = [{"problem": "a"}, {"problem": "b"}]
+    assert trl_learn.same_prompts([["a", "a"], ["b", "b"]], drawn, G=2)
+    assert trl_learn.same_prompts([["a", "a", "b", "b"]], drawn, G=2)     # one reward call for the step
+    assert not trl_learn.same_prompts([["b", "b"], ["a", "a"]], drawn, G=2)  # another order
+    assert not trl_learn.same_prompts([["a", "a"]], drawn, G=2)              # a step missing
+    assert not trl_learn.same_prompts([["a", "b"], ["a", "b"]], drawn, G=2)  # not G of each together
+
+
+def test_time_to_threshold_is_the_first_checkpoint_at_or_above_it():
+    recs = [{"step": i + 1, "time/step": t} for i, t in enumerate([10.0, 20.0, 5.0, 7.0])]
+    seconds_at = trl_learn.cumulative_seconds(recs)
+    assert seconds_at == {1: 10.0, 2: 30.0, 3: 35.0, 4: 42.0}
+    curve = {2: 0.30, 4: 0.50}  # checkpoints every 2 steps
+    assert trl_learn.time_to(curve, seconds_at, 0.30) == {"step": 2, "seconds": 30.0}  # "at" counts
+    assert trl_learn.time_to(curve, seconds_at, 0.31) == {"step": 4, "seconds": 42.0}
+    assert trl_learn.time_to(curve, seconds_at, 0.51) is None
+
+
+def test_ratio_over_seeds_is_a_t_interval_of_the_log_ratios():
+    g, lo, hi = trl_learn.ratio_over_seeds([0.25, 0.5])
+    assert g == pytest.approx(math.sqrt(0.125))  # the geometric mean
+    # logs -ln 4 and -ln 2: their standard deviation is ln 2 / sqrt 2, the half-width t * sd / sqrt 2 = t ln 2 / 2
+    half = t_quantile(0.975, 1) * math.log(2) / 2
+    assert (lo, hi) == pytest.approx((g * math.exp(-half), g * math.exp(half)))
+    assert math.isnan(trl_learn.ratio_over_seeds([0.5])[1])
