@@ -565,3 +565,34 @@ def test_per_request_sampling_seeds_on_gpus_only():
     fields = lambda sp: {f: getattr(sp, f) for f in sp.__struct_fields__ if f != "seed"}  # noqa: E731
     assert gpu.seed is not None and cpu.seed is None and fields(gpu) == fields(cpu)
     assert (cpu.n, cpu.temperature, cpu.top_p, cpu.max_tokens, cpu.logprobs) == (4, 0.7, 0.9, 16, 0)
+
+
+class WrongEngine:
+    """Answers every prompt G times with "0" (no answer is 0): collect_batch keeps every group (GRPO)."""
+    max_model_len = None
+
+    @staticmethod
+    def tokenizer(text, add_special_tokens=True):  # one id per character
+        return {"input_ids": [3] * len(text)}
+
+    def generate(self, prompts, n, seed=None, logprobs=True):
+        from rollout import Sample
+        return [[Sample(prompt_ids=[3], token_ids=[5], text="0", length=1, truncated=False, logprobs=None)
+                 for _ in range(n)] for _ in prompts]
+
+
+def test_trl_learn_feeds_trl_the_rows_train_py_draws_step_by_step():
+    """scripts/trl_learn.drawn_prompts, the list TRL is fed, equals what collect_batch draws over the run's
+    steps, in order."""
+    from data import prompt_stream
+    from scripts import trl_learn
+    cfg = load_config(ROOT / "configs/experiments/smol_learn.yaml",  # the fake tokenizer has no chat template
+                      ["steps=3", "prompts_per_step=4", "G=2", "reward.workers=0", "seed=7", "rollout.template=qwen_math"])
+    stream, drawn = prompt_stream(cfg.data, cfg.seed), []
+    for step in range(cfg.steps):
+        batch = train.collect_batch(cfg, WrongEngine(), stream, step, {"rollout": 0.0, "verify": 0.0})
+        drawn += [r["problem"] for r in batch.rows]
+    assert len(drawn) == 12 and len(set(drawn)) > 1
+    assert [r["problem"] for r in trl_learn.drawn_prompts(cfg)] == drawn
+    other = load_config(ROOT / "configs/experiments/smol_learn.yaml", ["steps=3", "prompts_per_step=4", "seed=8"])
+    assert [r["problem"] for r in trl_learn.drawn_prompts(other)] != drawn  # the seed draws them

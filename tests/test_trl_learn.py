@@ -1,45 +1,16 @@
-"""scripts/trl_learn.py's pieces, by hand (the script itself needs TRL and runs by hand): TRL is fed train.py's
-own draws, the time to a held-out threshold, and the ratio over seeds."""
+"""scripts/trl_learn.py's pieces, by hand (the script itself needs TRL and runs by hand): the check that TRL
+scored train.py's draws, the time to a held-out threshold, and the ratio over seeds. That the draws are
+train.py's: tests/test_train.py (only train.py's own tests import it)."""
 import math
 from pathlib import Path
 
 import pytest
 
-import train
 from config import load_config
-from data import prompt_stream
-from rollout import Sample
 from scripts import trl_learn
 from scripts.stats import t_quantile
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class WrongEngine:
-    """Answers every prompt G times with "0" (no answer is 0): collect_batch keeps every group (GRPO)."""
-    max_model_len = None
-
-    @staticmethod
-    def tokenizer(text, add_special_tokens=True):  # one id per character
-        return {"input_ids": [3] * len(text)}
-
-    def generate(self, prompts, n, seed=None, logprobs=True):
-        return [[Sample(prompt_ids=[3], token_ids=[5], text="0", length=1, truncated=False, logprobs=None)
-                 for _ in range(n)] for _ in prompts]
-
-
-def test_drawn_prompts_are_the_rows_train_py_draws_step_by_step():
-    """The list TRL is fed equals what train.collect_batch draws over the run's steps, in order."""
-    cfg = load_config(ROOT / "configs/experiments/smol_learn.yaml",  # the fake tokenizer has no chat template
-                      ["steps=3", "prompts_per_step=4", "G=2", "reward.workers=0", "seed=7", "rollout.template=qwen_math"])
-    stream, drawn = prompt_stream(cfg.data, cfg.seed), []
-    for step in range(cfg.steps):
-        batch = train.collect_batch(cfg, WrongEngine(), stream, step, {"rollout": 0.0, "verify": 0.0})
-        drawn += [r["problem"] for r in batch.rows]
-    assert len(drawn) == 12 and len(set(drawn)) > 1
-    assert [r["problem"] for r in trl_learn.drawn_prompts(cfg)] == drawn
-    other = load_config(ROOT / "configs/experiments/smol_learn.yaml", ["steps=3", "prompts_per_step=4", "seed=8"])
-    assert [r["problem"] for r in trl_learn.drawn_prompts(other)] != drawn  # the seed draws them
 
 
 def test_drawn_prompts_refuses_a_stream_that_reads_the_rewards():
