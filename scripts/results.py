@@ -238,16 +238,27 @@ def mean_of(records, key, decimals):
     return f"{sum(xs) / len(xs):.{decimals}f}" if xs else "-"
 
 
+ENTROPY_HEADS = ("entropy, sampled", "entropy, trained")
+
+
+def entropies(records):
+    """The step window's mean entropy (nats per token) over every sampled response (gen/entropy) and over the
+    trained responses only (entropy): the policy's spread, then what the update saw. A step without the value
+    (nothing sampled with log-probs, nothing trained) is left out of the mean, not counted as 0."""
+    return mean_of(records, "gen/entropy", 2), mean_of(records, "entropy", 2)
+
+
 def window_table(records):
     """Per step window of one run: the pass rate of each level (verdicts over the window's groups of that level:
     score_by_level weighted by groups_by_level), the share of groups with no signal (zero_var_frac), entropy
-    (nats per token, as logged), mean response length, prompts a step per level, train accuracy and s / step."""
+    in nats per token over every sampled response (gen/entropy; "-" for runs that predate it) and over the trained
+    ones (entropy), mean response length, prompts a step per level, train accuracy and s / step."""
     train = train_records(records)
     if not train:
         return "(no training steps logged)"
     levels = sorted({k.split("/")[1] for r in train for k in r if k.startswith("groups_by_level/")}, key=str)
     head = (["steps"] + [f"level {lv}" for lv in levels] + ["train accuracy", "groups with no signal",
-                                                          "entropy", "response length"]
+                                                          *ENTROPY_HEADS, "response length"]
             + (["prompts a step, levels " + " / ".join(levels)] if levels else []) + ["s / step"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in windows(train[-1]["step"]):
@@ -256,7 +267,7 @@ def window_table(records):
             continue
         acc = [r.get("gen/accuracy", r.get("score_mean")) for r in rs]
         cells = [f"{a}-{b}", *(level_rate(rs, lv) for lv in levels), f"{sum(acc) / len(acc):.2f}",
-                 mean_of(rs, "zero_var_frac", 2), mean_of(rs, "entropy", 2), mean_of(rs, "len_mean", 0)]
+                 mean_of(rs, "zero_var_frac", 2), *entropies(rs), mean_of(rs, "len_mean", 0)]
         if levels:
             cells.append(" / ".join(f"{sum(r.get(f'groups_by_level/{lv}', 0) for r in rs) / len(rs):.1f}"
                                     for lv in levels))
@@ -277,7 +288,7 @@ def glance_table(runs):
     levels = sorted({k.split("/")[1] for recs in runs.values() for r in recs for k in r
                      if k.startswith("groups_by_level/")}, key=str)
     head = ["run", "steps", "last window", "pass rate, levels " + " / ".join(levels), "groups with no signal",
-            "entropy", "response length", "in-run greedy at the last evaluation, each evaluated level (%)",
+            *ENTROPY_HEADS, "response length", "in-run greedy at the last evaluation, each evaluated level (%)",
             "step time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run, records in runs.items():
@@ -287,7 +298,7 @@ def glance_table(runs):
         a, b = windows(train[-1]["step"])[-1]
         rs = [r for r in train if a <= r["step"] <= b]
         rates = [level_rate(rs, lv) for lv in levels]
-        means = [mean_of(rs, "zero_var_frac", 2), mean_of(rs, "entropy", 2), mean_of(rs, "len_mean", 1)]
+        means = [mean_of(rs, "zero_var_frac", 2), *entropies(rs), mean_of(rs, "len_mean", 1)]
         last_val = next((r for r in reversed(records) if any(k.startswith("val/") for k in r)), None)
         val = " / ".join(pct(v) for k, v in sorted(last_val.items()) if k.startswith("val/")) \
             + f" (step {last_val['step']})" if last_val else "-"

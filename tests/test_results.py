@@ -80,6 +80,22 @@ def test_shown_figures_and_windows(tmp_path):
     assert results.windows(220)[-2:] == [(161, 200), (201, 220)] and results.windows(12) == [(1, 10), (11, 12)]
 
 
+def test_entropy_columns_skip_steps_without_a_value():
+    # steps 1-3: gen/entropy (every sampled response) 1.0, 2.0 and absent (nothing sampled with log-probs);
+    # entropy (trained tokens) 0.5, absent (nothing trained), 0.25; by hand: (1 + 2) / 2, (0.5 + 0.25) / 2
+    recs = [{"step": 1, "gen/entropy": 1.0, "entropy": 0.5}, {"step": 2, "gen/entropy": 2.0},
+            {"step": 3, "entropy": 0.25}]
+    assert results.entropies(recs) == ("1.50", "0.38")
+    assert results.entropies([{"step": 4}]) == ("-", "-")
+    train = [{"step": s, "reward_mean": 0.5, "zero_var_frac": 0.0, "len_mean": 10.0, "time/step": 1.0, **r}
+             for s, r in zip((1, 2, 3), ({"gen/entropy": 1.0, "entropy": 0.5}, {"gen/entropy": 2.0},
+                                         {"entropy": 0.25}))]
+    head, _, row = results.glance_table({"run": train}).splitlines()[:3]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    names = [c.strip() for c in head.strip("|").split("|")]
+    assert (cells[names.index("entropy, sampled")], cells[names.index("entropy, trained")]) == ("1.50", "0.38")
+
+
 def committed():
     """The experiments whose archive is committed (the tests run where the checkout has them)."""
     tracked = subprocess.run(["git", "ls-files", "docs"], cwd=ROOT, capture_output=True, text=True).stdout.split()
