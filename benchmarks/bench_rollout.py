@@ -18,6 +18,8 @@ only with chunked prefill off (a second engine, after the first one is closed).
 --compiled adds vLLM's compiled mode (rollout.enforce_eager=false) on the same prompts, in the same run;
 --block128 adds vLLM's CPU default KV block of 128 tokens (rollout.py uses 32 on CPUs, so that a prompt's
 samples share its full blocks).
+--logprobs times only rollout.py's generate with the sampled tokens' log-probs (as train.py asks, every step)
+against without them, beside unseeded vLLM, interleaved on one engine.
 """
 import argparse
 import dataclasses
@@ -116,19 +118,24 @@ def bench_smollm2(args):
         encode = lambda prompts: rollout.encode_prompts(engine.tokenizer, prompts, "chat", engine.max_model_len)
         engine.generate(slices[0][:2], 2, max_tokens=4, seed=0)  # warm-up
         start = time.perf_counter() - t0
-        seeded, unseeded = [], []
+        runs = {"seeded": [], "unseeded": [], "no log-probs": []}
+        schemes = list(runs) if args.logprobs else ["seeded", "unseeded"]
         for r, prompts in enumerate(slices[1:]):
-            for scheme in (("seeded", "unseeded") if r % 2 == 0 else ("unseeded", "seeded")):  # alternate order
-                if scheme == "seeded":  # rollout.py: torch seed per call, prefix cache emptied first
-                    t0 = time.perf_counter()
-                    out = engine.generate(prompts, args.n, seed=r)
-                    seeded.append((sum(s.length for g in out for s in g), time.perf_counter() - t0))
-                else:  # no seed anywhere; the cache is emptied too, so both start from the same state
+            for scheme in schemes[r % len(schemes):] + schemes[:r % len(schemes)]:  # rotate the order
+                if scheme == "unseeded":  # no seed anywhere; the cache is emptied too, so all start alike
                     engine.llm.reset_prefix_cache()
-                    unseeded.append(raw_generate(engine.llm, encode(prompts), vllm_params(args.n, args.tokens)))
-        record(f"vllm, rollout.py seeding (torch seed per call; start-up {start:.0f} s)", seeded)
-        record("vllm, unseeded (same engine, interleaved)", unseeded)
+                    runs[scheme].append(raw_generate(engine.llm, encode(prompts), vllm_params(args.n, args.tokens)))
+                else:  # rollout.py: torch seed per call, prefix cache emptied first; log-probs as train.py asks
+                    t0 = time.perf_counter()
+                    out = engine.generate(prompts, args.n, seed=r, logprobs=scheme == "seeded")
+                    runs[scheme].append((sum(s.length for g in out for s in g), time.perf_counter() - t0))
+        record(f"vllm, rollout.py seeding (torch seed per call; start-up {start:.0f} s)", runs["seeded"])
+        record("vllm, unseeded (same engine, interleaved)", runs["unseeded"])
+        if args.logprobs:
+            record("vllm, rollout.py seeding without log-probs (same engine, interleaved)", runs["no log-probs"])
         engine.close()
+        if args.logprobs:  # the question asked: skip the second engine and the other variants
+            return report(args, rows)
 
         # The old scheme: a seed in every request; on this CPU build only with chunked prefill off.
         import vllm
@@ -164,6 +171,10 @@ def bench_smollm2(args):
     if "hf" in args.engines.split(","):
         record("transformers generate (hf engine)", engine_runs(dataclasses.replace(cfg, engine="hf"))[0])
 
+    report(args, rows)
+
+
+def report(args, rows):
     print(f"\nSmolLM2-135M-Instruct float32, chat-template GSM8K prompts: {args.prompts} prompts x {args.n} samples x "
           f"up to {args.tokens} tokens, temperature 1, {args.repeats} repeats (median), {os.cpu_count()} CPUs")
     print("| engine / seeding | tokens/s median | min | max | load after |\n|---|---|---|---|---|")
@@ -180,6 +191,8 @@ def main():
     ap.add_argument("--engines", default="vllm,hf")
     ap.add_argument("--compiled", action="store_true", help="smollm2: also vLLM's compiled mode (enforce_eager=false)")
     ap.add_argument("--block128", action="store_true", help="smollm2: also vLLM's CPU default KV block (128)")
+    ap.add_argument("--logprobs", action="store_true", help="smollm2: only rollout.py's generate with and without "
+                    "the sampled tokens' log-probs (train.py asks for them every step), beside unseeded vLLM")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("RLVR_DATA_DIR", str(ROOT / "data")),
                     help="folder with gsm8k_test.jsonl (smollm2; `make data` writes it to data/)")
